@@ -1,0 +1,13 @@
+//! The pure domain: validated ids and quantities, events of record, and event time.
+//! No IO, no clock, no id generation here: time and ids are passed in.
+
+mod event;
+mod ids;
+mod time;
+
+pub use event::{Event, EventKind};
+pub use ids::{
+    parse_count_text, InvalidField, Location, Quantity, Reason, Sku, WarehouseId, MAX_ID_LEN,
+    MAX_REASON_LEN,
+};
+pub use time::{check_not_in_future, format_ms, parse_time_ms, MAX_FUTURE_MS};

@@ -1,0 +1,408 @@
+//! The envelope: a typed event <-> (subject, standard headers, JSON payload).
+//!
+//! Every message Stockwire writes carries `{prefix}_format`, `{prefix}_type`,
+//! `{prefix}_msg_id`, `{prefix}_timestamp_ms`, `{prefix}_version` and `Nats-Msg-Id`
+//! (equal to the msg id, so JetStream drops a repeat inside the duplicate window).
+//! Decoding checks all of them and says exactly what is wrong ([`DecodeError`]).
+//! Older payload versions are upcast to the current one before the fields are read.
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::domain::{Event, EventKind, InvalidField};
+use crate::subjects;
+
+/// The payload schema version this code writes.
+pub const CURRENT_VERSION: u32 = 1;
+
+/// The only payload format.
+pub const FORMAT_JSON: &str = "application/json";
+
+/// Lifts a payload of version `n` to `n + 1`, in place.
+pub type Upcaster = fn(EventKind, &mut Map<String, Value>) -> Result<(), InvalidField>;
+
+/// `UPCASTERS[n - 1]` lifts version `n` to `n + 1`; its length is `CURRENT_VERSION - 1`.
+/// When version 2 comes, add the function that turns a version-1 payload into a
+/// version-2 one here, and raise [`CURRENT_VERSION`]; the test `upcasting_lifts_old_payloads`
+/// shows the shape.
+pub const UPCASTERS: &[Upcaster] = &[];
+
+/// Why a message is not a valid event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("missing header {0}")]
+    MissingHeader(String),
+    #[error("header {name}: {problem}")]
+    InvalidHeader { name: String, problem: String },
+    #[error("unsupported format {0:?}; only application/json is understood")]
+    UnsupportedFormat(String),
+    #[error("unknown event type {0:?}")]
+    UnknownType(String),
+    #[error("unsupported payload version {found:?}; this build reads 1 to {current}")]
+    UnsupportedVersion { found: String, current: u32 },
+    #[error("payload is not a JSON object: {0}")]
+    BadJson(String),
+    #[error("payload {0}")]
+    InvalidField(#[from] InvalidField),
+    #[error("subject {subject} does not match the payload, which belongs on {expected}")]
+    SubjectMismatch { subject: String, expected: String },
+}
+
+impl DecodeError {
+    /// A short, stable code for the reason (used in dead-letter headers and counts).
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::MissingHeader(_) => "missing_header",
+            DecodeError::InvalidHeader { .. } => "invalid_header",
+            DecodeError::UnsupportedFormat(_) => "unsupported_format",
+            DecodeError::UnknownType(_) => "unknown_type",
+            DecodeError::UnsupportedVersion { .. } => "unsupported_version",
+            DecodeError::BadJson(_) => "bad_json",
+            DecodeError::InvalidField(_) => "invalid_field",
+            DecodeError::SubjectMismatch { .. } => "subject_mismatch",
+        }
+    }
+}
+
+/// When and under which id an event was recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMeta {
+    pub msg_id: String,
+    pub timestamp_ms: i64,
+}
+
+/// A decoded event with its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub event: Event,
+    pub meta: EventMeta,
+    /// The version the payload was written in (before upcasting).
+    pub version: u32,
+}
+
+/// A message ready to publish.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub subject: String,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+}
+
+/// The standard header names for one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    format: String,
+    event_type: String,
+    msg_id: String,
+    timestamp_ms: String,
+    version: String,
+}
+
+impl Default for Envelope {
+    fn default() -> Self {
+        Self::new(subjects::DEFAULT_HEADER_PREFIX)
+    }
+}
+
+impl Envelope {
+    pub fn new(prefix: &str) -> Self {
+        let name = |suffix: &str| format!("{prefix}_{suffix}");
+        Self {
+            format: name(subjects::HEADER_FORMAT),
+            event_type: name(subjects::HEADER_TYPE),
+            msg_id: name(subjects::HEADER_MSG_ID),
+            timestamp_ms: name(subjects::HEADER_TIMESTAMP_MS),
+            version: name(subjects::HEADER_VERSION),
+        }
+    }
+
+    /// The name of the type header, e.g. `myorg_type`.
+    pub fn type_header(&self) -> &str {
+        &self.event_type
+    }
+
+    /// The name of the msg id header, e.g. `myorg_msg_id`.
+    pub fn msg_id_header(&self) -> &str {
+        &self.msg_id
+    }
+
+    /// The name of the timestamp header, e.g. `myorg_timestamp_ms`.
+    pub fn timestamp_header(&self) -> &str {
+        &self.timestamp_ms
+    }
+
+    /// The standard headers for a message of `event_type`.
+    pub fn headers(&self, event_type: &str, meta: &EventMeta) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(self.format.as_str(), FORMAT_JSON);
+        headers.insert(self.event_type.as_str(), event_type);
+        headers.insert(self.msg_id.as_str(), meta.msg_id.as_str());
+        headers.insert(
+            self.timestamp_ms.as_str(),
+            meta.timestamp_ms.to_string().as_str(),
+        );
+        headers.insert(self.version.as_str(), CURRENT_VERSION.to_string().as_str());
+        headers.insert(subjects::NATS_MSG_ID, meta.msg_id.as_str());
+        headers
+    }
+
+    /// An event of record, ready to publish on its subject.
+    pub fn encode(&self, event: &Event, meta: &EventMeta) -> Outbound {
+        Outbound {
+            subject: subjects::event(event.warehouse(), event.sku(), event.kind()),
+            headers: self.headers(event.event_type(), meta),
+            payload: Bytes::from(event.to_payload()),
+        }
+    }
+
+    /// Reads an event of record back, checking every header, the payload and the subject.
+    pub fn decode(
+        &self,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+    ) -> Result<Recorded, DecodeError> {
+        self.decode_with(subject, headers, payload, UPCASTERS)
+    }
+
+    fn decode_with(
+        &self,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+        upcasters: &[Upcaster],
+    ) -> Result<Recorded, DecodeError> {
+        let header = |name: &str| -> Result<&str, DecodeError> {
+            headers
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str())
+                .ok_or_else(|| DecodeError::MissingHeader(name.to_string()))
+        };
+        let format = header(&self.format)?;
+        if format != FORMAT_JSON {
+            return Err(DecodeError::UnsupportedFormat(format.to_string()));
+        }
+        let type_name = header(&self.event_type)?;
+        let kind = EventKind::from_event_type(type_name)
+            .ok_or_else(|| DecodeError::UnknownType(type_name.to_string()))?;
+        let msg_id = header(&self.msg_id)?;
+        if msg_id.is_empty() {
+            return Err(DecodeError::InvalidHeader {
+                name: self.msg_id.clone(),
+                problem: "is empty".into(),
+            });
+        }
+        let timestamp = header(&self.timestamp_ms)?;
+        let timestamp_ms = timestamp
+            .parse::<i64>()
+            .ok()
+            .filter(|ms| *ms >= 0)
+            .ok_or_else(|| DecodeError::InvalidHeader {
+                name: self.timestamp_ms.clone(),
+                problem: format!("{timestamp:?} is not milliseconds since the epoch"),
+            })?;
+        let version_text = header(&self.version)?;
+        let current = upcasters.len() as u32 + 1;
+        let version = version_text
+            .parse::<u32>()
+            .ok()
+            .filter(|v| (1..=current).contains(v))
+            .ok_or_else(|| DecodeError::UnsupportedVersion {
+                found: version_text.to_string(),
+                current,
+            })?;
+
+        let mut fields = match serde_json::from_slice::<Value>(payload) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => return Err(DecodeError::BadJson("not an object".into())),
+            Err(e) => return Err(DecodeError::BadJson(e.to_string())),
+        };
+        for lift in &upcasters[(version as usize - 1)..] {
+            lift(kind, &mut fields)?;
+        }
+        let event = Event::from_fields(kind, &fields)?;
+
+        let expected = subjects::event(event.warehouse(), event.sku(), kind);
+        if subject != expected {
+            return Err(DecodeError::SubjectMismatch {
+                subject: subject.to_string(),
+                expected,
+            });
+        }
+        Ok(Recorded {
+            event,
+            meta: EventMeta {
+                msg_id: msg_id.to_string(),
+                timestamp_ms,
+            },
+            version,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Location, Quantity, Reason, Sku, WarehouseId};
+
+    fn destroyed() -> Event {
+        Event::Destroyed {
+            warehouse: WarehouseId::parse("ams1").unwrap(),
+            sku: Sku::parse("apple").unwrap(),
+            location: Location::parse("A43").unwrap(),
+            quantity: Quantity::new(3).unwrap(),
+            reason: Reason::parse("rotten").unwrap(),
+        }
+    }
+
+    fn meta() -> EventMeta {
+        EventMeta {
+            msg_id: "m-1".into(),
+            timestamp_ms: 1_795_176_000_000,
+        }
+    }
+
+    #[test]
+    fn round_trip_with_every_standard_header() {
+        let env = Envelope::default();
+        let out = env.encode(&destroyed(), &meta());
+        assert_eq!(out.subject, "warehouse.ams1.product.apple.destroyed");
+        let h = &out.headers;
+        assert_eq!(h.get("myorg_format").unwrap().as_str(), "application/json");
+        assert_eq!(h.get("myorg_type").unwrap().as_str(), "stock.destroyed");
+        assert_eq!(h.get("myorg_msg_id").unwrap().as_str(), "m-1");
+        assert_eq!(h.get("Nats-Msg-Id").unwrap().as_str(), "m-1");
+        assert_eq!(
+            h.get("myorg_timestamp_ms").unwrap().as_str(),
+            "1795176000000"
+        );
+        assert_eq!(h.get("myorg_version").unwrap().as_str(), "1");
+        let back = env.decode(&out.subject, Some(h), &out.payload).unwrap();
+        assert_eq!(back.event, destroyed());
+        assert_eq!(back.meta, meta());
+        assert_eq!(back.version, 1);
+    }
+
+    #[test]
+    fn the_prefix_is_configurable() {
+        let env = Envelope::new("acme");
+        let out = env.encode(&destroyed(), &meta());
+        assert!(out.headers.get("acme_type").is_some());
+        assert!(out.headers.get("myorg_type").is_none());
+        let err = Envelope::default()
+            .decode(&out.subject, Some(&out.headers), &out.payload)
+            .unwrap_err();
+        assert_eq!(err, DecodeError::MissingHeader("myorg_format".into()));
+    }
+
+    #[test]
+    fn decode_errors_say_what_is_wrong() {
+        let env = Envelope::default();
+        let out = env.encode(&destroyed(), &meta());
+        let with = |name: &str, value: Option<&str>| {
+            let mut h = HeaderMap::new();
+            for (k, v) in out.headers.iter() {
+                if AsRef::<str>::as_ref(k) != name {
+                    h.insert(k.clone(), v.first().unwrap().clone());
+                }
+            }
+            if let Some(v) = value {
+                h.insert(name, v);
+            }
+            env.decode(&out.subject, Some(&h), &out.payload)
+        };
+        assert_eq!(
+            with("myorg_type", None).unwrap_err().code(),
+            "missing_header"
+        );
+        assert_eq!(
+            with("myorg_type", Some("stock.stolen")).unwrap_err(),
+            DecodeError::UnknownType("stock.stolen".into())
+        );
+        assert_eq!(
+            with("myorg_version", Some("2")).unwrap_err().code(),
+            "unsupported_version"
+        );
+        assert_eq!(
+            with("myorg_version", Some("x")).unwrap_err().code(),
+            "unsupported_version"
+        );
+        assert_eq!(
+            with("myorg_format", Some("text/plain")).unwrap_err().code(),
+            "unsupported_format"
+        );
+        assert_eq!(
+            with("myorg_timestamp_ms", Some("soon")).unwrap_err().code(),
+            "invalid_header"
+        );
+        assert_eq!(
+            with("myorg_msg_id", None).unwrap_err().code(),
+            "missing_header"
+        );
+        assert_eq!(
+            env.decode(&out.subject, None, &out.payload)
+                .unwrap_err()
+                .code(),
+            "missing_header"
+        );
+
+        let bad_json = env
+            .decode(&out.subject, Some(&out.headers), b"{not json")
+            .unwrap_err();
+        assert_eq!(bad_json.code(), "bad_json");
+        let empty = env
+            .decode(&out.subject, Some(&out.headers), b"")
+            .unwrap_err();
+        assert_eq!(empty.code(), "bad_json");
+
+        let field = env
+            .decode(
+                &out.subject,
+                Some(&out.headers),
+                br#"{"warehouse":"ams1","sku":"apple","location":"A43","quantity":0,"reason":"x"}"#,
+            )
+            .unwrap_err();
+        assert_eq!(field.to_string(), "payload quantity: must be at least 1");
+
+        let mismatch = env
+            .decode(
+                "warehouse.ams1.product.pear.destroyed",
+                Some(&out.headers),
+                &out.payload,
+            )
+            .unwrap_err();
+        assert_eq!(mismatch.code(), "subject_mismatch");
+    }
+
+    #[test]
+    fn upcasting_lifts_old_payloads() {
+        // Suppose version 1 called the count `qty` and version 2 renamed it `quantity`:
+        // the version-2 reader keeps one upcaster, and old events still decode.
+        fn v1_to_v2(_: EventKind, fields: &mut Map<String, Value>) -> Result<(), InvalidField> {
+            let qty = fields
+                .remove("qty")
+                .ok_or_else(|| InvalidField::new("qty", "is missing"))?;
+            fields.insert("quantity".into(), qty);
+            Ok(())
+        }
+        let env = Envelope::default();
+        let out = env.encode(&destroyed(), &meta());
+        let old =
+            br#"{"warehouse":"ams1","sku":"apple","location":"A43","qty":3,"reason":"rotten"}"#;
+        let back = env
+            .decode_with(&out.subject, Some(&out.headers), old, &[v1_to_v2])
+            .unwrap();
+        assert_eq!(back.event, destroyed());
+        assert_eq!(back.version, 1);
+
+        // A version-2 payload is already current: no upcaster runs.
+        let mut h = out.headers.clone();
+        h.insert("myorg_version", "2");
+        let back = env
+            .decode_with(&out.subject, Some(&h), &out.payload, &[v1_to_v2])
+            .unwrap();
+        assert_eq!(back.version, 2);
+        assert_eq!(back.event, destroyed());
+    }
+}

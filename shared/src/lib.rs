@@ -1,0 +1,28 @@
+//! # Stockwire
+//!
+//! An event-sourced warehouse inventory on NATS JetStream. This crate is what every
+//! Stockwire binary shares.
+//!
+//! ## Layout
+//! - [`domain`]: pure: ids, quantities, events of record, event time. No IO.
+//! - [`envelope`]: a typed event <-> subject, standard headers and JSON payload; decode errors; upcasting.
+//! - [`subjects`]: every subject, stream, bucket, key and header name, built in one place.
+//! - [`provision`]: idempotent creation and update of streams and buckets.
+//! - [`batch`]: atomic batch publish (all of up to 1,000 messages stored, or none).
+//! - [`connect`]: connection flags (URL, user/password, creds) and `connect`.
+//! - [`read`]: reading a filtered slice of a stream in order, to its end.
+//! - [`runtime`]: tracing, the shutdown signal, backoff.
+//! - `testing` (feature `testing`): a real nats-server on a free port for tests.
+#![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
+
+pub mod batch;
+pub mod connect;
+pub mod domain;
+pub mod envelope;
+pub mod provision;
+pub mod read;
+pub mod runtime;
+pub mod subjects;
+#[cfg(feature = "testing")]
+pub mod testing;

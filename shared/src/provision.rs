@@ -1,0 +1,235 @@
+//! Idempotent creation and update of Stockwire's streams and buckets.
+//!
+//! Each one is described here in full; [`provision`] creates what is missing, updates what
+//! differs in the settings Stockwire owns, and leaves the rest alone, so running it twice
+//! changes nothing the second time. KV buckets are provisioned as their backing streams
+//! (`KV_{bucket}`, the same settings `create_key_value` uses) so that the view buckets can
+//! also get `allow_atomic`, which the KV API cannot set.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::{Context, ErrorCode};
+
+use crate::subjects;
+
+/// Largest event: 64 KiB.
+pub const MAX_EVENT_SIZE: i32 = 64 * 1024;
+/// How long JetStream remembers a `Nats-Msg-Id` by default.
+pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long alerts are kept.
+pub const ALERTS_MAX_AGE: Duration = Duration::from_secs(90 * 24 * 3600);
+/// How long dead letters are kept.
+pub const DEADLETTER_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Settings an operator may choose.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The `INVENTORY` duplicate window (repeats of a `Nats-Msg-Id` inside it are dropped).
+    pub duplicate_window: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            duplicate_window: DEFAULT_DUPLICATE_WINDOW,
+        }
+    }
+}
+
+/// What [`provision`] did to one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outcome::Created => "created",
+            Outcome::Updated => "updated",
+            Outcome::Unchanged => "unchanged",
+        })
+    }
+}
+
+/// One line of the provisioning report.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The stream name (`INVENTORY`, `KV_stock`, ...).
+    pub stream: String,
+    /// What the stream is for, e.g. `bucket stock`.
+    pub what: String,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("provisioning stream {stream}: {source}")]
+pub struct ProvisionError {
+    pub stream: String,
+    #[source]
+    pub source: async_nats::Error,
+}
+
+/// The streams Stockwire needs, with a word on what each is.
+pub fn desired(options: &Options) -> Vec<(String, Config)> {
+    vec![
+        (
+            "events of record".into(),
+            Config {
+                name: subjects::INVENTORY_STREAM.into(),
+                description: Some("Stockwire events of record: the source of truth".into()),
+                subjects: vec![subjects::INVENTORY_SUBJECTS.into()],
+                storage: StorageType::File,
+                retention: RetentionPolicy::Limits,
+                duplicate_window: options.duplicate_window,
+                allow_direct: true,
+                allow_atomic_publish: true,
+                max_message_size: MAX_EVENT_SIZE,
+                ..Default::default()
+            },
+        ),
+        (
+            "derived events".into(),
+            Config {
+                name: subjects::ALERTS_STREAM.into(),
+                description: Some("Stockwire derived events: low stock, velocity, stockout".into()),
+                subjects: vec![subjects::ALERTS_SUBJECTS.into()],
+                storage: StorageType::File,
+                max_age: ALERTS_MAX_AGE,
+                duplicate_window: DEFAULT_DUPLICATE_WINDOW,
+                allow_direct: true,
+                max_message_size: MAX_EVENT_SIZE,
+                ..Default::default()
+            },
+        ),
+        (
+            "dead letters".into(),
+            Config {
+                name: subjects::DEADLETTER_STREAM.into(),
+                description: Some("Stockwire events a projector could not apply".into()),
+                subjects: vec![subjects::DEADLETTER_SUBJECTS.into()],
+                storage: StorageType::File,
+                max_age: DEADLETTER_MAX_AGE,
+                duplicate_window: DEFAULT_DUPLICATE_WINDOW,
+                allow_direct: true,
+                max_message_size: MAX_EVENT_SIZE,
+                ..Default::default()
+            },
+        ),
+        (
+            format!("bucket {}", subjects::STOCK_BUCKET),
+            kv_config(
+                subjects::STOCK_BUCKET,
+                "Stockwire view: stock per product and location",
+                true,
+            ),
+        ),
+        (
+            format!("bucket {}", subjects::VELOCITY_BUCKET),
+            kv_config(
+                subjects::VELOCITY_BUCKET,
+                "Stockwire view: units sold per hour, day, week",
+                true,
+            ),
+        ),
+        (
+            format!("bucket {}", subjects::THRESHOLDS_BUCKET),
+            kv_config(
+                subjects::THRESHOLDS_BUCKET,
+                "Stockwire low-stock and stockout thresholds",
+                false,
+            ),
+        ),
+    ]
+}
+
+/// The backing stream of a KV bucket, as `create_key_value` would make it, one value per key.
+fn kv_config(bucket: &str, description: &str, atomic: bool) -> Config {
+    Config {
+        name: subjects::kv_stream(bucket),
+        description: Some(description.into()),
+        subjects: vec![subjects::kv_subjects(bucket)],
+        max_messages_per_subject: 1,
+        storage: StorageType::File,
+        discard: DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        duplicate_window: DEFAULT_DUPLICATE_WINDOW,
+        allow_atomic_publish: atomic,
+        ..Default::default()
+    }
+}
+
+/// True when `current` differs from `wanted` in a setting Stockwire owns.
+/// The server reports "no limit" as -1 where a config left at its default says 0.
+fn differs(current: &Config, wanted: &Config) -> bool {
+    fn limit(n: i64) -> i64 {
+        n.max(0)
+    }
+    current.subjects != wanted.subjects
+        || current.description != wanted.description
+        || current.retention != wanted.retention
+        || current.max_age != wanted.max_age
+        || limit(current.max_messages_per_subject) != limit(wanted.max_messages_per_subject)
+        || limit(current.max_message_size.into()) != limit(wanted.max_message_size.into())
+        || current.discard != wanted.discard
+        || current.duplicate_window != wanted.duplicate_window
+        || current.allow_direct != wanted.allow_direct
+        || current.allow_atomic_publish != wanted.allow_atomic_publish
+        || current.allow_rollup != wanted.allow_rollup
+        || current.deny_delete != wanted.deny_delete
+}
+
+/// Creates or updates every stream and bucket; returns what it did to each.
+pub async fn provision(js: &Context, options: &Options) -> Result<Vec<Change>, ProvisionError> {
+    let mut report = Vec::new();
+    for (what, wanted) in desired(options) {
+        let fail = |source: async_nats::Error| ProvisionError {
+            stream: wanted.name.clone(),
+            source,
+        };
+        let outcome = match js.get_stream(&wanted.name).await {
+            Ok(mut stream) => {
+                let current = stream
+                    .info()
+                    .await
+                    .map_err(|e| fail(e.into()))?
+                    .config
+                    .clone();
+                if differs(&current, &wanted) {
+                    js.update_stream(&wanted)
+                        .await
+                        .map_err(|e| fail(e.into()))?;
+                    Outcome::Updated
+                } else {
+                    Outcome::Unchanged
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    GetStreamErrorKind::JetStream(api)
+                        if api.error_code() == ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                js.create_stream(wanted.clone())
+                    .await
+                    .map_err(|e| fail(e.into()))?;
+                Outcome::Created
+            }
+            Err(e) => return Err(fail(e.into())),
+        };
+        report.push(Change {
+            stream: wanted.name.clone(),
+            what,
+            outcome,
+        });
+    }
+    Ok(report)
+}

@@ -1,0 +1,122 @@
+//! Every subject, stream, bucket, key and header name of Stockwire, built in one place.
+//!
+//! Services never spell a subject themselves; they call these builders, so a rename
+//! happens here or nowhere.
+
+use crate::domain::{EventKind, Sku, WarehouseId};
+
+/// The log of record: every event of every warehouse.
+pub const INVENTORY_STREAM: &str = "INVENTORY";
+/// Subjects of `INVENTORY`: `warehouse.{warehouse}.product.{sku}.{kind}`.
+pub const INVENTORY_SUBJECTS: &str = "warehouse.*.product.*.*";
+
+/// Derived events (low stock, velocity, stockout forecasts).
+pub const ALERTS_STREAM: &str = "ALERTS";
+pub const ALERTS_SUBJECTS: &str = "alerts.>";
+
+/// Copies of events a projector could not apply, with the reason.
+pub const DEADLETTER_STREAM: &str = "DEADLETTER";
+pub const DEADLETTER_SUBJECTS: &str = "deadletter.>";
+
+/// Stock per product and location.
+pub const STOCK_BUCKET: &str = "stock";
+/// Units sold over the last hour, day and week.
+pub const VELOCITY_BUCKET: &str = "sales_velocity";
+/// Low-stock and stockout thresholds, set by people.
+pub const THRESHOLDS_BUCKET: &str = "thresholds";
+/// The key of a view that records how far its projector has read the log.
+pub const CHECKPOINT_KEY: &str = "_checkpoint";
+/// The key in `thresholds` that holds the default for every product.
+pub const DEFAULT_THRESHOLD_KEY: &str = "default";
+
+/// Standard header suffixes; the full name is `{prefix}_{suffix}`.
+pub const HEADER_FORMAT: &str = "format";
+pub const HEADER_TYPE: &str = "type";
+pub const HEADER_MSG_ID: &str = "msg_id";
+pub const HEADER_TIMESTAMP_MS: &str = "timestamp_ms";
+pub const HEADER_VERSION: &str = "version";
+/// The default header prefix (`myorg_type`, ...).
+pub const DEFAULT_HEADER_PREFIX: &str = "myorg";
+
+/// JetStream headers Stockwire sets itself.
+pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
+pub const NATS_EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+pub const NATS_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
+    "Nats-Expected-Last-Subject-Sequence-Subject";
+pub const NATS_BATCH_ID: &str = "Nats-Batch-Id";
+pub const NATS_BATCH_SEQUENCE: &str = "Nats-Batch-Sequence";
+pub const NATS_BATCH_COMMIT: &str = "Nats-Batch-Commit";
+
+/// The subject of one event: `warehouse.{warehouse}.product.{sku}.{kind}`.
+pub fn event(warehouse: &WarehouseId, sku: &Sku, kind: EventKind) -> String {
+    format!(
+        "warehouse.{warehouse}.product.{sku}.{}",
+        kind.subject_token()
+    )
+}
+
+/// Every event of one aggregate (one product in one warehouse).
+pub fn aggregate(warehouse: &WarehouseId, sku: &Sku) -> String {
+    format!("warehouse.{warehouse}.product.{sku}.*")
+}
+
+/// The tokens of an event subject, as written: `(warehouse, sku, kind)`.
+/// `None` when the subject does not have the shape of an event subject.
+pub fn split_event(subject: &str) -> Option<(&str, &str, &str)> {
+    let mut tokens = subject.split('.');
+    match (
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+    ) {
+        (Some("warehouse"), Some(w), Some("product"), Some(sku), Some(kind), None) => {
+            Some((w, sku, kind))
+        }
+        _ => None,
+    }
+}
+
+/// The key of a product in a view: `{warehouse}.{sku}`.
+pub fn view_key(warehouse: &WarehouseId, sku: &Sku) -> String {
+    format!("{warehouse}.{sku}")
+}
+
+/// The stream behind a KV bucket.
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// The subject of one key of a KV bucket.
+pub fn kv_subject(bucket: &str, key: &str) -> String {
+    format!("$KV.{bucket}.{key}")
+}
+
+/// Every subject of a KV bucket.
+pub fn kv_subjects(bucket: &str) -> String {
+    format!("$KV.{bucket}.>")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_subjects_round_trip() {
+        let w = WarehouseId::parse("ams1").unwrap();
+        let s = Sku::parse("apple").unwrap();
+        let subject = event(&w, &s, EventKind::Sold);
+        assert_eq!(subject, "warehouse.ams1.product.apple.sold");
+        assert_eq!(split_event(&subject), Some(("ams1", "apple", "sold")));
+        assert_eq!(aggregate(&w, &s), "warehouse.ams1.product.apple.*");
+        assert_eq!(split_event("warehouse.ams1.product.apple"), None);
+        assert_eq!(split_event("warehouse.ams1.product.apple.sold.x"), None);
+        assert_eq!(view_key(&w, &s), "ams1.apple");
+        assert_eq!(
+            kv_subject(STOCK_BUCKET, "ams1.apple"),
+            "$KV.stock.ams1.apple"
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! A real nats-server for tests: JetStream on a port the server picks itself, a store in
+//! a temporary directory, stopped and removed on drop.
+//!
+//! The binary comes from `NATS_SERVER_BIN`, else the repo's `.tools/bin/nats-server`
+//! (installed by `scripts/setup`), else `PATH`; it must be 2.14 or later. The server is
+//! started with `-p -1 --ports_file_dir <tmp>`, so it chooses a free port and writes it
+//! down: tests run in parallel with no bind-then-release race, and never touch 4222.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::connect::{connect, ConnectArgs, Startup};
+
+const MIN_VERSION: (u32, u32) = (2, 14);
+
+/// A running nats-server owned by a test.
+pub struct NatsServer {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    port: u16,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(
+        "no nats-server found: set NATS_SERVER_BIN, run scripts/setup (installs it into .tools/), \
+         or put nats-server 2.14 or later on PATH"
+    )]
+    NotFound,
+    #[error("{bin}: version {version} is too old; 2.14 or later is needed (run scripts/setup)")]
+    TooOld { bin: String, version: String },
+    #[error("{0}")]
+    Unusable(String),
+    #[error("starting nats-server: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("nats-server did not come up within 10 s; its log:\n{0}")]
+    Timeout(String),
+}
+
+/// The nats-server binary tests use, found once per process.
+pub fn server_binary() -> Result<PathBuf, ServerError> {
+    static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| find_binary().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(ServerError::Unusable)
+}
+
+fn find_binary() -> Result<PathBuf, ServerError> {
+    let repo_tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin/nats-server");
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nats-server"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let candidates = std::env::var_os("NATS_SERVER_BIN")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(std::iter::once(repo_tools))
+        .chain(on_path);
+    for bin in candidates.filter(|b| b.is_file()) {
+        let out = Command::new(&bin).arg("--version").output()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        match parse_version(&text) {
+            Some(v) if v >= MIN_VERSION => return Ok(bin),
+            _ => {
+                return Err(ServerError::TooOld {
+                    bin: bin.display().to_string(),
+                    version: text,
+                })
+            }
+        }
+    }
+    Err(ServerError::NotFound)
+}
+
+/// `nats-server: v2.15.1` -> (2, 15).
+fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let v = text.rsplit('v').next()?;
+    let mut parts = v.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+impl NatsServer {
+    /// Starts a fresh JetStream server on a free port with an empty store.
+    pub fn start() -> Result<Self, ServerError> {
+        let bin = server_binary()?;
+        let dir = tempfile::Builder::new()
+            .prefix("stockwire-nats-")
+            .tempdir()?;
+        let mut server = Self {
+            bin,
+            dir,
+            child: None,
+            port: 0,
+        };
+        server.spawn("-1")?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self, port: &str) -> Result<(), ServerError> {
+        let ports_dir = self.dir.path().join("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir)?;
+        let log_path = self.dir.path().join("server.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let child = Command::new(&self.bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", port, "--ports_file_dir"])
+            .arg(&ports_dir)
+            .arg("-sd")
+            .arg(self.dir.path().join("store"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(port) = read_port(&ports_dir) {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    self.port = port;
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        self.kill();
+        Err(ServerError::Timeout(log))
+    }
+
+    /// `nats://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's JetStream store directory.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// Connection settings for this server, with a short request timeout so failures are quick.
+    pub fn connect_args(&self) -> ConnectArgs {
+        ConnectArgs {
+            request_timeout_ms: 3000,
+            ..ConnectArgs::for_url(&self.url())
+        }
+    }
+
+    /// A client connected to this server.
+    pub async fn client(&self) -> async_nats::Client {
+        match connect(&self.connect_args(), "stockwire-test", Startup::FailFast).await {
+            Ok(client) => client,
+            Err(e) => panic!("test client cannot connect to {}: {e}", self.url()),
+        }
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port with the same store.
+    pub fn restart(&mut self) -> Result<(), ServerError> {
+        self.kill();
+        let port = self.port.to_string();
+        self.spawn(&port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn read_port(dir: &Path) -> Option<u16> {
+    let entry = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|e| e.path().extension().is_some_and(|x| x == "ports"))?;
+    let text = std::fs::read_to_string(entry.path()).ok()?;
+    let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let url = ports.get("nats")?.get(0)?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_parse() {
+        assert_eq!(super::parse_version("nats-server: v2.15.1"), Some((2, 15)));
+        assert_eq!(super::parse_version("garbage"), None);
+    }
+}

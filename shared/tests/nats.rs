@@ -1,0 +1,146 @@
+//! The shared NATS plumbing against a real nats-server: provisioning, atomic batches, reading.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use stockwire::batch::{self, err_code};
+use stockwire::domain::{Event, Location, Quantity, Sku, WarehouseId};
+use stockwire::envelope::{Envelope, EventMeta, Outbound};
+use stockwire::provision::{self, Outcome};
+use stockwire::read::Reader;
+use stockwire::subjects;
+use stockwire::testing::NatsServer;
+
+fn received(sku: &str, n: u64, msg_id: &str) -> Outbound {
+    let event = Event::Received {
+        warehouse: WarehouseId::parse("ams1").unwrap(),
+        sku: Sku::parse(sku).unwrap(),
+        location: Location::parse("A43").unwrap(),
+        quantity: Quantity::new(n).unwrap(),
+    };
+    Envelope::default().encode(
+        &event,
+        &EventMeta {
+            msg_id: msg_id.to_string(),
+            timestamp_ms: 1_795_176_000_000,
+        },
+    )
+}
+
+async fn provisioned() -> (NatsServer, async_nats::Client, jetstream::Context) {
+    let server = NatsServer::start().expect("nats-server");
+    let client = server.client().await;
+    let js = jetstream::new(client.clone());
+    provision::provision(&js, &provision::Options::default())
+        .await
+        .expect("provision");
+    (server, client, js)
+}
+
+#[tokio::test]
+async fn provisioning_twice_changes_nothing_the_second_time() {
+    let (_server, _client, js) = provisioned().await;
+    let second = provision::provision(&js, &provision::Options::default())
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 6);
+    assert!(
+        second.iter().all(|c| c.outcome == Outcome::Unchanged),
+        "{second:?}"
+    );
+
+    let mut inventory = js.get_stream(subjects::INVENTORY_STREAM).await.unwrap();
+    let config = inventory.info().await.unwrap().config.clone();
+    assert!(config.allow_atomic_publish && config.allow_direct);
+    assert_eq!(config.duplicate_window, Duration::from_secs(120));
+    assert_eq!(config.max_message_size, 64 * 1024);
+    let mut stock = js.get_stream("KV_stock").await.unwrap();
+    assert!(stock.info().await.unwrap().config.allow_atomic_publish);
+    // The backing streams are real KV buckets.
+    js.get_key_value(subjects::STOCK_BUCKET).await.unwrap();
+    js.get_key_value(subjects::THRESHOLDS_BUCKET).await.unwrap();
+
+    // A changed setting is put back.
+    let changed = provision::Options {
+        duplicate_window: Duration::from_secs(300),
+    };
+    let third = provision::provision(&js, &changed).await.unwrap();
+    assert_eq!(third[0].outcome, Outcome::Updated);
+    assert!(third[1..].iter().all(|c| c.outcome == Outcome::Unchanged));
+}
+
+#[tokio::test]
+async fn an_atomic_batch_is_stored_whole_or_not_at_all() {
+    let (_server, client, js) = provisioned().await;
+    let msgs: Vec<_> = (0..1000)
+        .map(|i| received("apple", 1, &format!("m-{i}")))
+        .collect();
+    let ack = batch::publish_atomic(&client, &msgs, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        (ack.first_sequence(), ack.sequence, ack.count),
+        (1, 1000, 1000)
+    );
+
+    // One message repeats a stored msg id: the whole batch is refused.
+    let again = vec![received("pear", 1, "new-1"), received("pear", 1, "m-5")];
+    let err = batch::publish_atomic(&client, &again, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(err.err_code(), Some(err_code::BATCH_DUPLICATE), "{err}");
+    let mut stream = js.get_stream(subjects::INVENTORY_STREAM).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 1000);
+
+    let too_many: Vec<_> = (0..1001)
+        .map(|i| received("kiwi", 1, &format!("k-{i}")))
+        .collect();
+    assert!(
+        batch::publish_atomic(&client, &too_many, Duration::from_secs(5))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_reader_returns_one_filter_in_order_and_stops_at_the_end() {
+    let (_server, client, js) = provisioned().await;
+    let msgs: Vec<_> = (0..30)
+        .map(|i| {
+            received(
+                if i % 3 == 0 { "apple" } else { "pear" },
+                i + 1,
+                &format!("r-{i}"),
+            )
+        })
+        .collect();
+    batch::publish_atomic(&client, &msgs, Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    let mut reader = Reader::open(
+        &js,
+        subjects::INVENTORY_STREAM,
+        "warehouse.ams1.product.apple.*",
+        1,
+    )
+    .await
+    .unwrap();
+    let mut seqs = Vec::new();
+    while let Some(msg) = reader.next().await {
+        let msg = msg.unwrap();
+        assert_eq!(msg.subject, "warehouse.ams1.product.apple.received");
+        seqs.push(msg.sequence);
+    }
+    assert_eq!(seqs, (0..10).map(|i| 1 + 3 * i).collect::<Vec<u64>>());
+
+    let mut empty = Reader::open(
+        &js,
+        subjects::INVENTORY_STREAM,
+        "warehouse.ams1.product.kiwi.*",
+        1,
+    )
+    .await
+    .unwrap();
+    assert!(empty.next().await.is_none());
+}
