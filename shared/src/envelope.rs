@@ -65,6 +65,26 @@ impl DecodeError {
     }
 }
 
+/// Longest msg id accepted from a caller.
+pub const MAX_MSG_ID_LEN: usize = 128;
+
+/// Checks a caller-supplied msg id: 1 to 128 printable ASCII characters, no spaces.
+pub fn check_msg_id(field: &str, value: &str) -> Result<(), InvalidField> {
+    if value.is_empty() || value.len() > MAX_MSG_ID_LEN {
+        return Err(InvalidField::new(
+            field,
+            format!("must be 1 to {MAX_MSG_ID_LEN} characters long"),
+        ));
+    }
+    if let Some(bad) = value.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(InvalidField::new(
+            field,
+            format!("{value:?} contains {bad:?}; use printable ASCII without spaces"),
+        ));
+    }
+    Ok(())
+}
+
 /// When and under which id an event was recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventMeta {

@@ -63,20 +63,19 @@ fn find_binary() -> Result<PathBuf, ServerError> {
         .into_iter()
         .chain(std::iter::once(repo_tools))
         .chain(on_path);
-    for bin in candidates.filter(|b| b.is_file()) {
-        let out = Command::new(&bin).arg("--version").output()?;
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        match parse_version(&text) {
-            Some(v) if v >= MIN_VERSION => return Ok(bin),
-            _ => {
-                return Err(ServerError::TooOld {
-                    bin: bin.display().to_string(),
-                    version: text,
-                })
-            }
-        }
+    let bin = candidates
+        .into_iter()
+        .find(|b| b.is_file())
+        .ok_or(ServerError::NotFound)?;
+    let out = Command::new(&bin).arg("--version").output()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match parse_version(&text) {
+        Some(v) if v >= MIN_VERSION => Ok(bin),
+        _ => Err(ServerError::TooOld {
+            bin: bin.display().to_string(),
+            version: text,
+        }),
     }
-    Err(ServerError::NotFound)
 }
 
 /// `nats-server: v2.15.1` -> (2, 15).

@@ -1,0 +1,297 @@
+//! `stockwire publish --file FILE|-`: bulk import of facts recorded elsewhere.
+//!
+//! Every line is validated first; one bad line and nothing is published (exit 2, each bad
+//! line named with its field). Then the events go out in file order as atomic batches of
+//! up to 1,000, each committed with one PubAck. A line without `msg_id` gets one derived
+//! from its line number and content, so re-running a file inside the duplicate window
+//! stores nothing twice: a batch that repeats a stored id is refused whole by the server,
+//! and is then published one event at a time (pipelined), each deduplicated on its own.
+
+use std::collections::HashMap;
+use std::future::IntoFuture;
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::future::try_join_all;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use stockwire::batch::{self, err_code, MAX_BATCH};
+use stockwire::domain::{check_not_in_future, Event, EventKind, InvalidField};
+use stockwire::envelope::{check_msg_id, EventMeta, Outbound};
+
+use crate::failure::{Failure, Outcome};
+use crate::publish::{explain_publish, now_ms};
+use crate::{output, Ctx};
+
+/// Namespace of the msg ids derived from a line's number and content.
+const LINE_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x5f0c_6b1e_2d4a_4c8e_9a7b_3e1f_0d2c_8b61);
+
+/// At most this many bad lines are printed; the rest are counted.
+const MAX_REPORTED: usize = 50;
+
+/// Unacknowledged single publishes in flight, when a batch falls back to them.
+const WINDOW: usize = 256;
+
+/// One valid line, ready to publish.
+struct Line {
+    number: usize,
+    out: Outbound,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Summary {
+    lines: usize,
+    stored: usize,
+    duplicates: usize,
+    first_seq: Option<u64>,
+    last_seq: Option<u64>,
+    seconds: f64,
+    events_per_s: f64,
+}
+
+pub(crate) async fn run(ctx: &Ctx, file: &Path) -> Outcome {
+    let text = read_input(file)?;
+    let lines = parse_all(ctx, &text, file)?;
+    let js = ctx.jetstream().await?;
+    let client = js.client();
+    let timeout = ctx.connect.request_timeout();
+
+    let started = Instant::now();
+    let mut summary = Summary {
+        lines: lines.len(),
+        ..Summary::default()
+    };
+    let mut last_line_stored: Option<usize> = None;
+    for chunk in lines.chunks(MAX_BATCH) {
+        let result = publish_chunk(&client, &js, chunk, timeout, &mut summary).await;
+        if let Err(failure) = result {
+            let where_ = match last_line_stored {
+                Some(n) => format!("every line up to line {n} is stored"),
+                None => "no line was stored".to_string(),
+            };
+            return Err(Failure {
+                kind: failure.kind,
+                error: failure
+                    .error
+                    .context(format!("importing {}: {where_}", file.display())),
+            });
+        }
+        last_line_stored = chunk.last().map(|l| l.number);
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.events_per_s = if summary.seconds > 0.0 {
+        summary.lines as f64 / summary.seconds
+    } else {
+        0.0
+    };
+    if ctx.json {
+        output::json_line(&summary);
+    } else {
+        let seqs = match (summary.first_seq, summary.last_seq) {
+            (Some(a), Some(b)) => format!(" as #{a}..#{b}"),
+            _ => String::new(),
+        };
+        println!(
+            "stored {} events{seqs}, {} duplicates not stored again, from {} lines in {:.2} s ({:.0} events/s)",
+            summary.stored, summary.duplicates, summary.lines, summary.seconds, summary.events_per_s
+        );
+    }
+    Ok(())
+}
+
+fn read_input(file: &Path) -> Result<String, Failure> {
+    let mut text = String::new();
+    if file.as_os_str() == "-" {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| Failure::invalid(format!("reading standard input: {e}")))?;
+    } else {
+        text = std::fs::read_to_string(file)
+            .map_err(|e| Failure::invalid(format!("reading {}: {e}", file.display())))?;
+    }
+    Ok(text)
+}
+
+/// Validates every line; returns them all, or a failure that lists each bad line.
+fn parse_all(ctx: &Ctx, text: &str, file: &Path) -> Result<Vec<Line>, Failure> {
+    let now = now_ms();
+    let mut lines = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen_ids: HashMap<String, usize> = HashMap::new();
+    for (i, raw) in text.lines().enumerate() {
+        let number = i + 1;
+        if raw.trim().is_empty() {
+            continue;
+        }
+        match parse_line(raw, number, now) {
+            Ok((event, meta)) => {
+                if let Some(first) = seen_ids.insert(meta.msg_id.clone(), number) {
+                    errors.push(format!(
+                        "line {number}: msg_id: {:?} repeats line {first}",
+                        meta.msg_id
+                    ));
+                    continue;
+                }
+                lines.push(Line {
+                    number,
+                    out: ctx.envelope.encode(&event, &meta),
+                });
+            }
+            Err(e) => errors.push(format!("line {number}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        return Ok(lines);
+    }
+    for e in errors.iter().take(MAX_REPORTED) {
+        eprintln!("{e}");
+    }
+    if errors.len() > MAX_REPORTED {
+        eprintln!("... and {} more", errors.len() - MAX_REPORTED);
+    }
+    Err(Failure::invalid(format!(
+        "{}: {} invalid line{}; nothing was published",
+        file.display(),
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    )))
+}
+
+/// What is wrong with a line: its JSON, or one of its fields.
+#[derive(Debug, thiserror::Error)]
+enum LineError {
+    #[error("{0}")]
+    Json(String),
+    #[error(transparent)]
+    Field(#[from] InvalidField),
+}
+
+/// One NDJSON line: `{"type":"stock.sold", <payload fields>, "msg_id"?, "timestamp_ms"?}`.
+fn parse_line(raw: &str, number: usize, now: i64) -> Result<(Event, EventMeta), LineError> {
+    let fields: Map<String, Value> = match serde_json::from_str(raw) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return Err(LineError::Json("a JSON object is expected".into())),
+        Err(e) => return Err(LineError::Json(format!("not valid JSON: {e}"))),
+    };
+    let kind = match fields.get("type") {
+        None | Some(Value::Null) => return Err(InvalidField::new("type", "is missing").into()),
+        Some(Value::String(t)) => EventKind::from_event_type(t).ok_or_else(|| {
+            let known: Vec<_> = EventKind::ALL.iter().map(|k| k.event_type()).collect();
+            InvalidField::new(
+                "type",
+                format!(
+                    "unknown event type {t:?}; expected one of {}",
+                    known.join(", ")
+                ),
+            )
+        })?,
+        Some(_) => return Err(InvalidField::new("type", "must be a string").into()),
+    };
+    let event = Event::from_fields(kind, &fields)?;
+    let timestamp_ms = match fields.get("timestamp_ms") {
+        None | Some(Value::Null) => now,
+        Some(Value::Number(n)) => match n.as_i64().filter(|ms| *ms >= 0) {
+            Some(ms) => ms,
+            None => {
+                return Err(InvalidField::new(
+                    "timestamp_ms",
+                    format!("{n} is not milliseconds since the epoch"),
+                )
+                .into())
+            }
+        },
+        Some(_) => {
+            return Err(InvalidField::new(
+                "timestamp_ms",
+                "must be a number (milliseconds since the epoch)",
+            )
+            .into())
+        }
+    };
+    check_not_in_future("timestamp_ms", timestamp_ms, now)?;
+    let msg_id = match fields.get("msg_id") {
+        None | Some(Value::Null) => {
+            let name = format!("{number}\n{}", raw.trim());
+            uuid::Uuid::new_v5(&LINE_ID_NAMESPACE, name.as_bytes()).to_string()
+        }
+        Some(Value::String(id)) => {
+            check_msg_id("msg_id", id)?;
+            id.clone()
+        }
+        Some(_) => return Err(InvalidField::new("msg_id", "must be a string").into()),
+    };
+    Ok((
+        event,
+        EventMeta {
+            msg_id,
+            timestamp_ms,
+        },
+    ))
+}
+
+/// Publishes one chunk as an atomic batch; on a repeated id, one event at a time.
+async fn publish_chunk(
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    chunk: &[Line],
+    timeout: Duration,
+    summary: &mut Summary,
+) -> Outcome {
+    let messages: Vec<Outbound> = chunk.iter().map(|l| l.out.clone()).collect();
+    match batch::publish_atomic(client, &messages, timeout).await {
+        Ok(ack) => {
+            summary.stored += chunk.len();
+            summary.first_seq.get_or_insert(ack.first_sequence());
+            summary.last_seq = Some(ack.sequence);
+            Ok(())
+        }
+        Err(e) if e.err_code() == Some(err_code::BATCH_DUPLICATE) => {
+            tracing::debug!(
+                lines = chunk.len(),
+                "batch holds a stored msg id; publishing one by one"
+            );
+            publish_singly(js, &messages, summary).await
+        }
+        Err(e) => Err(Failure::from(anyhow::Error::new(e).context(format!(
+            "publishing lines {}..{}",
+            chunk[0].number,
+            chunk[chunk.len() - 1].number
+        )))),
+    }
+}
+
+/// Publishes in order with a window of unacknowledged publishes.
+async fn publish_singly(
+    js: &async_nats::jetstream::Context,
+    messages: &[Outbound],
+    summary: &mut Summary,
+) -> Outcome {
+    for window in messages.chunks(WINDOW) {
+        let mut pending = Vec::with_capacity(window.len());
+        for out in window {
+            let ack = js
+                .publish_with_headers(
+                    out.subject.clone(),
+                    out.headers.clone(),
+                    out.payload.clone(),
+                )
+                .await
+                .map_err(|e| explain_publish(e, &out.subject))?;
+            pending.push(ack.into_future());
+        }
+        let acks = try_join_all(pending).await.context("waiting for PubAcks")?;
+        for ack in acks {
+            if ack.duplicate {
+                summary.duplicates += 1;
+            } else {
+                summary.stored += 1;
+                summary.first_seq.get_or_insert(ack.sequence);
+                summary.last_seq = Some(ack.sequence);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! # The `stockwire` CLI
+//!
+//! Publishes events of record and queries what Stockwire knows. `main.rs` parses the
+//! command line into [`Cli`] and calls [`run`]; each command lives in its own module.
+//!
+//! ## Layout
+//! - `failure`: failure kinds and their exit codes (0 ok, 1 NATS, 2 invalid input, 3 rejected).
+//! - `args`: the event arguments shared by the `publish` kinds.
+//! - `setup`, `publish`, `import`, `history`: one command each.
+//! - `output`: tables and JSON.
+#![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
+
+mod args;
+mod failure;
+mod history;
+mod import;
+mod output;
+mod publish;
+mod setup;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use stockwire::connect::{connect, ConnectArgs, Startup};
+use stockwire::envelope::Envelope;
+
+pub use args::{PublishArgs, PublishKind};
+use failure::{Failure, Outcome};
+pub use history::HistoryArgs;
+pub use setup::SetupArgs;
+
+/// Stockwire: event-sourced warehouse inventory on NATS JetStream.
+#[derive(Debug, Parser)]
+#[command(name = "stockwire", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Prefix of the standard event headers (`myorg_type`, ...).
+    #[arg(long, env = "STOCKWIRE_HEADER_PREFIX", default_value = stockwire::subjects::DEFAULT_HEADER_PREFIX, global = true)]
+    pub header_prefix: String,
+    /// Print data as JSON (one document per line) instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update the streams and buckets (safe to run again).
+    Setup(SetupArgs),
+    /// Record what happened to stock: one event, or a file of them.
+    Publish(PublishArgs),
+    /// Every event of one product in one warehouse, oldest first.
+    History(HistoryArgs),
+}
+
+/// What every command gets: its settings, and a way to reach NATS.
+pub(crate) struct Ctx {
+    pub(crate) connect: ConnectArgs,
+    pub(crate) envelope: Envelope,
+    pub(crate) json: bool,
+}
+
+impl Ctx {
+    /// Connects, failing at once with the reason when the server is not there.
+    pub(crate) async fn client(&self) -> Result<async_nats::Client, Failure> {
+        connect(&self.connect, "stockwire-cli", Startup::FailFast)
+            .await
+            .map_err(|e| Failure::from(anyhow::Error::new(e)))
+    }
+
+    pub(crate) async fn jetstream(&self) -> Result<async_nats::jetstream::Context, Failure> {
+        Ok(async_nats::jetstream::new(self.client().await?))
+    }
+}
+
+/// Runs one command; prints its failure to stderr and returns the exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    if let Err(e) = check_prefix(&cli.header_prefix) {
+        return report(e);
+    }
+    let ctx = Ctx {
+        connect: cli.connect,
+        envelope: Envelope::new(&cli.header_prefix),
+        json: cli.json,
+    };
+    let outcome: Outcome = match cli.command {
+        Command::Setup(args) => setup::run(&ctx, args).await,
+        Command::Publish(args) => publish::run(&ctx, args).await,
+        Command::History(args) => history::run(&ctx, args).await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => report(failure),
+    }
+}
+
+fn report(failure: Failure) -> ExitCode {
+    eprintln!("stockwire: {:#}", failure.error);
+    failure.exit_code()
+}
+
+/// A header prefix must be a safe header-name token.
+fn check_prefix(prefix: &str) -> Outcome {
+    let ok = !prefix.is_empty()
+        && prefix.len() <= 32
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::invalid(format!(
+            "--header-prefix: {prefix:?} is not allowed; use 1 to 32 of A-Z a-z 0-9 _ -"
+        )))
+    }
+}

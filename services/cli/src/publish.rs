@@ -1,0 +1,132 @@
+//! `stockwire publish <kind>`: one event, validated, published, and its PubAck awaited.
+//! `stockwire publish --file` is the bulk import (see `import`).
+
+use async_nats::jetstream::context::PublishErrorKind;
+use serde::Serialize;
+use stockwire::domain::{check_not_in_future, Event};
+use stockwire::envelope::{check_msg_id, EventMeta, Outbound};
+use stockwire::subjects;
+
+use crate::args::{EventOpts, PublishArgs};
+use crate::failure::{Failure, Outcome};
+use crate::{import, output, Ctx};
+
+pub(crate) async fn run(ctx: &Ctx, args: PublishArgs) -> Outcome {
+    match (args.file, args.kind) {
+        (Some(file), None) => import::run(ctx, &file).await,
+        (None, Some(kind)) => {
+            let (event, opts) = kind.into_event()?;
+            publish_one(ctx, event, opts).await
+        }
+        _ => Err(Failure::invalid(
+            "publish what? give an event kind (received, sold, destroyed, moved, corrected) or --file FILE",
+        )),
+    }
+}
+
+/// What a single publish did, as printed with `--json`.
+#[derive(Debug, Serialize)]
+struct Published<'a> {
+    stored: bool,
+    duplicate: bool,
+    stream: &'a str,
+    seq: u64,
+    subject: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    msg_id: &'a str,
+    timestamp_ms: i64,
+}
+
+async fn publish_one(ctx: &Ctx, event: Event, opts: EventOpts) -> Outcome {
+    let meta = event_meta(&opts)?;
+    let out = ctx.envelope.encode(&event, &meta);
+    let js = ctx.jetstream().await?;
+    let ack = publish_acked(&js, &out).await?;
+    let result = Published {
+        stored: !ack.duplicate,
+        duplicate: ack.duplicate,
+        stream: &ack.stream,
+        seq: ack.sequence,
+        subject: &out.subject,
+        event_type: event.event_type(),
+        msg_id: &meta.msg_id,
+        timestamp_ms: meta.timestamp_ms,
+    };
+    if ctx.json {
+        output::json_line(&result);
+    } else if ack.duplicate {
+        println!(
+            "duplicate, not stored again: msg id {} is already stored as #{}",
+            meta.msg_id, ack.sequence
+        );
+    } else {
+        println!(
+            "stored {} as #{} on {} (msg id {})",
+            event.event_type(),
+            ack.sequence,
+            out.subject,
+            meta.msg_id
+        );
+    }
+    Ok(())
+}
+
+/// The msg id and event time of a new event, from the options or fresh.
+pub(crate) fn event_meta(opts: &EventOpts) -> Result<EventMeta, Failure> {
+    let now = now_ms();
+    let timestamp_ms = opts.at.unwrap_or(now);
+    check_not_in_future("--at", timestamp_ms, now)?;
+    let msg_id = match &opts.msg_id {
+        Some(id) => {
+            check_msg_id("--msg-id", id)?;
+            id.clone()
+        }
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    Ok(EventMeta {
+        msg_id,
+        timestamp_ms,
+    })
+}
+
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Publishes one message and waits for its PubAck, explaining the usual failures.
+pub(crate) async fn publish_acked(
+    js: &async_nats::jetstream::Context,
+    out: &Outbound,
+) -> Result<async_nats::jetstream::publish::PublishAck, Failure> {
+    let ack = js
+        .publish_with_headers(
+            out.subject.clone(),
+            out.headers.clone(),
+            out.payload.clone(),
+        )
+        .await
+        .map_err(|e| explain_publish(e, &out.subject))?
+        .await
+        .map_err(|e| explain_publish(e, &out.subject))?;
+    Ok(ack)
+}
+
+pub(crate) fn explain_publish(
+    e: async_nats::jetstream::context::PublishError,
+    subject: &str,
+) -> Failure {
+    let error = match e.kind() {
+        PublishErrorKind::StreamNotFound => anyhow::anyhow!(
+            "no stream stores {subject}: run `stockwire setup` first (stream {})",
+            subjects::INVENTORY_STREAM
+        ),
+        PublishErrorKind::MaxPayloadExceeded => {
+            return Failure::invalid(format!(
+                "publishing to {subject}: the event is too large ({e})"
+            ))
+        }
+        _ => anyhow::Error::new(e).context(format!("publishing to {subject}")),
+    };
+    Failure::from(error)
+}
