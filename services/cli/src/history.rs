@@ -72,12 +72,12 @@ pub(crate) async fn run(ctx: &Ctx, args: HistoryArgs) -> Outcome {
     }
     if !ctx.json {
         if count == 0 {
-            println!(
+            output::line(format!(
                 "no events for {} {}",
                 args.product.warehouse, args.product.sku
-            );
+            ));
         } else {
-            println!("{table}");
+            output::line(&table);
         }
     }
     Ok(())

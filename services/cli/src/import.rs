@@ -94,10 +94,10 @@ pub(crate) async fn run(ctx: &Ctx, file: &Path) -> Outcome {
             (Some(a), Some(b)) => format!(" as #{a}..#{b}"),
             _ => String::new(),
         };
-        println!(
+        output::line(format!(
             "stored {} events{seqs}, {} duplicates not stored again, from {} lines in {:.2} s ({:.0} events/s)",
             summary.stored, summary.duplicates, summary.lines, summary.seconds, summary.events_per_s
-        );
+        ));
     }
     Ok(())
 }

@@ -56,18 +56,18 @@ async fn publish_one(ctx: &Ctx, event: Event, opts: EventOpts) -> Outcome {
     if ctx.json {
         output::json_line(&result);
     } else if ack.duplicate {
-        println!(
+        output::line(format!(
             "duplicate, not stored again: msg id {} is already stored as #{}",
             meta.msg_id, ack.sequence
-        );
+        ));
     } else {
-        println!(
+        output::line(format!(
             "stored {} as #{} on {} (msg id {})",
             event.event_type(),
             ack.sequence,
             out.subject,
             meta.msg_id
-        );
+        ));
     }
     Ok(())
 }

@@ -49,7 +49,7 @@ pub(crate) async fn run(ctx: &Ctx, args: SetupArgs) -> Outcome {
                 c.outcome.to_string(),
             ]);
         }
-        println!("{table}");
+        output::line(&table);
     }
     Ok(())
 }
