@@ -112,6 +112,7 @@ pub struct Outbound {
 /// The standard header names for one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
+    prefix: String,
     format: String,
     event_type: String,
     msg_id: String,
@@ -129,12 +130,18 @@ impl Envelope {
     pub fn new(prefix: &str) -> Self {
         let name = |suffix: &str| format!("{prefix}_{suffix}");
         Self {
+            prefix: prefix.to_string(),
             format: name(subjects::HEADER_FORMAT),
             event_type: name(subjects::HEADER_TYPE),
             msg_id: name(subjects::HEADER_MSG_ID),
             timestamp_ms: name(subjects::HEADER_TIMESTAMP_MS),
             version: name(subjects::HEADER_VERSION),
         }
+    }
+
+    /// The header prefix, e.g. `myorg`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The name of the type header, e.g. `myorg_type`.

@@ -24,6 +24,7 @@ use stockwire::envelope::{check_msg_id, EventMeta, Outbound};
 use crate::failure::{Failure, Outcome};
 use crate::publish::{explain_publish, now_ms};
 use crate::{output, Ctx};
+use stockwire::connect::{connect, Startup};
 
 /// Namespace of the msg ids derived from a line's number and content.
 const LINE_ID_NAMESPACE: uuid::Uuid =
@@ -35,10 +36,11 @@ const MAX_REPORTED: usize = 50;
 /// Unacknowledged single publishes in flight, when a batch falls back to them.
 const WINDOW: usize = 256;
 
-/// One valid line, ready to publish.
-struct Line {
-    number: usize,
-    out: Outbound,
+/// The valid lines, ready to publish: each message with its line number.
+#[derive(Default)]
+struct Lines {
+    messages: Vec<Outbound>,
+    numbers: Vec<usize>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -53,20 +55,34 @@ struct Summary {
 }
 
 pub(crate) async fn run(ctx: &Ctx, file: &Path) -> Outcome {
+    let started = Instant::now();
+    // Connect while the file is read and checked; nothing is sent before every line is valid.
+    let connecting = {
+        let args = ctx.connect.clone();
+        tokio::spawn(async move { connect(&args, "stockwire-cli", Startup::FailFast).await })
+    };
     let text = read_input(file)?;
     let lines = parse_all(ctx, &text, file)?;
-    let js = ctx.jetstream().await?;
-    let client = js.client();
+    drop(text);
+    tracing::debug!(lines = lines.numbers.len(), elapsed = ?started.elapsed(), "file checked");
+    let client = connecting
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting: {e}"))?
+        .map_err(anyhow::Error::new)?;
+    let js = async_nats::jetstream::new(client.clone());
     let timeout = ctx.connect.request_timeout();
 
-    let started = Instant::now();
     let mut summary = Summary {
-        lines: lines.len(),
+        lines: lines.numbers.len(),
         ..Summary::default()
     };
     let mut last_line_stored: Option<usize> = None;
-    for chunk in lines.chunks(MAX_BATCH) {
-        let result = publish_chunk(&client, &js, chunk, timeout, &mut summary).await;
+    for (messages, numbers) in lines
+        .messages
+        .chunks(MAX_BATCH)
+        .zip(lines.numbers.chunks(MAX_BATCH))
+    {
+        let result = publish_chunk(&client, &js, messages, numbers, timeout, &mut summary).await;
         if let Err(failure) = result {
             let where_ = match last_line_stored {
                 Some(n) => format!("every line up to line {n} is stored"),
@@ -79,7 +95,7 @@ pub(crate) async fn run(ctx: &Ctx, file: &Path) -> Outcome {
                     .context(format!("importing {}: {where_}", file.display())),
             });
         }
-        last_line_stored = chunk.last().map(|l| l.number);
+        last_line_stored = numbers.last().copied();
     }
     summary.seconds = started.elapsed().as_secs_f64();
     summary.events_per_s = if summary.seconds > 0.0 {
@@ -87,6 +103,7 @@ pub(crate) async fn run(ctx: &Ctx, file: &Path) -> Outcome {
     } else {
         0.0
     };
+    tracing::debug!(elapsed = ?started.elapsed(), "file published");
     if ctx.json {
         output::json_line(&summary);
     } else {
@@ -116,29 +133,63 @@ fn read_input(file: &Path) -> Result<String, Failure> {
 }
 
 /// Validates every line; returns them all, or a failure that lists each bad line.
-fn parse_all(ctx: &Ctx, text: &str, file: &Path) -> Result<Vec<Line>, Failure> {
+fn parse_all(ctx: &Ctx, text: &str, file: &Path) -> Result<Lines, Failure> {
     let now = now_ms();
-    let mut lines = Vec::new();
+    let raw: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| (i + 1, l))
+        .collect();
+    // Lines are independent: check them on every core, then merge in file order.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let per_thread = raw.len().div_ceil(threads).max(1);
+    let envelope = &ctx.envelope;
+    let parsed: Vec<Vec<Parsed>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = raw
+            .chunks(per_thread)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|&(number, line)| Parsed {
+                            number,
+                            result: parse_line(line, number, now).map(|(event, meta)| {
+                                let out = envelope.encode(&event, &meta);
+                                (meta.msg_id, out)
+                            }),
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+
+    let mut lines = Lines::default();
     let mut errors = Vec::new();
-    let mut seen_ids: HashMap<String, usize> = HashMap::new();
-    for (i, raw) in text.lines().enumerate() {
-        let number = i + 1;
-        if raw.trim().is_empty() {
-            continue;
-        }
-        match parse_line(raw, number, now) {
-            Ok((event, meta)) => {
-                if let Some(first) = seen_ids.insert(meta.msg_id.clone(), number) {
+    let mut seen_ids: HashMap<String, usize> = HashMap::with_capacity(raw.len());
+    let checked: usize = parsed.iter().map(Vec::len).sum();
+    if checked != raw.len() {
+        return Err(Failure::invalid(format!(
+            "{}: checking the lines failed; nothing was published",
+            file.display()
+        )));
+    }
+    for Parsed { number, result } in parsed.into_iter().flatten() {
+        match result {
+            Ok((msg_id, out)) => {
+                if let Some(first) = seen_ids.insert(msg_id, number) {
                     errors.push(format!(
-                        "line {number}: msg_id: {:?} repeats line {first}",
-                        meta.msg_id
+                        "line {number}: msg_id: repeats the msg_id of line {first}"
                     ));
                     continue;
                 }
-                lines.push(Line {
-                    number,
-                    out: ctx.envelope.encode(&event, &meta),
-                });
+                lines.messages.push(out);
+                lines.numbers.push(number);
             }
             Err(e) => errors.push(format!("line {number}: {e}")),
         }
@@ -158,6 +209,12 @@ fn parse_all(ctx: &Ctx, text: &str, file: &Path) -> Result<Vec<Line>, Failure> {
         errors.len(),
         if errors.len() == 1 { "" } else { "s" }
     )))
+}
+
+/// One line, checked and encoded (or what is wrong with it).
+struct Parsed {
+    number: usize,
+    result: Result<(String, Outbound), LineError>,
 }
 
 /// What is wrong with a line: its JSON, or one of its fields.
@@ -236,29 +293,29 @@ fn parse_line(raw: &str, number: usize, now: i64) -> Result<(Event, EventMeta), 
 async fn publish_chunk(
     client: &async_nats::Client,
     js: &async_nats::jetstream::Context,
-    chunk: &[Line],
+    messages: &[Outbound],
+    numbers: &[usize],
     timeout: Duration,
     summary: &mut Summary,
 ) -> Outcome {
-    let messages: Vec<Outbound> = chunk.iter().map(|l| l.out.clone()).collect();
-    match batch::publish_atomic(client, &messages, timeout).await {
+    match batch::publish_atomic(client, messages, timeout).await {
         Ok(ack) => {
-            summary.stored += chunk.len();
+            summary.stored += messages.len();
             summary.first_seq.get_or_insert(ack.first_sequence());
             summary.last_seq = Some(ack.sequence);
             Ok(())
         }
         Err(e) if e.err_code() == Some(err_code::BATCH_DUPLICATE) => {
             tracing::debug!(
-                lines = chunk.len(),
+                lines = messages.len(),
                 "batch holds a stored msg id; publishing one by one"
             );
-            publish_singly(js, &messages, summary).await
+            publish_singly(js, messages, summary).await
         }
         Err(e) => Err(Failure::from(anyhow::Error::new(e).context(format!(
             "publishing lines {}..{}",
-            chunk[0].number,
-            chunk[chunk.len() - 1].number
+            numbers.first().copied().unwrap_or(0),
+            numbers.last().copied().unwrap_or(0)
         )))),
     }
 }

@@ -6,12 +6,13 @@
 //! ## Layout
 //! - `failure`: failure kinds and their exit codes (0 ok, 1 NATS, 2 invalid input, 3 rejected).
 //! - `args`: the event arguments shared by the `publish` kinds.
-//! - `setup`, `publish`, `import`, `history`: one command each.
+//! - `setup`, `publish`, `import`, `history`, `bench`: one command each.
 //! - `output`: tables and JSON.
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
 
 mod args;
+mod bench;
 mod failure;
 mod history;
 mod import;
@@ -26,6 +27,7 @@ use stockwire::connect::{connect, ConnectArgs, Startup};
 use stockwire::envelope::Envelope;
 
 pub use args::{PublishArgs, PublishKind};
+pub use bench::BenchArgs;
 use failure::{Failure, Outcome};
 pub use history::HistoryArgs;
 pub use setup::SetupArgs;
@@ -54,6 +56,8 @@ pub enum Command {
     Publish(PublishArgs),
     /// Every event of one product in one warehouse, oldest first.
     History(HistoryArgs),
+    /// Measure ingest against the raw JetStream ceiling on the configured server.
+    Bench(BenchArgs),
 }
 
 /// What every command gets: its settings, and a way to reach NATS.
@@ -90,6 +94,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Setup(args) => setup::run(&ctx, args).await,
         Command::Publish(args) => publish::run(&ctx, args).await,
         Command::History(args) => history::run(&ctx, args).await,
+        Command::Bench(args) => bench::run(&ctx, args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
