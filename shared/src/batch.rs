@@ -95,56 +95,120 @@ pub async fn publish_atomic(
     messages: &[Outbound],
     timeout: Duration,
 ) -> Result<BatchAck, BatchError> {
+    send_atomic(client, messages, None, timeout)
+        .await?
+        .ack()
+        .await
+}
+
+/// A batch sent and committed, its PubAck still to come.
+pub struct SentBatch {
+    replies: async_nats::Subscriber,
+    batch_id: String,
+    count: usize,
+    timeout: Duration,
+}
+
+/// Sends `messages` as one atomic batch without waiting for the PubAck, so the next
+/// batch can be sent while the server stores this one. With `expected_last`, the first
+/// message carries `Nats-Expected-Last-Sequence`: the batch is stored only if the
+/// stream's last message is that one (batches sent back to back then land in order
+/// and contiguous, or not at all).
+pub async fn send_atomic(
+    client: &Client,
+    messages: &[Outbound],
+    expected_last: Option<u64>,
+    timeout: Duration,
+) -> Result<SentBatch, BatchError> {
     let Some((last, rest)) = messages.split_last() else {
         return Err(BatchError::Size(0));
     };
     if messages.len() > MAX_BATCH {
         return Err(BatchError::Size(messages.len()));
     }
+    let request_error = |e: &dyn std::fmt::Display| BatchError::Request(e.to_string());
     let batch_id = uuid::Uuid::new_v4().simple().to_string();
-    for (i, msg) in rest.iter().enumerate() {
+    let inbox = client.new_inbox();
+    let replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| request_error(&e))?;
+    let with_batch_headers = |msg: &Outbound, seq: usize| {
         let mut headers = msg.headers.clone();
         headers.insert(subjects::NATS_BATCH_ID, batch_id.as_str());
-        headers.insert(subjects::NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
-        client
-            .publish_with_headers(msg.subject.clone(), headers, msg.payload.clone())
-            .await
-            .map_err(|e| BatchError::Request(e.to_string()))?;
-    }
-    let mut headers = last.headers.clone();
-    headers.insert(subjects::NATS_BATCH_ID, batch_id.as_str());
-    headers.insert(
-        subjects::NATS_BATCH_SEQUENCE,
-        messages.len().to_string().as_str(),
-    );
-    headers.insert(subjects::NATS_BATCH_COMMIT, "1");
-    let request = async_nats::Request::new()
-        .headers(headers)
-        .payload(last.payload.clone())
-        .timeout(Some(timeout));
-    let reply = client
-        .send_request(last.subject.clone(), request)
-        .await
-        .map_err(|e| BatchError::Request(e.to_string()))?;
-    match serde_json::from_slice::<Response>(&reply.payload) {
-        Ok(Response::Ok(ack)) if ack.batch_id == batch_id && ack.count == messages.len() as u64 => {
-            Ok(ack)
+        headers.insert(subjects::NATS_BATCH_SEQUENCE, seq.to_string().as_str());
+        if seq == 1 {
+            if let Some(expected) = expected_last {
+                headers.insert(
+                    subjects::NATS_EXPECTED_LAST_SEQUENCE,
+                    expected.to_string().as_str(),
+                );
+            }
         }
-        Ok(Response::Ok(ack)) => Err(BatchError::BadAck(format!(
-            "batch {:?} of {} messages acknowledged as batch {:?} of {}",
-            batch_id,
-            messages.len(),
-            ack.batch_id,
-            ack.count
-        ))),
-        Ok(Response::Err { error }) => Err(BatchError::Refused {
-            code: error.code,
-            err_code: error.err_code,
-            description: error.description,
-        }),
-        Err(e) => Err(BatchError::BadAck(format!(
-            "{e}: {}",
-            String::from_utf8_lossy(&reply.payload)
-        ))),
+        headers
+    };
+    for (i, msg) in rest.iter().enumerate() {
+        client
+            .publish_with_headers(
+                msg.subject.clone(),
+                with_batch_headers(msg, i + 1),
+                msg.payload.clone(),
+            )
+            .await
+            .map_err(|e| request_error(&e))?;
+    }
+    let mut headers = with_batch_headers(last, messages.len());
+    headers.insert(subjects::NATS_BATCH_COMMIT, "1");
+    client
+        .publish_with_reply_and_headers(last.subject.clone(), inbox, headers, last.payload.clone())
+        .await
+        .map_err(|e| request_error(&e))?;
+    Ok(SentBatch {
+        replies,
+        batch_id,
+        count: messages.len(),
+        timeout,
+    })
+}
+
+impl SentBatch {
+    /// Waits for the batch's PubAck: stored whole, or refused whole.
+    pub async fn ack(mut self) -> Result<BatchAck, BatchError> {
+        use futures::StreamExt;
+        let reply = match tokio::time::timeout(self.timeout, self.replies.next()).await {
+            Ok(Some(reply)) => reply,
+            Ok(None) => return Err(BatchError::Request("the reply subscription ended".into())),
+            Err(_) => {
+                return Err(BatchError::Request(format!(
+                    "no PubAck within {:?}",
+                    self.timeout
+                )))
+            }
+        };
+        if reply.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            return Err(BatchError::Request(
+                "no stream stores these subjects (run `stockwire setup`)".into(),
+            ));
+        }
+        match serde_json::from_slice::<Response>(&reply.payload) {
+            Ok(Response::Ok(ack))
+                if ack.batch_id == self.batch_id && ack.count == self.count as u64 =>
+            {
+                Ok(ack)
+            }
+            Ok(Response::Ok(ack)) => Err(BatchError::BadAck(format!(
+                "batch {:?} of {} messages acknowledged as batch {:?} of {}",
+                self.batch_id, self.count, ack.batch_id, ack.count
+            ))),
+            Ok(Response::Err { error }) => Err(BatchError::Refused {
+                code: error.code,
+                err_code: error.err_code,
+                description: error.description,
+            }),
+            Err(e) => Err(BatchError::BadAck(format!(
+                "{e}: {}",
+                String::from_utf8_lossy(&reply.payload)
+            ))),
+        }
     }
 }

@@ -40,12 +40,36 @@ pub const DEFAULT_HEADER_PREFIX: &str = "myorg";
 
 /// JetStream headers Stockwire sets itself.
 pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
+pub const NATS_EXPECTED_LAST_SEQUENCE: &str = "Nats-Expected-Last-Sequence";
 pub const NATS_EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
 pub const NATS_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
     "Nats-Expected-Last-Subject-Sequence-Subject";
 pub const NATS_BATCH_ID: &str = "Nats-Batch-Id";
 pub const NATS_BATCH_SEQUENCE: &str = "Nats-Batch-Sequence";
 pub const NATS_BATCH_COMMIT: &str = "Nats-Batch-Commit";
+
+/// KV's operation header, and its value for a delete marker.
+pub const KV_OPERATION: &str = "KV-Operation";
+pub const KV_OPERATION_DELETE: &str = "DEL";
+
+/// Headers of a dead letter: why, and where the original is.
+pub const DEADLETTER_REASON: &str = "Stockwire-Reason";
+pub const DEADLETTER_ERROR: &str = "Stockwire-Error";
+pub const DEADLETTER_VIEW: &str = "Stockwire-View";
+pub const DEADLETTER_SOURCE_SUBJECT: &str = "Stockwire-Source-Subject";
+pub const DEADLETTER_SOURCE_SEQUENCE: &str = "Stockwire-Source-Sequence";
+pub const DEADLETTER_TRUNCATED: &str = "Stockwire-Truncated";
+
+/// The dead letter of the event at `seq` of `INVENTORY`, as seen by the projector of `view`:
+/// one subject per event and view, written at most once.
+pub fn deadletter(view: &str, seq: u64) -> String {
+    format!("deadletter.{view}.{seq}")
+}
+
+/// Where a view's projector takes rebuild requests (core NATS request/reply).
+pub fn rebuild_requests(view: &str) -> String {
+    format!("stockwire.rebuild.{view}")
+}
 
 /// The subject of one event: `warehouse.{warehouse}.product.{sku}.{kind}`.
 pub fn event(warehouse: &WarehouseId, sku: &Sku, kind: EventKind) -> String {

@@ -3,7 +3,8 @@
 //!
 //! Ingest: `stockwire publish --file` (this binary, run as a user runs it) against two
 //! plain loops over the same events: pipelined single publishes with a window of
-//! unacknowledged ones, and atomic batches of 1,000. The faster loop is the ceiling.
+//! unacknowledged ones, and atomic batches of 1,000 (three in flight, as the import
+//! keeps). The faster loop is the ceiling.
 //!
 //! It writes events into `INVENTORY` (warehouse `bench`), so it refuses a server whose
 //! log already holds events unless told otherwise; `scripts/bench` runs it on a fresh one.
@@ -26,6 +27,9 @@ use crate::{output, Ctx};
 
 /// Unacknowledged publishes in flight in the pipelined loop.
 const WINDOW: usize = 1024;
+
+/// Atomic batches in flight in the batch loop (as many as `publish --file` keeps).
+const BATCHES_IN_FLIGHT: usize = 3;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -268,7 +272,7 @@ async fn raw_pipelined(
     Ok(started.elapsed())
 }
 
-/// Atomic batches of 1,000, one after the other.
+/// Atomic batches of 1,000, up to [`BATCHES_IN_FLIGHT`] sent before the oldest is acknowledged.
 async fn raw_batches(
     client: &async_nats::Client,
     ctx: &Ctx,
@@ -278,10 +282,21 @@ async fn raw_batches(
 ) -> Result<Duration, Failure> {
     let messages = encode_all(ctx, events, &format!("bench-batch-{run_id}"));
     let started = Instant::now();
+    let mut in_flight = VecDeque::with_capacity(BATCHES_IN_FLIGHT);
     for chunk in messages.chunks(MAX_BATCH) {
-        batch::publish_atomic(client, chunk, timeout)
+        if in_flight.len() >= BATCHES_IN_FLIGHT {
+            if let Some(sent) = in_flight.pop_front() {
+                let sent: batch::SentBatch = sent;
+                sent.ack().await.context("raw atomic batch")?;
+            }
+        }
+        let sent = batch::send_atomic(client, chunk, None, timeout)
             .await
             .context("raw atomic batch")?;
+        in_flight.push_back(sent);
+    }
+    for sent in in_flight {
+        sent.ack().await.context("raw atomic batch")?;
     }
     Ok(started.elapsed())
 }

@@ -7,7 +7,7 @@
 //! stores nothing twice: a batch that repeats a stored id is refused whole by the server,
 //! and is then published one event at a time (pipelined), each deduplicated on its own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::IntoFuture;
 use std::io::Read;
 use std::path::Path;
@@ -32,6 +32,9 @@ const LINE_ID_NAMESPACE: uuid::Uuid =
 
 /// At most this many bad lines are printed; the rest are counted.
 const MAX_REPORTED: usize = 50;
+
+/// Batches sent before the oldest one is acknowledged.
+const IN_FLIGHT: usize = 3;
 
 /// Unacknowledged single publishes in flight, when a batch falls back to them.
 const WINDOW: usize = 256;
@@ -77,25 +80,26 @@ pub(crate) async fn run(ctx: &Ctx, file: &Path) -> Outcome {
         ..Summary::default()
     };
     let mut last_line_stored: Option<usize> = None;
-    for (messages, numbers) in lines
-        .messages
-        .chunks(MAX_BATCH)
-        .zip(lines.numbers.chunks(MAX_BATCH))
+    if let Err(failure) = publish_all(
+        &client,
+        &js,
+        &lines,
+        timeout,
+        &mut summary,
+        &mut last_line_stored,
+    )
+    .await
     {
-        let result = publish_chunk(&client, &js, messages, numbers, timeout, &mut summary).await;
-        if let Err(failure) = result {
-            let where_ = match last_line_stored {
-                Some(n) => format!("every line up to line {n} is stored"),
-                None => "no line was stored".to_string(),
-            };
-            return Err(Failure {
-                kind: failure.kind,
-                error: failure
-                    .error
-                    .context(format!("importing {}: {where_}", file.display())),
-            });
-        }
-        last_line_stored = numbers.last().copied();
+        let where_ = match last_line_stored {
+            Some(n) => format!("every line up to line {n} is stored"),
+            None => "no line was stored".to_string(),
+        };
+        return Err(Failure {
+            kind: failure.kind,
+            error: failure
+                .error
+                .context(format!("importing {}: {where_}", file.display())),
+        });
     }
     summary.seconds = started.elapsed().as_secs_f64();
     summary.events_per_s = if summary.seconds > 0.0 {
@@ -287,6 +291,96 @@ fn parse_line(raw: &str, number: usize, now: i64) -> Result<(Event, EventMeta), 
             timestamp_ms,
         },
     ))
+}
+
+/// Publishes every line in file order: atomic batches, up to [`IN_FLIGHT`] of them sent
+/// before the oldest is acknowledged. Each batch expects the stream's last sequence to be
+/// where the previous batch ends, so batches land in order and back to back, or not at
+/// all. When one is refused (a repeated id, or another writer got in between), the ones
+/// sent after it are refused too; that chunk is then published on its own
+/// ([`publish_chunk`]) and pipelining resumes from the stream's new end.
+async fn publish_all(
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    lines: &Lines,
+    timeout: Duration,
+    summary: &mut Summary,
+    last_line_stored: &mut Option<usize>,
+) -> Outcome {
+    let chunks: Vec<(&[Outbound], &[usize])> = lines
+        .messages
+        .chunks(MAX_BATCH)
+        .zip(lines.numbers.chunks(MAX_BATCH))
+        .collect();
+    let mut expected = stream_end(js).await?;
+    let mut in_flight: VecDeque<(usize, batch::SentBatch)> = VecDeque::new();
+    let mut next = 0;
+    loop {
+        while in_flight.len() < IN_FLIGHT && next < chunks.len() {
+            let (messages, _) = chunks[next];
+            let sent = batch::send_atomic(client, messages, Some(expected), timeout)
+                .await
+                .context("sending a batch")?;
+            expected += messages.len() as u64;
+            in_flight.push_back((next, sent));
+            next += 1;
+        }
+        let Some((index, sent)) = in_flight.pop_front() else {
+            return Ok(());
+        };
+        let (messages, numbers) = chunks[index];
+        match sent.ack().await {
+            Ok(ack) => {
+                summary.stored += messages.len();
+                summary.first_seq.get_or_insert(ack.first_sequence());
+                summary.last_seq = Some(ack.sequence);
+                *last_line_stored = numbers.last().copied();
+            }
+            Err(e)
+                if matches!(
+                    e.err_code(),
+                    Some(err_code::BATCH_DUPLICATE | err_code::WRONG_LAST_SEQUENCE)
+                ) =>
+            {
+                // The batches sent after this one expected it to be stored: they are refused.
+                for (later, sent) in in_flight.drain(..) {
+                    if let Ok(ack) = sent.ack().await {
+                        tracing::warn!(
+                            batch = later,
+                            seq = ack.sequence,
+                            "a later batch was stored out of turn"
+                        );
+                        summary.stored += chunks[later].0.len();
+                    }
+                }
+                publish_chunk(client, js, messages, numbers, timeout, summary).await?;
+                *last_line_stored = numbers.last().copied();
+                next = index + 1;
+                expected = stream_end(js).await?;
+            }
+            Err(e) => {
+                return Err(Failure::from(anyhow::Error::new(e).context(format!(
+                    "publishing lines {}..{}",
+                    numbers.first().copied().unwrap_or(0),
+                    numbers.last().copied().unwrap_or(0)
+                ))))
+            }
+        }
+    }
+}
+
+/// The sequence of the last message of `INVENTORY`.
+async fn stream_end(js: &async_nats::jetstream::Context) -> Result<u64, Failure> {
+    let mut stream = js
+        .get_stream(stockwire::subjects::INVENTORY_STREAM)
+        .await
+        .context("finding stream INVENTORY (run `stockwire setup` first)")?;
+    Ok(stream
+        .info()
+        .await
+        .context("reading stream INVENTORY")?
+        .state
+        .last_sequence)
 }
 
 /// Publishes one chunk as an atomic batch; on a repeated id, one event at a time.

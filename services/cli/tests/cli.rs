@@ -61,6 +61,16 @@ impl Stack {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    fn ok_with_input(&self, args: &[&str], input: &str) -> String {
+        let out = self.run_with_input(args, Some(input));
+        assert!(
+            out.status.success(),
+            "stockwire {args:?} failed: {}",
+            stderr(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     async fn js(&self) -> jetstream::Context {
         jetstream::new(self.server.client().await)
     }
@@ -482,4 +492,92 @@ async fn publishing_before_setup_says_to_run_setup() {
         .expect("run stockwire");
     assert_eq!(code(&out), Some(1));
     assert!(stderr(&out).contains("stockwire setup"), "{}", stderr(&out));
+}
+
+fn numbered_file(lines: std::ops::Range<u32>, id_prefix: &str) -> String {
+    lines
+        .map(|i| {
+            json!({"type":"stock.received","warehouse":"ams1","sku":format!("s{}", i % 50),
+                   "location":"A1","quantity":i + 1,"msg_id":format!("{id_prefix}-{i}")})
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_import_stays_in_file_order_while_another_writer_publishes() {
+    let stack = Stack::start();
+    let js = stack.js().await;
+    let writer = tokio::spawn(async move {
+        let mut stored = 0;
+        for i in 0..300 {
+            let payload = json!({"warehouse":"ams1","sku":"other","location":"A1","quantity":1});
+            let mut headers = async_nats::HeaderMap::new();
+            for (k, v) in [
+                ("myorg_format", "application/json".to_string()),
+                ("myorg_type", "stock.received".to_string()),
+                ("myorg_msg_id", format!("other-{i}")),
+                ("myorg_timestamp_ms", "1795176000000".to_string()),
+                ("myorg_version", "1".to_string()),
+                ("Nats-Msg-Id", format!("other-{i}")),
+            ] {
+                headers.insert(k, v.as_str());
+            }
+            let ack = js
+                .publish_with_headers(
+                    "warehouse.ams1.product.other.received",
+                    headers,
+                    payload.to_string().into(),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("ack");
+            assert!(!ack.duplicate);
+            stored += 1;
+        }
+        stored
+    });
+    let text = numbered_file(0..8000, "imp");
+    let out = stack.run_with_input(&["publish", "--file", "-", "--json"], Some(&text));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(writer.await.expect("writer"), 300);
+    let events = stack.events().await;
+    assert_eq!(events.len(), 8300);
+    let imported: Vec<u64> = events
+        .iter()
+        .filter(|m| header(m, "myorg_msg_id").starts_with("imp-"))
+        .map(|m| payload(m)["quantity"].as_u64().expect("quantity"))
+        .collect();
+    assert_eq!(
+        imported,
+        (1..=8000).collect::<Vec<u64>>(),
+        "file order kept"
+    );
+}
+
+#[tokio::test]
+async fn a_file_holding_some_stored_ids_stores_the_rest_once_in_order() {
+    let stack = Stack::start();
+    // Lines 2500..2600 were published before (e.g. by an earlier, partial import).
+    let earlier = numbered_file(2500..2600, "mix");
+    stack.ok_with_input(&["publish", "--file", "-"], &earlier);
+    let text = numbered_file(0..5000, "mix");
+    let out = stack.run_with_input(&["publish", "--file", "-", "--json"], Some(&text));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("summary JSON");
+    assert_eq!(
+        (summary["stored"].as_u64(), summary["duplicates"].as_u64()),
+        (Some(4900), Some(100))
+    );
+    let quantities: Vec<u64> = stack
+        .events()
+        .await
+        .iter()
+        .skip(100)
+        .map(|m| payload(m)["quantity"].as_u64().expect("quantity"))
+        .collect();
+    let expected: Vec<u64> = (1..=5000).filter(|q| !(2501..=2600).contains(q)).collect();
+    assert_eq!(quantities, expected);
 }
