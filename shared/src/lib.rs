@@ -11,6 +11,10 @@
 //! - [`batch`]: atomic batch publish (all of up to 1,000 messages stored, or none).
 //! - [`connect`]: connection flags (URL, user/password, creds) and `connect`.
 //! - [`read`]: reading a filtered slice of a stream in order, to its end.
+//! - [`view`]: a view bucket as its projector sees it: cached revisions, atomic commits, checkpoint.
+//! - [`projector`]: the loop every view's projector runs; [`rebuild`]: rebuilding a view on request.
+//! - [`deadletter`]: copies of events a projector could not apply, with the reason.
+//! - [`replay`]: the log replayed in memory (verify, as-of).
 //! - [`runtime`]: tracing, the shutdown signal, backoff.
 //! - `testing` (feature `testing`): a real nats-server on a free port for tests.
 #![forbid(unsafe_code)]
@@ -18,11 +22,16 @@
 
 pub mod batch;
 pub mod connect;
+pub mod deadletter;
 pub mod domain;
 pub mod envelope;
+pub mod projector;
 pub mod provision;
 pub mod read;
+pub mod rebuild;
+pub mod replay;
 pub mod runtime;
 pub mod subjects;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod view;

@@ -181,6 +181,24 @@ impl NatsServer {
     }
 }
 
+/// Polls `check` every 20 ms until it holds; panics after `timeout` saying what was awaited.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn read_port(dir: &Path) -> Option<u16> {
     let entry = std::fs::read_dir(dir)
         .ok()?

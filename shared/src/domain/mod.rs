@@ -1,8 +1,10 @@
-//! The pure domain: validated ids and quantities, events of record, and event time.
+//! The pure domain: validated ids and quantities, events of record, stock and how events
+//! change it, and event time.
 //! No IO, no clock, no id generation here: time and ids are passed in.
 
 mod event;
 mod ids;
+mod stock;
 mod time;
 
 pub use event::{Event, EventKind};
@@ -10,4 +12,5 @@ pub use ids::{
     parse_count_text, InvalidField, Location, Quantity, Reason, Sku, WarehouseId, MAX_ID_LEN,
     MAX_REASON_LEN,
 };
+pub use stock::{evolve, Locations, StockBook, StockView};
 pub use time::{check_not_in_future, format_ms, parse_time_ms, MAX_FUTURE_MS};

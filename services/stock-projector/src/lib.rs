@@ -1,0 +1,86 @@
+//! # stock-projector
+//!
+//! Turns the event log into the `stock` view: one key per product and warehouse
+//! (`{warehouse}.{sku}`) with units per location, `on_hand`, and the sequence and time of
+//! the last event applied. The loop itself (ordered reading from the checkpoint, per-key
+//! folding, atomic commits, dead letters, rebuilds) is `stockwire::projector`; this crate
+//! says what the view is ([`StockProjection`]) and how the service is configured.
+#![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
+
+use std::time::Duration;
+
+use stockwire::connect::ConnectArgs;
+use stockwire::domain::{Event, StockView};
+use stockwire::envelope::{Envelope, Recorded};
+use stockwire::projector::{self, Projection};
+use stockwire::subjects;
+use tokio_util::sync::CancellationToken;
+
+/// The `stock` view: every event of record changes its product's stock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StockProjection;
+
+impl Projection for StockProjection {
+    type View = StockView;
+
+    fn bucket(&self) -> &'static str {
+        subjects::STOCK_BUCKET
+    }
+
+    fn filter(&self) -> String {
+        subjects::INVENTORY_SUBJECTS.to_string()
+    }
+
+    fn key(&self, event: &Event) -> String {
+        subjects::view_key(event.warehouse(), event.sku())
+    }
+
+    fn apply(
+        &self,
+        current: Option<&StockView>,
+        recorded: &Recorded,
+        seq: u64,
+    ) -> Option<StockView> {
+        let event = &recorded.event;
+        let mut view = current
+            .cloned()
+            .unwrap_or_else(|| StockView::new(event.warehouse().clone(), event.sku().clone()));
+        view.apply(event, seq, recorded.meta.timestamp_ms)
+            .then_some(view)
+    }
+}
+
+/// The service's settings.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "stock-projector",
+    version,
+    about = "Projects the Stockwire event log into the stock view"
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Prefix of the standard event headers.
+    #[arg(long, env = "STOCKWIRE_HEADER_PREFIX", default_value = subjects::DEFAULT_HEADER_PREFIX)]
+    pub header_prefix: String,
+    /// Events folded into one commit, at most.
+    #[arg(long, env = "STOCKWIRE_BATCH", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch: u64,
+}
+
+/// Runs the projector until `shutdown` is cancelled.
+pub async fn run(
+    client: async_nats::Client,
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let settings = projector::Config {
+        envelope: Envelope::new(&config.header_prefix),
+        max_batch: config.batch as usize,
+        commit_timeout: config.connect.request_timeout().max(Duration::from_secs(5)),
+    };
+    projector::run(client, StockProjection, settings, shutdown).await?;
+    Ok(())
+}

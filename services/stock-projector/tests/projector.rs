@@ -1,0 +1,470 @@
+//! stock-projector against a real nats-server: the view's numbers after the article's
+//! example, redelivery, a crash, poison, and two instances at once.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use stock_projector::{run, Config};
+use stockwire::batch;
+use stockwire::domain::{Event, Location, Quantity, Sku, StockView, WarehouseId};
+use stockwire::envelope::{Envelope, EventMeta, Outbound};
+use stockwire::provision;
+use stockwire::read::Reader;
+use stockwire::replay;
+use stockwire::subjects;
+use stockwire::testing::{wait_until, NatsServer};
+use stockwire::view::{self, Checkpoint};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Setup {
+    server: NatsServer,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stock: kv::Store,
+}
+
+async fn setup() -> Setup {
+    let server = NatsServer::start().expect("nats-server");
+    let client = server.client().await;
+    let js = jetstream::new(client.clone());
+    provision::provision(&js, &provision::Options::default())
+        .await
+        .expect("provision");
+    let stock = js
+        .get_key_value(subjects::STOCK_BUCKET)
+        .await
+        .expect("bucket");
+    Setup {
+        server,
+        client,
+        js,
+        stock,
+    }
+}
+
+fn config(server: &NatsServer) -> Config {
+    Config {
+        connect: server.connect_args(),
+        header_prefix: "myorg".into(),
+        batch: 1000,
+    }
+}
+
+/// Runs a projector in this process until the returned token is cancelled.
+fn spawn_projector(s: &Setup) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let token = CancellationToken::new();
+    let (client, cfg, t) = (s.client.clone(), config(&s.server), token.clone());
+    let handle = tokio::spawn(async move {
+        if let Err(e) = run(client, &cfg, t).await {
+            panic!("projector failed: {e:#}");
+        }
+    });
+    (token, handle)
+}
+
+fn w(s: &str) -> WarehouseId {
+    WarehouseId::parse(s).unwrap()
+}
+fn sku(s: &str) -> Sku {
+    Sku::parse(s).unwrap()
+}
+fn loc(s: &str) -> Location {
+    Location::parse(s).unwrap()
+}
+fn q(n: u64) -> Quantity {
+    Quantity::new(n).unwrap()
+}
+
+fn encode(event: &Event, i: usize) -> Outbound {
+    Envelope::default().encode(
+        event,
+        &EventMeta {
+            msg_id: uuid::Uuid::new_v4().to_string(),
+            timestamp_ms: 1_795_176_000_000 + i as i64,
+        },
+    )
+}
+
+async fn publish(js: &jetstream::Context, event: &Event) -> u64 {
+    let out = encode(event, 0);
+    js.publish_with_headers(out.subject, out.headers, out.payload)
+        .await
+        .expect("publish")
+        .await
+        .expect("ack")
+        .sequence
+}
+
+async fn view_of(stock: &kv::Store, key: &str) -> Option<StockView> {
+    stock
+        .get(key)
+        .await
+        .expect("kv get")
+        .map(|b| serde_json::from_slice(&b).expect("view JSON"))
+}
+
+async fn checkpoint(stock: &kv::Store) -> u64 {
+    view::read_checkpoint(stock).await.expect("checkpoint")
+}
+
+async fn stream_last(js: &jetstream::Context) -> u64 {
+    let mut stream = js.get_stream(subjects::INVENTORY_STREAM).await.unwrap();
+    stream.info().await.unwrap().state.last_sequence
+}
+
+async fn wait_caught_up(s: &Setup) {
+    let last = stream_last(&s.js).await;
+    wait_until("the projector to catch up", WAIT, || async {
+        checkpoint(&s.stock).await >= last
+    })
+    .await;
+}
+
+/// Every view key equals a replay of the log in memory.
+async fn assert_view_matches_replay(s: &Setup) {
+    let replayed = replay::stock(&s.js, &Envelope::default(), None)
+        .await
+        .unwrap();
+    let in_view: Vec<(String, StockView)> =
+        view::snapshot(&s.js, subjects::STOCK_BUCKET).await.unwrap();
+    let expected: Vec<(String, StockView)> = replayed
+        .book
+        .views()
+        .map(|v| (subjects::view_key(&v.warehouse, &v.sku), v.clone()))
+        .collect();
+    assert_eq!(in_view.len(), expected.len(), "number of keys");
+    for ((k1, v1), (k2, v2)) in in_view.iter().zip(&expected) {
+        assert_eq!(k1, k2);
+        assert_eq!(v1, v2, "key {k1}");
+    }
+}
+
+/// `n` events over `products` products: deliveries, sales, moves and counts.
+fn mixed_events(n: usize, products: usize) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            let (warehouse, product) = (
+                w(&format!("w{}", i % 3)),
+                sku(&format!("p{}", i % products)),
+            );
+            match i % 7 {
+                0..=2 => Event::Received {
+                    warehouse,
+                    sku: product,
+                    location: loc("A1"),
+                    quantity: q(1 + (i % 9) as u64),
+                },
+                3 | 4 => Event::Sold {
+                    warehouse,
+                    sku: product,
+                    location: loc("A1"),
+                    quantity: q(1 + (i % 4) as u64),
+                },
+                5 => Event::moved(warehouse, product, loc("A1"), loc("B2"), q(1)).unwrap(),
+                _ => Event::Corrected {
+                    warehouse,
+                    sku: product,
+                    location: loc("B2"),
+                    quantity: (i % 5) as u32,
+                },
+            }
+        })
+        .collect()
+}
+
+async fn publish_in_batches(client: &async_nats::Client, events: &[Event], size: usize) {
+    let encoded: Vec<Outbound> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| encode(e, i))
+        .collect();
+    for chunk in encoded.chunks(size) {
+        batch::publish_atomic(client, chunk, Duration::from_secs(10))
+            .await
+            .expect("publish batch");
+    }
+}
+
+#[tokio::test]
+async fn the_articles_apples() {
+    let s = setup().await;
+    let (stop, handle) = spawn_projector(&s);
+    let (ams1, apple) = (w("ams1"), sku("apple"));
+    publish(
+        &s.js,
+        &Event::Corrected {
+            warehouse: ams1.clone(),
+            sku: apple.clone(),
+            location: loc("A43"),
+            quantity: 5,
+        },
+    )
+    .await;
+    let moved = publish(
+        &s.js,
+        &Event::moved(ams1.clone(), apple.clone(), loc("A43"), loc("G15"), q(3)).unwrap(),
+    )
+    .await;
+    wait_until("the move in the view", WAIT, || async {
+        view_of(&s.stock, "ams1.apple")
+            .await
+            .is_some_and(|v| v.last_seq >= moved)
+    })
+    .await;
+    let view = view_of(&s.stock, "ams1.apple").await.unwrap();
+    assert_eq!(
+        (
+            view.locations.at(&loc("A43")),
+            view.locations.at(&loc("G15")),
+            view.on_hand
+        ),
+        (2, 3, 5)
+    );
+
+    let sold = publish(
+        &s.js,
+        &Event::Sold {
+            warehouse: ams1,
+            sku: apple,
+            location: loc("G15"),
+            quantity: q(2),
+        },
+    )
+    .await;
+    wait_until("the sale in the view", WAIT, || async {
+        view_of(&s.stock, "ams1.apple")
+            .await
+            .is_some_and(|v| v.last_seq >= sold)
+    })
+    .await;
+    let view = view_of(&s.stock, "ams1.apple").await.unwrap();
+    assert_eq!(
+        (
+            view.locations.at(&loc("A43")),
+            view.locations.at(&loc("G15")),
+            view.on_hand
+        ),
+        (2, 1, 3)
+    );
+    assert_eq!(view.updated_ms, 1_795_176_000_000);
+    assert_eq!(checkpoint(&s.stock).await, sold);
+    stop.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn redelivering_everything_changes_nothing() {
+    let s = setup().await;
+    publish_in_batches(&s.client, &mixed_events(3000, 40), 500).await;
+    let (stop, handle) = spawn_projector(&s);
+    wait_caught_up(&s).await;
+    stop.cancel();
+    handle.await.unwrap();
+    let before: Vec<(String, StockView)> =
+        view::snapshot(&s.js, subjects::STOCK_BUCKET).await.unwrap();
+
+    // Every event is delivered again.
+    let reset = serde_json::to_vec(&Checkpoint { last_seq: 0 }).unwrap();
+    s.stock
+        .put(subjects::CHECKPOINT_KEY, reset.into())
+        .await
+        .unwrap();
+    assert_eq!(checkpoint(&s.stock).await, 0);
+    let (stop, handle) = spawn_projector(&s);
+    wait_caught_up(&s).await;
+    stop.cancel();
+    handle.await.unwrap();
+    let after: Vec<(String, StockView)> =
+        view::snapshot(&s.js, subjects::STOCK_BUCKET).await.unwrap();
+    assert_eq!(before.len(), 120);
+    assert_eq!(before, after);
+    assert_view_matches_replay(&s).await;
+}
+
+fn start_process(server: &NatsServer) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_stock-projector"))
+        .env("NATS_URL", server.url())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start stock-projector")
+}
+
+#[tokio::test]
+async fn a_killed_projector_resumes_and_converges() {
+    let s = setup().await;
+    let events = mixed_events(20_000, 500);
+    let publisher = {
+        let (client, events) = (s.client.clone(), events.clone());
+        tokio::spawn(async move {
+            for part in events.chunks(500) {
+                publish_in_batches(&client, part, 250).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let mut child = start_process(&s.server);
+    wait_until("the projector to apply some events", WAIT, || async {
+        checkpoint(&s.stock).await > 2000
+    })
+    .await;
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    let at_kill = checkpoint(&s.stock).await;
+    let mut child = start_process(&s.server);
+    publisher.await.unwrap();
+    wait_caught_up(&s).await;
+    child.kill().expect("stop");
+    child.wait().expect("reap");
+    assert!(at_kill < 20_000, "the kill landed mid-way ({at_kill})");
+    assert_view_matches_replay(&s).await;
+
+    // on_hand is the sum of the facts, computed here without the domain code.
+    let mut expected: std::collections::BTreeMap<String, i64> = Default::default();
+    let mut counts: std::collections::BTreeMap<(String, String), i64> = Default::default();
+    for e in &events {
+        let key = subjects::view_key(e.warehouse(), e.sku());
+        let at = |l: &str| (key.clone(), l.to_string());
+        match e {
+            Event::Received { quantity, .. } => {
+                *counts.entry(at("A1")).or_default() += i64::from(quantity.get())
+            }
+            Event::Sold { quantity, .. } => {
+                *counts.entry(at("A1")).or_default() -= i64::from(quantity.get())
+            }
+            Event::Moved { quantity, .. } => {
+                *counts.entry(at("A1")).or_default() -= i64::from(quantity.get());
+                *counts.entry(at("B2")).or_default() += i64::from(quantity.get());
+            }
+            Event::Corrected { quantity, .. } => {
+                counts.insert(at("B2"), i64::from(*quantity));
+            }
+            Event::Destroyed { .. } => unreachable!(),
+        }
+    }
+    for ((key, _), n) in counts {
+        *expected.entry(key).or_default() += n;
+    }
+    for (key, on_hand) in expected {
+        let view = view_of(&s.stock, &key).await.expect("key in view");
+        assert_eq!(view.on_hand, on_hand, "{key}");
+    }
+}
+
+#[tokio::test]
+async fn poison_goes_to_the_dead_letters_and_the_rest_is_applied() {
+    let s = setup().await;
+    let (stop, handle) = spawn_projector(&s);
+    let good = Event::Received {
+        warehouse: w("ams1"),
+        sku: sku("apple"),
+        location: loc("A1"),
+        quantity: q(4),
+    };
+    publish(&s.js, &good).await;
+
+    let mut bad_json = encode(&good, 1);
+    bad_json.payload = "{\"warehouse\": \"ams1\", oops".into();
+    let mut no_type = encode(&good, 2);
+    no_type.headers = {
+        let mut h = async_nats::HeaderMap::new();
+        for (k, v) in no_type.headers.iter() {
+            if AsRef::<str>::as_ref(k) != "myorg_type" {
+                h.insert(k.clone(), v[0].clone());
+            }
+        }
+        h
+    };
+    for out in [bad_json, no_type] {
+        s.js.publish_with_headers(out.subject, out.headers, out.payload)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let last = publish(&s.js, &good).await;
+    wait_until("the event after the poison", WAIT, || async {
+        view_of(&s.stock, "ams1.apple")
+            .await
+            .is_some_and(|v| v.last_seq == last)
+    })
+    .await;
+    assert_eq!(view_of(&s.stock, "ams1.apple").await.unwrap().on_hand, 8);
+
+    let mut letters = Reader::open(&s.js, subjects::DEADLETTER_STREAM, "", 1)
+        .await
+        .unwrap();
+    let mut found = Vec::new();
+    while let Some(m) = letters.next().await {
+        let m = m.unwrap();
+        let h = m.headers.clone().unwrap();
+        found.push((
+            m.subject.clone(),
+            h.get("Stockwire-Reason").unwrap().to_string(),
+            h.get("Stockwire-Source-Sequence").unwrap().to_string(),
+            h.get("Stockwire-Source-Subject").unwrap().to_string(),
+        ));
+    }
+    assert_eq!(
+        found,
+        vec![
+            (
+                "deadletter.stock.2".into(),
+                "bad_json".into(),
+                "2".into(),
+                "warehouse.ams1.product.apple.received".into()
+            ),
+            (
+                "deadletter.stock.3".into(),
+                "missing_header".into(),
+                "3".into(),
+                "warehouse.ams1.product.apple.received".into()
+            ),
+        ]
+    );
+    stop.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn two_projectors_at_once_build_the_same_view() {
+    let s = setup().await;
+    let (stop_a, a) = spawn_projector(&s);
+    let (stop_b, b) = spawn_projector(&s);
+    let events = mixed_events(6000, 60);
+    for part in events.chunks(600) {
+        publish_in_batches(&s.client, part, 300).await;
+    }
+    wait_caught_up(&s).await;
+    stop_a.cancel();
+    stop_b.cancel();
+    a.await.unwrap();
+    b.await.unwrap();
+    assert_view_matches_replay(&s).await;
+}
+
+#[tokio::test]
+async fn sigterm_stops_it_promptly_and_nothing_is_lost() {
+    let s = setup().await;
+    let mut child = start_process(&s.server);
+    publish_in_batches(&s.client, &mixed_events(2000, 30), 500).await;
+    wait_caught_up(&s).await;
+    let pid = child.id().to_string();
+    let started = std::time::Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "stopped in {:?}",
+        started.elapsed()
+    );
+    assert_view_matches_replay(&s).await;
+}

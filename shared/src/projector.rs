@@ -1,0 +1,279 @@
+//! The projector loop every view shares: read the log in order from the view's
+//! checkpoint, fold a batch of events per key in memory, commit the touched keys and the
+//! new checkpoint as one atomic batch, and go on.
+//!
+//! Why it is exactly right:
+//! - An ordered consumer delivers every event after the checkpoint, in stream order, with
+//!   no gap and no redelivery out of order (on a gap the client recreates it).
+//! - A key skips an event whose sequence is not above its `last_seq`, so an event read
+//!   twice (after a crash, a conflict, or by a second instance) counts once.
+//! - A commit carries each key's expected revision and the checkpoint's: a second writer
+//!   makes it fail whole, and this projector then reloads and redoes from the checkpoint.
+//! - An event that cannot be decoded is copied to `DEADLETTER` (once: one subject per
+//!   event, expected to be empty) before the checkpoint moves past it.
+//!
+//! A projection says which events it reads and how one changes its value ([`Projection`]);
+//! the rest is here. Rebuild requests arrive on `stockwire.rebuild.{bucket}` (see `rebuild`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+use async_nats::jetstream::{self, Context};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::deadletter;
+use crate::domain::Event;
+use crate::envelope::{Envelope, Recorded};
+use crate::rebuild;
+use crate::runtime::Backoff;
+use crate::subjects;
+use crate::view::{Change, ViewError, ViewStore, MAX_KEYS_PER_COMMIT};
+
+/// What a view is made of: which events, which key, and how an event changes a value.
+pub trait Projection: Send + Sync + 'static {
+    type View: Serialize + DeserializeOwned + Clone + PartialEq + Send + Sync + std::fmt::Debug;
+
+    /// The view's bucket, e.g. `stock`.
+    fn bucket(&self) -> &'static str;
+    /// The `INVENTORY` subjects it reads.
+    fn filter(&self) -> String;
+    /// The key of the view that `event` changes.
+    fn key(&self, event: &Event) -> String;
+    /// The value after the event stored at `seq`, or `None` when `current` already holds it.
+    fn apply(
+        &self,
+        current: Option<&Self::View>,
+        recorded: &Recorded,
+        seq: u64,
+    ) -> Option<Self::View>;
+}
+
+/// Settings of a projector.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub envelope: Envelope,
+    /// Events read before a commit, at most.
+    pub max_batch: usize,
+    /// Time allowed for a commit's PubAck.
+    pub commit_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            envelope: Envelope::default(),
+            max_batch: 1000,
+            commit_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Runs the projector until `shutdown` is cancelled. Transient failures are retried
+/// with backoff; this returns an error only if the view's bucket cannot be opened.
+pub async fn run<P: Projection>(
+    client: async_nats::Client,
+    projection: P,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), ViewError> {
+    let js = jetstream::new(client.clone());
+    let bucket = projection.bucket();
+    let mut store: ViewStore<P::View> =
+        ViewStore::open(client.clone(), bucket, config.commit_timeout).await?;
+    let mut rebuilds = rebuild::Listener::new(&client, bucket).await;
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    tracing::info!(view = bucket, "projector started");
+
+    'restart: loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let checkpoint = match store.checkpoint().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(view = bucket, error = %e, "cannot read checkpoint; retrying");
+                pause(&shutdown, backoff.next_delay()).await;
+                continue;
+            }
+        };
+        let mut messages = match open_from(&js, &projection.filter(), checkpoint + 1).await {
+            Ok(m) => m.ready_chunks(config.max_batch),
+            Err(e) => {
+                tracing::warn!(view = bucket, error = %e, "cannot read the log; retrying");
+                pause(&shutdown, backoff.next_delay()).await;
+                continue;
+            }
+        };
+        tracing::info!(view = bucket, checkpoint, "reading the log");
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break 'restart,
+                request = rebuilds.next() => {
+                    if let Some(request) = request {
+                        rebuild::run(&js, &projection, &config, &mut store, request).await;
+                    }
+                    continue 'restart;
+                }
+                chunk = messages.next() => {
+                    let Some(chunk) = chunk else {
+                        tracing::warn!(view = bucket, "the log reader ended; reopening");
+                        continue 'restart;
+                    };
+                    match apply_chunk(&js, &projection, &config, &mut store, chunk).await {
+                        Ok(()) => backoff.reset(),
+                        Err(e) => {
+                            match &e {
+                                ViewError::Conflict { .. } => tracing::info!(view = bucket, "another writer moved the view; reloading"),
+                                other => tracing::warn!(view = bucket, error = %other, "batch not committed; redoing from the checkpoint"),
+                            }
+                            store.invalidate();
+                            pause(&shutdown, backoff.next_delay()).await;
+                            continue 'restart;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(view = bucket, "projector stopped");
+    Ok(())
+}
+
+async fn pause(shutdown: &CancellationToken, delay: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(delay) => {}
+    }
+}
+
+/// An ordered consumer on `INVENTORY` from `start` on.
+pub(crate) async fn open_from(
+    js: &Context,
+    filter: &str,
+    start: u64,
+) -> Result<jetstream::consumer::pull::Ordered, async_nats::Error> {
+    let stream = js.get_stream(subjects::INVENTORY_STREAM).await?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: filter.to_string(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start.max(1),
+            },
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer.messages().await?)
+}
+
+type Item = Result<jetstream::Message, jetstream::consumer::pull::OrderedError>;
+
+/// Folds a batch of events per key and commits it with the checkpoint.
+async fn apply_chunk<P: Projection>(
+    js: &Context,
+    projection: &P,
+    config: &Config,
+    store: &mut ViewStore<P::View>,
+    chunk: Vec<Item>,
+) -> Result<(), ViewError> {
+    let bucket = projection.bucket();
+    let mut pending = Pending::default();
+    let mut last_seq = 0;
+    for item in chunk {
+        let msg = item.map_err(|e| ViewError::Nats {
+            bucket: bucket.to_string(),
+            message: format!("reading the log: {e}"),
+        })?;
+        let seq = msg
+            .info()
+            .map(|i| i.stream_sequence)
+            .map_err(|e| ViewError::Nats {
+                bucket: bucket.to_string(),
+                message: format!("reading a message's sequence: {e}"),
+            })?;
+        match config
+            .envelope
+            .decode(&msg.subject, msg.headers.as_ref(), &msg.payload)
+        {
+            Err(error) => {
+                tracing::warn!(view = bucket, stream_seq = seq, subject = %msg.subject, %error, "dead-lettering an event");
+                deadletter::publish(
+                    js,
+                    bucket,
+                    seq,
+                    &msg.subject,
+                    msg.headers.as_ref(),
+                    &msg.payload,
+                    &error,
+                )
+                .await
+                .map_err(|e| ViewError::Nats {
+                    bucket: bucket.to_string(),
+                    message: format!("dead-lettering event {seq}: {e}"),
+                })?;
+            }
+            Ok(recorded) => {
+                let key = projection.key(&recorded.event);
+                if !pending.contains(&key) && pending.len() == MAX_KEYS_PER_COMMIT {
+                    store.commit(pending.take(), last_seq).await?;
+                }
+                let current = match pending.get(&key) {
+                    Some(v) => Some(v.clone()),
+                    None => store.get(&key).await?,
+                };
+                if let Some(next) = projection.apply(current.as_ref(), &recorded, seq) {
+                    pending.put(key, next);
+                }
+            }
+        }
+        last_seq = seq;
+    }
+    if last_seq > 0 {
+        store.commit(pending.take(), last_seq).await?;
+    }
+    Ok(())
+}
+
+/// The values a batch changed, in the order first touched.
+struct Pending<V> {
+    order: Vec<String>,
+    values: HashMap<String, V>,
+}
+
+impl<V> Default for Pending<V> {
+    fn default() -> Self {
+        Self {
+            order: Vec::new(),
+            values: HashMap::new(),
+        }
+    }
+}
+
+impl<V> Pending<V> {
+    fn contains(&self, key: &str) -> bool {
+        self.values.contains_key(key)
+    }
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+    fn get(&self, key: &str) -> Option<&V> {
+        self.values.get(key)
+    }
+    fn put(&mut self, key: String, value: V) {
+        if !self.values.contains_key(&key) {
+            self.order.push(key.clone());
+        }
+        self.values.insert(key, value);
+    }
+    fn take(&mut self) -> Vec<(String, Change<V>)> {
+        let mut values = std::mem::take(&mut self.values);
+        std::mem::take(&mut self.order)
+            .into_iter()
+            .filter_map(|k| values.remove(&k).map(|v| (k, Change::Put(v))))
+            .collect()
+    }
+}

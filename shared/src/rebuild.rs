@@ -1,0 +1,242 @@
+//! Rebuilding a view from the log, done by the projector that owns it (the only writer).
+//!
+//! `stockwire rebuild <view>` sends a request to `stockwire.rebuild.{bucket}` (a queue
+//! group: one projector answers) with a reply inbox; the projector replays the whole log
+//! into memory, publishing [`Progress`] to that inbox, then writes each key that differs
+//! once with its final state (watchers never see a half-replayed value), deletes keys that
+//! should not exist, moves the checkpoint, and goes back to following the log. Events
+//! published meanwhile are applied after.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::Context;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::deadletter;
+use crate::projector::{Config, Projection};
+use crate::read::Reader;
+use crate::subjects;
+use crate::view::{Change, ViewStore, MAX_KEYS_PER_COMMIT};
+
+/// What a rebuilding projector reports to the requester.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Progress {
+    /// Replaying the log into memory: `done` of about `total` events.
+    Replaying {
+        done: u64,
+        total: u64,
+    },
+    /// Writing the keys that differ.
+    Writing {
+        keys: u64,
+    },
+    /// Finished: the view now equals a replay of the log up to `checkpoint`.
+    Done {
+        events: u64,
+        written: u64,
+        deleted: u64,
+        checkpoint: u64,
+        millis: u64,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+/// A rebuild request: where to report progress.
+pub struct Request {
+    reply: Option<async_nats::Subject>,
+    client: async_nats::Client,
+}
+
+impl Request {
+    async fn report(&self, progress: &Progress) {
+        let Some(reply) = &self.reply else { return };
+        if let Ok(body) = serde_json::to_vec(progress) {
+            if let Err(e) = self.client.publish(reply.clone(), body.into()).await {
+                tracing::warn!(error = %e, "cannot report rebuild progress");
+            }
+        }
+    }
+}
+
+/// The rebuild requests of one view.
+pub struct Listener {
+    client: async_nats::Client,
+    subscriber: Option<async_nats::Subscriber>,
+}
+
+impl Listener {
+    pub async fn new(client: &async_nats::Client, bucket: &str) -> Self {
+        let subject = subjects::rebuild_requests(bucket);
+        let subscriber = match client
+            .queue_subscribe(subject.clone(), format!("projector-{bucket}"))
+            .await
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(%subject, error = %e, "cannot take rebuild requests");
+                None
+            }
+        };
+        Self {
+            client: client.clone(),
+            subscriber,
+        }
+    }
+
+    /// The next request; pending forever when requests cannot be taken.
+    pub async fn next(&mut self) -> Option<Request> {
+        match &mut self.subscriber {
+            Some(s) => s.next().await.map(|m| Request {
+                reply: m.reply,
+                client: self.client.clone(),
+            }),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Rebuilds the view and reports how it went; the caller goes on from the new checkpoint.
+pub async fn run<P: Projection>(
+    js: &Context,
+    projection: &P,
+    config: &Config,
+    store: &mut ViewStore<P::View>,
+    request: Request,
+) {
+    let bucket = projection.bucket();
+    tracing::info!(view = bucket, "rebuild requested");
+    let outcome = rebuild(js, projection, config, store, &request).await;
+    store.invalidate();
+    match outcome {
+        Ok(done) => {
+            tracing::info!(view = bucket, ?done, "rebuild done");
+            request.report(&done).await;
+        }
+        Err(error) => {
+            tracing::error!(view = bucket, %error, "rebuild failed");
+            request.report(&Progress::Failed { error }).await;
+        }
+    }
+}
+
+async fn rebuild<P: Projection>(
+    js: &Context,
+    projection: &P,
+    config: &Config,
+    store: &mut ViewStore<P::View>,
+    request: &Request,
+) -> Result<Progress, String> {
+    let started = Instant::now();
+    let bucket = projection.bucket();
+    let mut reader = Reader::open(js, subjects::INVENTORY_STREAM, &projection.filter(), 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    let total = reader.remaining();
+    let mut book: HashMap<String, P::View> = HashMap::new();
+    let (mut events, mut last_seq) = (0u64, 0u64);
+    let mut reported = Instant::now();
+    request
+        .report(&Progress::Replaying { done: 0, total })
+        .await;
+    while let Some(stored) = reader.next().await {
+        let stored = stored.map_err(|e| e.to_string())?;
+        match config
+            .envelope
+            .decode(&stored.subject, stored.headers.as_ref(), &stored.payload)
+        {
+            Ok(recorded) => {
+                let key = projection.key(&recorded.event);
+                if let Some(next) = projection.apply(book.get(&key), &recorded, stored.sequence) {
+                    book.insert(key, next);
+                }
+            }
+            Err(error) => deadletter::publish(
+                js,
+                bucket,
+                stored.sequence,
+                &stored.subject,
+                stored.headers.as_ref(),
+                &stored.payload,
+                &error,
+            )
+            .await
+            .map_err(|e| format!("dead-lettering event {}: {e}", stored.sequence))?,
+        }
+        events += 1;
+        last_seq = stored.sequence;
+        if reported.elapsed() >= Duration::from_millis(200) {
+            reported = Instant::now();
+            let total = events + reader.remaining();
+            request
+                .report(&Progress::Replaying {
+                    done: events,
+                    total,
+                })
+                .await;
+        }
+    }
+
+    // What is there now, with revisions, to write only what differs.
+    let current = store.load_all().await.map_err(|e| e.to_string())?;
+    let checkpoint = store
+        .checkpoint()
+        .await
+        .map_err(|e| e.to_string())?
+        .max(last_seq);
+    let mut changes: Vec<(String, Change<P::View>)> = Vec::new();
+    let mut deleted = 0u64;
+    let mut in_view = HashMap::with_capacity(current.len());
+    for (key, value) in current {
+        if !book.contains_key(&key) {
+            changes.push((key.clone(), Change::Delete));
+            deleted += 1;
+        }
+        in_view.insert(key, value);
+    }
+    let mut keys: Vec<_> = book.into_iter().collect();
+    keys.sort_by(|a, b| a.0.cmp(&b.0));
+    for (key, value) in keys {
+        if in_view.get(&key) != Some(&value) {
+            changes.push((key, Change::Put(value)));
+        }
+    }
+    let written = changes.len() as u64 - deleted;
+    request
+        .report(&Progress::Writing {
+            keys: changes.len() as u64,
+        })
+        .await;
+    // Each commit is atomic; the checkpoint moves only with the last one, so a crash in
+    // between leaves a view that the projector completes from its old checkpoint.
+    let old_checkpoint = store.checkpoint().await.map_err(|e| e.to_string())?;
+    let mut chunks = changes.chunks(MAX_KEYS_PER_COMMIT).peekable();
+    if chunks.peek().is_none() {
+        store
+            .commit(Vec::new(), checkpoint)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    while let Some(chunk) = chunks.next() {
+        let cp = if chunks.peek().is_some() {
+            old_checkpoint
+        } else {
+            checkpoint
+        };
+        store
+            .commit(chunk.to_vec(), cp)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(Progress::Done {
+        events,
+        written,
+        deleted,
+        checkpoint,
+        millis: started.elapsed().as_millis() as u64,
+    })
+}
