@@ -14,6 +14,9 @@ pub struct PublishArgs {
     /// Import an NDJSON file of events, one a line ("-" reads standard input).
     #[arg(long, value_name = "FILE")]
     pub file: Option<PathBuf>,
+    /// With --file: return once the stock view has applied every event of the file.
+    #[arg(long, requires = "file")]
+    pub wait: bool,
     #[command(subcommand)]
     pub kind: Option<PublishKind>,
 }
@@ -39,6 +42,9 @@ pub struct EventOpts {
     /// When it happened: RFC 3339 (2026-11-20T12:00:00Z) or ms since the epoch (default: now).
     #[arg(long, value_name = "TIME", value_parser = parse_at)]
     pub at: Option<i64>,
+    /// Return once the stock view has applied the event (read your own write).
+    #[arg(long)]
+    pub wait: bool,
 }
 
 fn parse_at(value: &str) -> Result<i64, InvalidField> {

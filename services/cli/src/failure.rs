@@ -1,7 +1,7 @@
 //! How a command fails, and the exit code each kind of failure maps to.
 //!
-//! 0 ok, 1 failure talking to NATS, 2 invalid input (3, rejected by a domain rule or a
-//! conflict, comes with checked commands).
+//! 0 ok, 1 failure talking to NATS, 2 invalid input, 3 rejected by a domain rule or a
+//! conflict (or, for `verify`, a view that differs from the log).
 
 use std::process::ExitCode;
 
@@ -11,6 +11,8 @@ pub(crate) enum Kind {
     Nats,
     /// The input is wrong; nothing was published (exit 2).
     Invalid,
+    /// A domain rule, a conflict or a check refused (exit 3).
+    Rejected,
 }
 
 /// A failed command: what kind of failure, and the whole story of it.
@@ -32,6 +34,7 @@ impl Failure {
         ExitCode::from(match self.kind {
             Kind::Nats => 1,
             Kind::Invalid => 2,
+            Kind::Rejected => 3,
         })
     }
 }

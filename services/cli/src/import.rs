@@ -57,7 +57,8 @@ struct Summary {
     events_per_s: f64,
 }
 
-pub(crate) async fn run(ctx: &Ctx, file: &Path) -> Outcome {
+/// Returns the sequence of the last event the file stored, if any.
+pub(crate) async fn run(ctx: &Ctx, file: &Path) -> Result<Option<u64>, Failure> {
     let started = Instant::now();
     // Connect while the file is read and checked; nothing is sent before every line is valid.
     let connecting = {
@@ -120,7 +121,7 @@ pub(crate) async fn run(ctx: &Ctx, file: &Path) -> Outcome {
             summary.stored, summary.duplicates, summary.lines, summary.seconds, summary.events_per_s
         ));
     }
-    Ok(())
+    Ok(summary.last_seq)
 }
 
 fn read_input(file: &Path) -> Result<String, Failure> {

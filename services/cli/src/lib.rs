@@ -6,7 +6,7 @@
 //! ## Layout
 //! - `failure`: failure kinds and their exit codes (0 ok, 1 NATS, 2 invalid input, 3 rejected).
 //! - `args`: the event arguments shared by the `publish` kinds.
-//! - `setup`, `publish`, `import`, `history`, `bench`: one command each.
+//! - `setup`, `publish` (+ `import`), `stock`, `history`, `rebuild`, `verify`, `bench`: one command each.
 //! - `output`: tables and JSON.
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
@@ -18,7 +18,10 @@ mod history;
 mod import;
 mod output;
 mod publish;
+mod rebuild;
 mod setup;
+mod stock;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -30,7 +33,10 @@ pub use args::{PublishArgs, PublishKind};
 pub use bench::BenchArgs;
 use failure::{Failure, Outcome};
 pub use history::HistoryArgs;
+pub use rebuild::RebuildArgs;
 pub use setup::SetupArgs;
+pub use stock::StockArgs;
+pub use verify::VerifyArgs;
 
 /// Stockwire: event-sourced warehouse inventory on NATS JetStream.
 #[derive(Debug, Parser)]
@@ -54,8 +60,14 @@ pub enum Command {
     Setup(SetupArgs),
     /// Record what happened to stock: one event, or a file of them.
     Publish(PublishArgs),
+    /// The stock view: units per product, warehouse and location (--as-of: replayed from the log).
+    Stock(StockArgs),
     /// Every event of one product in one warehouse, oldest first.
     History(HistoryArgs),
+    /// Rebuild a view from the log (done by its running projector), with a progress bar.
+    Rebuild(RebuildArgs),
+    /// Compare the stock view with a replay of the log; list differences (exit 3 if any).
+    Verify(VerifyArgs),
     /// Measure ingest against the raw JetStream ceiling on the configured server.
     Bench(BenchArgs),
 }
@@ -93,7 +105,10 @@ pub async fn run(cli: Cli) -> ExitCode {
     let outcome: Outcome = match cli.command {
         Command::Setup(args) => setup::run(&ctx, args).await,
         Command::Publish(args) => publish::run(&ctx, args).await,
+        Command::Stock(args) => stock::run(&ctx, args).await,
         Command::History(args) => history::run(&ctx, args).await,
+        Command::Rebuild(args) => rebuild::run(&ctx, args).await,
+        Command::Verify(args) => verify::run(&ctx, args).await,
         Command::Bench(args) => bench::run(&ctx, args).await,
     };
     match outcome {

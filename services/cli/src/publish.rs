@@ -3,9 +3,11 @@
 
 use async_nats::jetstream::context::PublishErrorKind;
 use serde::Serialize;
+use std::time::{Duration, Instant};
 use stockwire::domain::{check_not_in_future, Event};
 use stockwire::envelope::{check_msg_id, EventMeta, Outbound};
-use stockwire::subjects;
+
+use stockwire::{subjects, view};
 
 use crate::args::{EventOpts, PublishArgs};
 use crate::failure::{Failure, Outcome};
@@ -13,7 +15,13 @@ use crate::{import, output, Ctx};
 
 pub(crate) async fn run(ctx: &Ctx, args: PublishArgs) -> Outcome {
     match (args.file, args.kind) {
-        (Some(file), None) => import::run(ctx, &file).await,
+        (Some(file), None) => {
+            let last = import::run(ctx, &file).await?;
+            match last {
+                Some(seq) if args.wait => wait_applied(ctx, seq).await,
+                _ => Ok(()),
+            }
+        }
         (None, Some(kind)) => {
             let (event, opts) = kind.into_event()?;
             publish_one(ctx, event, opts).await
@@ -53,6 +61,9 @@ async fn publish_one(ctx: &Ctx, event: Event, opts: EventOpts) -> Outcome {
         msg_id: &meta.msg_id,
         timestamp_ms: meta.timestamp_ms,
     };
+    if opts.wait {
+        wait_applied(ctx, ack.sequence).await?;
+    }
     if ctx.json {
         output::json_line(&result);
     } else if ack.duplicate {
@@ -129,4 +140,35 @@ pub(crate) fn explain_publish(
         _ => anyhow::Error::new(e).context(format!("publishing to {subject}")),
     };
     Failure::from(error)
+}
+
+/// How long `--wait` waits for the stock view.
+const WAIT_LIMIT: Duration = Duration::from_secs(15);
+
+/// Waits until the stock view has applied the event stored at `seq` (its checkpoint is at
+/// or past it: the checkpoint moves in the same atomic commit as the keys).
+pub(crate) async fn wait_applied(ctx: &Ctx, seq: u64) -> Outcome {
+    let js = ctx.jetstream().await?;
+    let kv = js
+        .get_key_value(subjects::STOCK_BUCKET)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening bucket stock (run `stockwire setup`?): {e}"))?;
+    let deadline = Instant::now() + WAIT_LIMIT;
+    loop {
+        let applied = view::read_checkpoint(&kv)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the stock view's checkpoint: {e}"))?;
+        if applied >= seq {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(anyhow::anyhow!(
+                "event #{seq} is stored, but the stock view has not applied it within {} s \
+                 (it is at #{applied}): is stock-projector running?",
+                WAIT_LIMIT.as_secs()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
