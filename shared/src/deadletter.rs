@@ -32,7 +32,7 @@ pub async fn publish(
     if let Some(original) = headers {
         for (name, values) in original.iter() {
             let name: &str = name.as_ref();
-            if name.starts_with("Nats-") {
+            if name.starts_with(subjects::NATS_HEADER_PREFIX) {
                 continue;
             }
             for value in values {

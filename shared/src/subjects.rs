@@ -52,6 +52,11 @@ pub const NATS_BATCH_COMMIT: &str = "Nats-Batch-Commit";
 pub const KV_OPERATION: &str = "KV-Operation";
 pub const KV_OPERATION_DELETE: &str = "DEL";
 
+/// Every header JetStream reads begins with this.
+pub const NATS_HEADER_PREFIX: &str = "Nats-";
+/// Every header Stockwire adds to a dead letter begins with this.
+pub const DEADLETTER_HEADER_PREFIX: &str = "Stockwire-";
+
 /// Headers of a dead letter: why, and where the original is.
 pub const DEADLETTER_REASON: &str = "Stockwire-Reason";
 pub const DEADLETTER_ERROR: &str = "Stockwire-Error";
@@ -77,6 +82,11 @@ pub fn event(warehouse: &WarehouseId, sku: &Sku, kind: EventKind) -> String {
         "warehouse.{warehouse}.product.{sku}.{}",
         kind.subject_token()
     )
+}
+
+/// Every event of one kind, of every product: `warehouse.*.product.*.{kind}`.
+pub fn events_of_kind(kind: EventKind) -> String {
+    format!("warehouse.*.product.*.{}", kind.subject_token())
 }
 
 /// Every event of one aggregate (one product in one warehouse).
@@ -135,6 +145,10 @@ mod tests {
         assert_eq!(subject, "warehouse.ams1.product.apple.sold");
         assert_eq!(split_event(&subject), Some(("ams1", "apple", "sold")));
         assert_eq!(aggregate(&w, &s), "warehouse.ams1.product.apple.*");
+        assert_eq!(
+            events_of_kind(EventKind::Sold),
+            "warehouse.*.product.*.sold"
+        );
         assert_eq!(split_event("warehouse.ams1.product.apple"), None);
         assert_eq!(split_event("warehouse.ams1.product.apple.sold.x"), None);
         assert_eq!(view_key(&w, &s), "ams1.apple");

@@ -6,13 +6,15 @@
 //! ## Layout
 //! - `failure`: failure kinds and their exit codes (0 ok, 1 NATS, 2 invalid input, 3 rejected).
 //! - `args`: the event arguments shared by the `publish` kinds.
-//! - `setup`, `publish` (+ `import`), `stock`, `history`, `rebuild`, `verify`, `bench`: one command each.
+//! - `setup`, `publish` (+ `import`), `stock`, `history`, `rebuild`, `verify`, `status`,
+//!   `deadletter`, `bench`: one command each.
 //! - `output`: tables and JSON.
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
 
 mod args;
 mod bench;
+mod deadletter;
 mod failure;
 mod history;
 mod import;
@@ -20,6 +22,7 @@ mod output;
 mod publish;
 mod rebuild;
 mod setup;
+mod status;
 mod stock;
 mod verify;
 
@@ -31,10 +34,12 @@ use stockwire::envelope::Envelope;
 
 pub use args::{PublishArgs, PublishKind};
 pub use bench::BenchArgs;
+pub use deadletter::DeadletterArgs;
 use failure::{Failure, Outcome};
 pub use history::HistoryArgs;
 pub use rebuild::RebuildArgs;
 pub use setup::SetupArgs;
+pub use status::StatusArgs;
 pub use stock::StockArgs;
 pub use verify::VerifyArgs;
 
@@ -50,6 +55,14 @@ pub struct Cli {
     /// Print data as JSON (one document per line) instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// How long `--wait` waits for the stock view, in seconds.
+    #[arg(
+        long,
+        env = "STOCKWIRE_WAIT_TIMEOUT_S",
+        default_value_t = 15,
+        global = true
+    )]
+    pub wait_timeout_s: u64,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -68,6 +81,10 @@ pub enum Command {
     Rebuild(RebuildArgs),
     /// Compare the stock view with a replay of the log; list differences (exit 3 if any).
     Verify(VerifyArgs),
+    /// Streams, buckets, projector lag and dead letters (--check: exit 1 if unhealthy).
+    Status(StatusArgs),
+    /// The events a projector could not apply: list, show, replay, purge.
+    Deadletter(DeadletterArgs),
     /// Measure ingest against the raw JetStream ceiling on the configured server.
     Bench(BenchArgs),
 }
@@ -77,6 +94,7 @@ pub(crate) struct Ctx {
     pub(crate) connect: ConnectArgs,
     pub(crate) envelope: Envelope,
     pub(crate) json: bool,
+    pub(crate) wait_timeout: std::time::Duration,
 }
 
 impl Ctx {
@@ -101,6 +119,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         connect: cli.connect,
         envelope: Envelope::new(&cli.header_prefix),
         json: cli.json,
+        wait_timeout: std::time::Duration::from_secs(cli.wait_timeout_s),
     };
     let outcome: Outcome = match cli.command {
         Command::Setup(args) => setup::run(&ctx, args).await,
@@ -109,6 +128,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::History(args) => history::run(&ctx, args).await,
         Command::Rebuild(args) => rebuild::run(&ctx, args).await,
         Command::Verify(args) => verify::run(&ctx, args).await,
+        Command::Status(args) => status::run(&ctx, args).await,
+        Command::Deadletter(args) => deadletter::run(&ctx, args).await,
         Command::Bench(args) => bench::run(&ctx, args).await,
     };
     match outcome {

@@ -142,9 +142,6 @@ pub(crate) fn explain_publish(
     Failure::from(error)
 }
 
-/// How long `--wait` waits for the stock view.
-const WAIT_LIMIT: Duration = Duration::from_secs(15);
-
 /// Waits until the stock view has applied the event stored at `seq` (its checkpoint is at
 /// or past it: the checkpoint moves in the same atomic commit as the keys).
 pub(crate) async fn wait_applied(ctx: &Ctx, seq: u64) -> Outcome {
@@ -153,7 +150,7 @@ pub(crate) async fn wait_applied(ctx: &Ctx, seq: u64) -> Outcome {
         .get_key_value(subjects::STOCK_BUCKET)
         .await
         .map_err(|e| anyhow::anyhow!("opening bucket stock (run `stockwire setup`?): {e}"))?;
-    let deadline = Instant::now() + WAIT_LIMIT;
+    let deadline = Instant::now() + ctx.wait_timeout;
     loop {
         let applied = view::read_checkpoint(&kv)
             .await
@@ -165,7 +162,7 @@ pub(crate) async fn wait_applied(ctx: &Ctx, seq: u64) -> Outcome {
             return Err(anyhow::anyhow!(
                 "event #{seq} is stored, but the stock view has not applied it within {} s \
                  (it is at #{applied}): is stock-projector running?",
-                WAIT_LIMIT.as_secs()
+                ctx.wait_timeout.as_secs()
             )
             .into());
         }

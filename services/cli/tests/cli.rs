@@ -10,6 +10,11 @@ use stockwire::read::{Reader, Stored};
 use stockwire::subjects;
 use stockwire::testing::NatsServer;
 
+#[path = "cli/ops.rs"]
+mod ops;
+#[path = "cli/views.rs"]
+mod views;
+
 /// A server with Stockwire's streams, and a way to run the CLI against it.
 struct Stack {
     server: NatsServer,

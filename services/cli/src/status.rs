@@ -1,0 +1,356 @@
+//! `stockwire status [--check] [--max-lag N]`: the streams, the buckets, how far each
+//! projector lags behind the log, and the dead letters; `--check` turns it into a health check.
+//!
+//! Every figure is exact. A bucket's keys are read as the last entry of each key (headers
+//! only), so deleted keys and the system keys (`_checkpoint`) are not counted. A projector's
+//! lag is the number of `INVENTORY` events after its `_checkpoint` that its view reads,
+//! counted by the server for a throw-away consumer with the view's filter. A stream or
+//! bucket that does not exist is reported as missing, not as an error.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::stream::Stream;
+use async_nats::jetstream::{Context, ErrorCode};
+use clap::Args;
+use futures::StreamExt;
+use serde::Serialize;
+use stockwire::{subjects, view};
+
+use crate::failure::{Failure, Outcome};
+use crate::{output, Ctx};
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Exit 1 when a projector lags by more than --max-lag events, a dead letter exists,
+    /// or a stream or bucket is missing (for health checks).
+    #[arg(long)]
+    check: bool,
+    /// Events a projector may lag behind the log before --check fails.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "STOCKWIRE_MAX_LAG",
+        default_value_t = 1000
+    )]
+    max_lag: u64,
+}
+
+/// What is shown for something `stockwire setup` has not created.
+const MISSING: &str = "missing (run `stockwire setup`)";
+
+/// The streams shown, in order.
+const STREAMS: [&str; 3] = [
+    subjects::INVENTORY_STREAM,
+    subjects::ALERTS_STREAM,
+    subjects::DEADLETTER_STREAM,
+];
+
+/// The buckets shown, in order.
+const BUCKETS: [&str; 3] = [
+    subjects::STOCK_BUCKET,
+    subjects::VELOCITY_BUCKET,
+    subjects::THRESHOLDS_BUCKET,
+];
+
+/// The views a projector writes, with the `INVENTORY` subjects each one reads.
+/// (`sales_velocity` joins when its projector exists.)
+fn projected_views() -> [(&'static str, String); 1] {
+    [(
+        subjects::STOCK_BUCKET,
+        subjects::INVENTORY_SUBJECTS.to_string(),
+    )]
+}
+
+#[derive(Debug, Serialize)]
+struct StreamStats {
+    messages: u64,
+    bytes: u64,
+    first_seq: u64,
+    last_seq: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct BucketStats {
+    keys: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct ProjectorStats {
+    /// Every event up to it is applied to the view.
+    checkpoint: u64,
+    /// Events the view reads after the checkpoint; `None` when `INVENTORY` is missing.
+    lag: Option<u64>,
+}
+
+/// Everything `status` reports; `None` (JSON `null`) stands for missing.
+#[derive(Debug, Serialize)]
+struct Report {
+    streams: BTreeMap<&'static str, Option<StreamStats>>,
+    buckets: BTreeMap<&'static str, Option<BucketStats>>,
+    projectors: BTreeMap<&'static str, Option<ProjectorStats>>,
+    dead_letters: Option<u64>,
+    max_lag: u64,
+    /// Why `--check` fails (or would fail); empty when healthy.
+    problems: Vec<String>,
+}
+
+pub(crate) async fn run(ctx: &Ctx, args: StatusArgs) -> Outcome {
+    let js = ctx.jetstream().await?;
+    let report = gather(&js, args.max_lag).await?;
+    if ctx.json {
+        output::json_line(&report);
+    } else {
+        // With --check, the failure itself says what is wrong (on stderr).
+        print_tables(&report, !args.check);
+    }
+    if args.check && !report.problems.is_empty() {
+        return Err(Failure::from(anyhow::anyhow!(
+            "status check failed: {}",
+            report.problems.join("; ")
+        )));
+    }
+    Ok(())
+}
+
+async fn gather(js: &Context, max_lag: u64) -> Result<Report, Failure> {
+    let mut problems = Vec::new();
+
+    let mut streams = BTreeMap::new();
+    let mut inventory = None;
+    for name in STREAMS {
+        let stats = match find_stream(js, name).await? {
+            Some(stream) => {
+                let state = &stream.cached_info().state;
+                let stats = StreamStats {
+                    messages: state.messages,
+                    bytes: state.bytes,
+                    first_seq: state.first_sequence,
+                    last_seq: state.last_sequence,
+                };
+                if name == subjects::INVENTORY_STREAM {
+                    inventory = Some(stream);
+                }
+                Some(stats)
+            }
+            None => {
+                problems.push(format!("stream {name} is {MISSING}"));
+                None
+            }
+        };
+        streams.insert(name, stats);
+    }
+    let dead_letters = streams
+        .get(subjects::DEADLETTER_STREAM)
+        .and_then(|s| s.as_ref())
+        .map(|s| s.messages);
+
+    let mut buckets = BTreeMap::new();
+    let mut stores = BTreeMap::new();
+    for bucket in BUCKETS {
+        let stats = if find_stream(js, &subjects::kv_stream(bucket))
+            .await?
+            .is_some()
+        {
+            let kv = js
+                .get_key_value(bucket)
+                .await
+                .with_context(|| format!("opening bucket {bucket}"))?;
+            let keys = count_keys(&kv, bucket).await?;
+            stores.insert(bucket, kv);
+            Some(BucketStats { keys })
+        } else {
+            problems.push(format!("bucket {bucket} is {MISSING}"));
+            None
+        };
+        buckets.insert(bucket, stats);
+    }
+
+    let mut projectors = BTreeMap::new();
+    for (bucket, filter) in projected_views() {
+        let stats = match stores.get(bucket) {
+            Some(kv) => {
+                let checkpoint = view::read_checkpoint(kv)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))
+                    .with_context(|| format!("reading the checkpoint of view {bucket}"))?;
+                let lag = match &inventory {
+                    Some(stream) => Some(lag(stream, &filter, checkpoint).await?),
+                    None => None,
+                };
+                if let Some(lag) = lag.filter(|lag| *lag > max_lag) {
+                    problems.push(format!(
+                        "view {bucket} lags by {lag} event{} (more than --max-lag {max_lag}); \
+                         is its projector running?",
+                        plural(lag)
+                    ));
+                }
+                Some(ProjectorStats { checkpoint, lag })
+            }
+            None => None,
+        };
+        projectors.insert(bucket, stats);
+    }
+
+    if let Some(n) = dead_letters.filter(|n| *n > 0) {
+        problems.push(format!(
+            "{n} dead letter{} (see `stockwire deadletter list`)",
+            plural(n)
+        ));
+    }
+
+    Ok(Report {
+        streams,
+        buckets,
+        projectors,
+        dead_letters,
+        max_lag,
+        problems,
+    })
+}
+
+/// The stream called `name`, or `None` when it does not exist; any other answer is a failure.
+pub(crate) async fn find_stream(js: &Context, name: &str) -> Result<Option<Stream>, Failure> {
+    match js.get_stream(name).await {
+        Ok(stream) => Ok(Some(stream)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                GetStreamErrorKind::JetStream(api)
+                    if api.error_code() == ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(Failure::from(
+            anyhow::Error::new(e).context(format!("looking up stream {name}")),
+        )),
+    }
+}
+
+/// Keys that hold a value now, system keys (`_checkpoint`) left out.
+async fn count_keys(kv: &async_nats::jetstream::kv::Store, bucket: &str) -> Result<u64, Failure> {
+    let fail = |e: &dyn std::fmt::Display| anyhow::anyhow!("counting the keys of {bucket}: {e}");
+    let mut keys = kv.keys().await.map_err(|e| fail(&e))?;
+    let mut count = 0;
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| fail(&e))?;
+        if !key.starts_with('_') {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// Events of `INVENTORY` under `filter` after `checkpoint`, as the server counts them.
+async fn lag(inventory: &Stream, filter: &str, checkpoint: u64) -> Result<u64, Failure> {
+    if checkpoint >= inventory.cached_info().state.last_sequence {
+        return Ok(0);
+    }
+    let consumer = inventory
+        .create_consumer(OrderedConfig {
+            filter_subject: filter.to_string(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: checkpoint + 1,
+            },
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("counting the events under {filter} after #{checkpoint}"))?;
+    let pending = consumer.cached_info().num_pending;
+    // It was only needed for the count; left alone, it would expire on its own.
+    if let Err(e) = inventory
+        .delete_consumer(&consumer.cached_info().name)
+        .await
+    {
+        tracing::debug!(error = %e, "deleting the counting consumer");
+    }
+    Ok(pending)
+}
+
+fn print_tables(report: &Report, with_problems: bool) {
+    let mut streams = output::table(["stream", "messages", "bytes", "first seq", "last seq"]);
+    for name in STREAMS {
+        streams.add_row(match report.streams.get(name).and_then(Option::as_ref) {
+            Some(s) => vec![
+                name.to_string(),
+                s.messages.to_string(),
+                human_bytes(s.bytes),
+                s.first_seq.to_string(),
+                s.last_seq.to_string(),
+            ],
+            None => vec![name.to_string(), MISSING.to_string()],
+        });
+    }
+    output::line(&streams);
+
+    let mut buckets = output::table(["bucket", "keys", "checkpoint", "lag"]);
+    for bucket in BUCKETS {
+        let mut row = vec![bucket.to_string()];
+        match report.buckets.get(bucket).and_then(Option::as_ref) {
+            Some(s) => row.push(s.keys.to_string()),
+            None => row.push(MISSING.to_string()),
+        }
+        match report.projectors.get(bucket) {
+            Some(Some(p)) => {
+                row.push(p.checkpoint.to_string());
+                row.push(p.lag.map_or_else(|| "?".to_string(), |l| l.to_string()));
+            }
+            Some(None) => {}
+            // Written by people, not by a projector.
+            None => row.extend(["-".to_string(), "-".to_string()]),
+        }
+        buckets.add_row(row);
+    }
+    output::line(&buckets);
+
+    output::line(format!(
+        "dead letters: {}",
+        report
+            .dead_letters
+            .map_or_else(|| MISSING.to_string(), |n| n.to_string())
+    ));
+    if with_problems {
+        for problem in &report.problems {
+            output::line(format!("! {problem}"));
+        }
+    }
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// `512 B`, `1.5 KiB`, `3.2 MiB`, ...
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_read_like_a_person_would_write_them() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024), "5.0 MiB");
+    }
+}
