@@ -149,7 +149,7 @@ pub fn desired(options: &Options) -> Vec<(String, Config)> {
 }
 
 /// The backing stream of a KV bucket, as `create_key_value` would make it, one value per key.
-fn kv_config(bucket: &str, description: &str, atomic: bool) -> Config {
+pub fn kv_config(bucket: &str, description: &str, atomic: bool) -> Config {
     Config {
         name: subjects::kv_stream(bucket),
         description: Some(description.into()),

@@ -18,18 +18,38 @@ use stockwire::subjects;
 use tokio_util::sync::CancellationToken;
 
 /// The `stock` view: every event of record changes its product's stock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StockProjection;
+#[derive(Debug, Clone)]
+pub struct StockProjection {
+    bucket: &'static str,
+    filter: String,
+}
+
+impl Default for StockProjection {
+    fn default() -> Self {
+        Self {
+            bucket: subjects::STOCK_BUCKET,
+            filter: subjects::INVENTORY_SUBJECTS.to_string(),
+        }
+    }
+}
+
+impl StockProjection {
+    /// The same projection into another bucket, from the events under `filter`
+    /// (`stockwire bench` measures the projector on a scratch view this way).
+    pub fn into_bucket(bucket: &'static str, filter: String) -> Self {
+        Self { bucket, filter }
+    }
+}
 
 impl Projection for StockProjection {
     type View = StockView;
 
     fn bucket(&self) -> &'static str {
-        subjects::STOCK_BUCKET
+        self.bucket
     }
 
     fn filter(&self) -> String {
-        subjects::INVENTORY_SUBJECTS.to_string()
+        self.filter.clone()
     }
 
     fn key(&self, event: &Event) -> String {
@@ -81,6 +101,6 @@ pub async fn run(
         max_batch: config.batch as usize,
         commit_timeout: config.connect.request_timeout().max(Duration::from_secs(5)),
     };
-    projector::run(client, StockProjection, settings, shutdown).await?;
+    projector::run(client, StockProjection::default(), settings, shutdown).await?;
     Ok(())
 }

@@ -9,27 +9,28 @@
 //! It writes events into `INVENTORY` (warehouse `bench`), so it refuses a server whose
 //! log already holds events unless told otherwise; `scripts/bench` runs it on a fresh one.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 use serde::Serialize;
-use stockwire::batch::{self, MAX_BATCH};
 use stockwire::domain::{Event, Location, Quantity, Sku, WarehouseId};
 use stockwire::envelope::{EventMeta, Outbound};
 use stockwire::subjects;
 
 use crate::failure::{Failure, Outcome};
+
+mod ingest;
+mod projection;
 use crate::publish::now_ms;
 use crate::{output, Ctx};
 
 /// Unacknowledged publishes in flight in the pipelined loop.
-const WINDOW: usize = 1024;
+pub(super) const WINDOW: usize = 1024;
 
 /// Atomic batches in flight in the batch loop (as many as `publish --file` keeps).
-const BATCHES_IN_FLIGHT: usize = 3;
+pub(super) const BATCHES_IN_FLIGHT: usize = 3;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -39,9 +40,12 @@ pub struct BenchArgs {
     /// Events per figure (overrides the default of the mode).
     #[arg(long)]
     events: Option<usize>,
-    /// Products the events are spread over.
+    /// Products the ingest events are spread over.
     #[arg(long, default_value_t = 100)]
     products: usize,
+    /// Product counts of the projection workloads (default: 100,1000,100000; --quick: 100,1000).
+    #[arg(long, value_delimiter = ',')]
+    projection_products: Vec<usize>,
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -70,6 +74,24 @@ struct Report {
     raw_publish_per_s: f64,
     ingest_events_per_s: f64,
     ingest_ratio: f64,
+    projection: Vec<ProjectionRow>,
+    /// Headline projection figures, at the first workload (100 products by default).
+    projector_events_per_s: f64,
+    projector_ceiling_per_s: f64,
+    projector_ratio: f64,
+    projector_ratio_100k: Option<f64>,
+    seed_style_events_per_s: f64,
+    seed_speedup: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct ProjectionRow {
+    products: usize,
+    ceiling_per_s: f64,
+    projector_per_s: f64,
+    ratio: f64,
+    seed_style_per_s: f64,
+    seed_speedup: f64,
 }
 
 pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
@@ -95,30 +117,53 @@ pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
         .messages;
     if held > 0 && !args.allow_existing {
         return Err(Failure::invalid(format!(
-            "INVENTORY already holds {held} events and the bench would add {} more; \
-             run it on a fresh server (scripts/bench) or pass --allow-existing",
-            3 * events
+            "INVENTORY already holds {held} events and the bench would add more; \
+             run it on a fresh server (scripts/bench) or pass --allow-existing"
         )));
     }
     let run_id = uuid::Uuid::new_v4().simple().to_string();
-    let sample = sample_events(events, args.products);
+    let sample = sample_events("bench", events, args.products);
     let timeout = ctx.connect.request_timeout().max(Duration::from_secs(10));
 
     eprintln!(
         "bench: {events} events over {} products per figure",
         args.products
     );
-    let pipelined = rate(events, raw_pipelined(&js, ctx, &sample, &run_id).await?);
+    let pipelined = rate(
+        events,
+        ingest::raw_pipelined(&js, ctx, &sample, &run_id).await?,
+    );
     eprintln!("bench: raw pipelined publishes   {pipelined:>10.0} events/s");
     let batched = rate(
         events,
-        raw_batches(&client, ctx, &sample, &run_id, timeout).await?,
+        ingest::raw_batches(&client, ctx, &sample, &run_id, timeout).await?,
     );
     eprintln!("bench: raw atomic batches        {batched:>10.0} events/s");
-    let ingest = rate(events, import_file(ctx, &sample, &run_id).await?);
+    let ingest = rate(events, ingest::import_file(ctx, &sample, &run_id).await?);
     eprintln!("bench: stockwire publish --file  {ingest:>10.0} events/s");
 
     let ceiling = pipelined.max(batched);
+
+    let workloads = if !args.projection_products.is_empty() {
+        args.projection_products.clone()
+    } else if args.quick {
+        vec![100, 1000]
+    } else {
+        vec![100, 1000, 100_000]
+    };
+    let mut projection = Vec::new();
+    for products in workloads {
+        let f = projection::measure(ctx, &client, &js, events, products, &run_id, timeout).await?;
+        projection.push(ProjectionRow {
+            products,
+            ceiling_per_s: f.ceiling.round(),
+            projector_per_s: f.projector.round(),
+            ratio: ratio(f.projector, f.ceiling),
+            seed_style_per_s: f.article.round(),
+            seed_speedup: ratio(f.projector, f.article),
+        });
+    }
+    let headline = projection.first().cloned();
     let report = Report {
         events,
         products: args.products,
@@ -132,6 +177,16 @@ pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
         raw_publish_per_s: ceiling.round(),
         ingest_events_per_s: ingest.round(),
         ingest_ratio: ratio(ingest, ceiling),
+        projector_events_per_s: headline.as_ref().map_or(0.0, |r| r.projector_per_s),
+        projector_ceiling_per_s: headline.as_ref().map_or(0.0, |r| r.ceiling_per_s),
+        projector_ratio: headline.as_ref().map_or(0.0, |r| r.ratio),
+        projector_ratio_100k: projection
+            .iter()
+            .find(|r| r.products == 100_000)
+            .map(|r| r.ratio),
+        seed_style_events_per_s: headline.as_ref().map_or(0.0, |r| r.seed_style_per_s),
+        seed_speedup: headline.as_ref().map_or(0.0, |r| r.seed_speedup),
+        projection,
     };
     print_report(ctx, &report);
     if let Some(path) = &args.report {
@@ -168,9 +223,28 @@ fn print_report(ctx: &Ctx, r: &Report) {
         r.events, r.products, r.fsync, r.machine.cores, r.machine.nats_server_version
     ));
     output::line(&table);
+    let mut table = output::table([
+        "projection",
+        "ceiling events/s",
+        "stock-projector",
+        "vs ceiling",
+        "get/put/ack loop",
+        "speedup",
+    ]);
+    for row in &r.projection {
+        table.add_row(vec![
+            format!("{} events over {} products", r.events, row.products),
+            format!("{:.0}", row.ceiling_per_s),
+            format!("{:.0}", row.projector_per_s),
+            format!("{:.2}", row.ratio),
+            format!("{:.0}", row.seed_style_per_s),
+            format!("{:.1}x", row.seed_speedup),
+        ]);
+    }
+    output::line(&table);
 }
 
-fn rate(events: usize, took: Duration) -> f64 {
+pub(super) fn rate(events: usize, took: Duration) -> f64 {
     events as f64 / took.as_secs_f64().max(1e-9)
 }
 
@@ -183,8 +257,8 @@ fn ratio(a: f64, b: f64) -> f64 {
 }
 
 /// A day's trading of a warehouse: mostly sales, some deliveries, a few moves.
-fn sample_events(n: usize, products: usize) -> Vec<Event> {
-    let warehouse = WarehouseId::parse("bench").ok();
+pub(super) fn sample_events(warehouse: &str, n: usize, products: usize) -> Vec<Event> {
+    let warehouse = WarehouseId::parse(warehouse).ok();
     let skus: Vec<Sku> = (0..products)
         .filter_map(|p| Sku::parse(&format!("p{p}")).ok())
         .collect();
@@ -226,7 +300,7 @@ fn sample_events(n: usize, products: usize) -> Vec<Event> {
         .collect()
 }
 
-fn encode_all(ctx: &Ctx, events: &[Event], id_prefix: &str) -> Vec<Outbound> {
+pub(super) fn encode_all(ctx: &Ctx, events: &[Event], id_prefix: &str) -> Vec<Outbound> {
     let now = now_ms();
     events
         .iter()
@@ -241,109 +315,4 @@ fn encode_all(ctx: &Ctx, events: &[Event], id_prefix: &str) -> Vec<Outbound> {
             )
         })
         .collect()
-}
-
-/// Plain async-nats: publish, keep up to WINDOW acks outstanding, await them in order.
-async fn raw_pipelined(
-    js: &async_nats::jetstream::Context,
-    ctx: &Ctx,
-    events: &[Event],
-    run_id: &str,
-) -> Result<Duration, Failure> {
-    let messages = encode_all(ctx, events, &format!("bench-pipe-{run_id}"));
-    let started = Instant::now();
-    let mut pending: VecDeque<async_nats::jetstream::context::PublishAckFuture> =
-        VecDeque::with_capacity(WINDOW);
-    for out in messages {
-        if pending.len() >= WINDOW {
-            if let Some(ack) = pending.pop_front() {
-                ack.await.context("raw pipelined publish: PubAck")?;
-            }
-        }
-        let ack = js
-            .publish_with_headers(out.subject, out.headers, out.payload)
-            .await
-            .context("raw pipelined publish")?;
-        pending.push_back(ack);
-    }
-    for ack in pending {
-        ack.await.context("raw pipelined publish: PubAck")?;
-    }
-    Ok(started.elapsed())
-}
-
-/// Atomic batches of 1,000, up to [`BATCHES_IN_FLIGHT`] sent before the oldest is acknowledged.
-async fn raw_batches(
-    client: &async_nats::Client,
-    ctx: &Ctx,
-    events: &[Event],
-    run_id: &str,
-    timeout: Duration,
-) -> Result<Duration, Failure> {
-    let messages = encode_all(ctx, events, &format!("bench-batch-{run_id}"));
-    let started = Instant::now();
-    let mut in_flight = VecDeque::with_capacity(BATCHES_IN_FLIGHT);
-    for chunk in messages.chunks(MAX_BATCH) {
-        if in_flight.len() >= BATCHES_IN_FLIGHT {
-            if let Some(sent) = in_flight.pop_front() {
-                let sent: batch::SentBatch = sent;
-                sent.ack().await.context("raw atomic batch")?;
-            }
-        }
-        let sent = batch::send_atomic(client, chunk, None, timeout)
-            .await
-            .context("raw atomic batch")?;
-        in_flight.push_back(sent);
-    }
-    for sent in in_flight {
-        sent.ack().await.context("raw atomic batch")?;
-    }
-    Ok(started.elapsed())
-}
-
-/// Runs `stockwire publish --file` as a user would, on an NDJSON file of the events.
-async fn import_file(ctx: &Ctx, events: &[Event], run_id: &str) -> Result<Duration, Failure> {
-    let now = now_ms();
-    let mut text = String::with_capacity(events.len() * 110);
-    for (i, e) in events.iter().enumerate() {
-        let mut line = serde_json::to_value(e).context("encoding a bench event")?;
-        if let Some(map) = line.as_object_mut() {
-            map.insert("type".into(), e.event_type().into());
-            map.insert("timestamp_ms".into(), now.into());
-            map.insert("msg_id".into(), format!("bench-file-{run_id}-{i}").into());
-        }
-        text.push_str(&line.to_string());
-        text.push('\n');
-    }
-    let path = std::env::temp_dir().join(format!("stockwire-bench-{run_id}.ndjson"));
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    let exe = std::env::current_exe().context("finding the stockwire binary")?;
-    let mut command = tokio::process::Command::new(exe);
-    command
-        .arg("publish")
-        .arg("--file")
-        .arg(&path)
-        .env("NATS_URL", &ctx.connect.nats_url)
-        .env("STOCKWIRE_HEADER_PREFIX", ctx.envelope.prefix())
-        .stdout(std::process::Stdio::null());
-    if let Some(creds) = &ctx.connect.creds {
-        command.env("NATS_CREDS", creds);
-    }
-    if let (Some(user), Some(password)) = (&ctx.connect.user, &ctx.connect.password) {
-        command
-            .env("NATS_USER", user)
-            .env("NATS_PASSWORD", password);
-    }
-    let started = Instant::now();
-    let status = command
-        .status()
-        .await
-        .context("running stockwire publish --file");
-    let took = started.elapsed();
-    let _ = std::fs::remove_file(&path);
-    let status = status?;
-    if !status.success() {
-        return Err(anyhow::anyhow!("stockwire publish --file failed: {status}").into());
-    }
-    Ok(took)
 }

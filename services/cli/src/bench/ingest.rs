@@ -1,0 +1,122 @@
+//! Ingest figures: the raw JetStream publish loops, and `stockwire publish --file`.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use stockwire::batch::{self, MAX_BATCH};
+use stockwire::domain::Event;
+
+use super::{encode_all, BATCHES_IN_FLIGHT, WINDOW};
+use crate::failure::Failure;
+use crate::publish::now_ms;
+use crate::Ctx;
+
+/// Plain async-nats: publish, keep up to WINDOW acks outstanding, await them in order.
+pub(super) async fn raw_pipelined(
+    js: &async_nats::jetstream::Context,
+    ctx: &Ctx,
+    events: &[Event],
+    run_id: &str,
+) -> Result<Duration, Failure> {
+    let messages = encode_all(ctx, events, &format!("bench-pipe-{run_id}"));
+    let started = Instant::now();
+    let mut pending: VecDeque<async_nats::jetstream::context::PublishAckFuture> =
+        VecDeque::with_capacity(WINDOW);
+    for out in messages {
+        if pending.len() >= WINDOW {
+            if let Some(ack) = pending.pop_front() {
+                ack.await.context("raw pipelined publish: PubAck")?;
+            }
+        }
+        let ack = js
+            .publish_with_headers(out.subject, out.headers, out.payload)
+            .await
+            .context("raw pipelined publish")?;
+        pending.push_back(ack);
+    }
+    for ack in pending {
+        ack.await.context("raw pipelined publish: PubAck")?;
+    }
+    Ok(started.elapsed())
+}
+
+/// Atomic batches of 1,000, up to [`BATCHES_IN_FLIGHT`] sent before the oldest is acknowledged.
+pub(super) async fn raw_batches(
+    client: &async_nats::Client,
+    ctx: &Ctx,
+    events: &[Event],
+    run_id: &str,
+    timeout: Duration,
+) -> Result<Duration, Failure> {
+    let messages = encode_all(ctx, events, &format!("bench-batch-{run_id}"));
+    let started = Instant::now();
+    let mut in_flight = VecDeque::with_capacity(BATCHES_IN_FLIGHT);
+    for chunk in messages.chunks(MAX_BATCH) {
+        if in_flight.len() >= BATCHES_IN_FLIGHT {
+            if let Some(sent) = in_flight.pop_front() {
+                let sent: batch::SentBatch = sent;
+                sent.ack().await.context("raw atomic batch")?;
+            }
+        }
+        let sent = batch::send_atomic(client, chunk, None, timeout)
+            .await
+            .context("raw atomic batch")?;
+        in_flight.push_back(sent);
+    }
+    for sent in in_flight {
+        sent.ack().await.context("raw atomic batch")?;
+    }
+    Ok(started.elapsed())
+}
+
+/// Runs `stockwire publish --file` as a user would, on an NDJSON file of the events.
+pub(super) async fn import_file(
+    ctx: &Ctx,
+    events: &[Event],
+    run_id: &str,
+) -> Result<Duration, Failure> {
+    let now = now_ms();
+    let mut text = String::with_capacity(events.len() * 110);
+    for (i, e) in events.iter().enumerate() {
+        let mut line = serde_json::to_value(e).context("encoding a bench event")?;
+        if let Some(map) = line.as_object_mut() {
+            map.insert("type".into(), e.event_type().into());
+            map.insert("timestamp_ms".into(), now.into());
+            map.insert("msg_id".into(), format!("bench-file-{run_id}-{i}").into());
+        }
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    let path = std::env::temp_dir().join(format!("stockwire-bench-{run_id}.ndjson"));
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    let exe = std::env::current_exe().context("finding the stockwire binary")?;
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .arg("publish")
+        .arg("--file")
+        .arg(&path)
+        .env("NATS_URL", &ctx.connect.nats_url)
+        .env("STOCKWIRE_HEADER_PREFIX", ctx.envelope.prefix())
+        .stdout(std::process::Stdio::null());
+    if let Some(creds) = &ctx.connect.creds {
+        command.env("NATS_CREDS", creds);
+    }
+    if let (Some(user), Some(password)) = (&ctx.connect.user, &ctx.connect.password) {
+        command
+            .env("NATS_USER", user)
+            .env("NATS_PASSWORD", password);
+    }
+    let started = Instant::now();
+    let status = command
+        .status()
+        .await
+        .context("running stockwire publish --file");
+    let took = started.elapsed();
+    let _ = std::fs::remove_file(&path);
+    let status = status?;
+    if !status.success() {
+        return Err(anyhow::anyhow!("stockwire publish --file failed: {status}").into());
+    }
+    Ok(took)
+}

@@ -1,0 +1,285 @@
+//! Projection figures: how fast events become view values.
+//!
+//! The same events (in a warehouse of their own) are applied three ways, each into a
+//! scratch bucket set up like `stock` and removed afterwards:
+//! - the ceiling: a plain loop that reads them in order and writes, per batch of 1,000,
+//!   one value per touched key (the last payload, no decoding, no checks) as one atomic batch;
+//! - stock-projector's loop (`stockwire::projector::run` with the stock projection): decode,
+//!   fold per key, commit keys with their revisions plus the checkpoint atomically;
+//! - the article's loop: a durable consumer, and per event get -> put -> ack, in sequence
+//!   (measured on the first events only: it is slow).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::Context;
+use futures::StreamExt;
+use stock_projector::StockProjection;
+use stockwire::batch::{self, MAX_BATCH};
+use stockwire::domain::StockView;
+use stockwire::envelope::{Envelope, Outbound};
+use stockwire::projector;
+use stockwire::provision::kv_config;
+use stockwire::{subjects, view};
+use tokio_util::sync::CancellationToken;
+
+use super::{encode_all, rate, sample_events};
+use crate::failure::Failure;
+use crate::Ctx;
+
+const CEILING_BUCKET: &str = "bench_ceiling";
+const PROJECTOR_BUCKET: &str = "bench_stock";
+const ARTICLE_BUCKET: &str = "bench_article";
+
+/// Events the article's loop is timed on, at most.
+const ARTICLE_EVENTS: usize = 3000;
+
+/// Events per second for one workload.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Figures {
+    pub(super) ceiling: f64,
+    pub(super) projector: f64,
+    pub(super) article: f64,
+}
+
+pub(super) async fn measure(
+    ctx: &Ctx,
+    client: &async_nats::Client,
+    js: &Context,
+    events: usize,
+    products: usize,
+    run_id: &str,
+    timeout: Duration,
+) -> Result<Figures, Failure> {
+    let warehouse = format!("bp{}-{}", products, &run_id[..8]);
+    let sample = sample_events(&warehouse, events, products);
+    let messages = encode_all(ctx, &sample, &format!("bench-{warehouse}"));
+    let (first, last) = publish_all(client, &messages, timeout).await?;
+    let filter = format!("warehouse.{warehouse}.product.*.*");
+
+    let result = async {
+        let ceiling = rate(
+            events,
+            ceiling(client, js, &filter, first, events, timeout).await?,
+        );
+        eprintln!("bench: {products} products: ceiling loop  {ceiling:>10.0} events/s");
+        let projector = rate(events, projector(client, js, ctx, &filter, last).await?);
+        eprintln!("bench: {products} products: stock-projector {projector:>8.0} events/s");
+        let n = events.min(ARTICLE_EVENTS);
+        let article = rate(n, article(js, &ctx.envelope, &filter, n).await?);
+        eprintln!("bench: {products} products: get/put/ack loop {article:>7.0} events/s");
+        Ok::<_, Failure>(Figures {
+            ceiling,
+            projector,
+            article,
+        })
+    }
+    .await;
+    for bucket in [CEILING_BUCKET, PROJECTOR_BUCKET, ARTICLE_BUCKET] {
+        let _ = js.delete_stream(subjects::kv_stream(bucket)).await;
+    }
+    result
+}
+
+/// Publishes the events (three atomic batches in flight); returns their first and last sequence.
+async fn publish_all(
+    client: &async_nats::Client,
+    messages: &[Outbound],
+    timeout: Duration,
+) -> Result<(u64, u64), Failure> {
+    let mut first = None;
+    let mut last = 0;
+    let mut in_flight = std::collections::VecDeque::new();
+    for chunk in messages.chunks(MAX_BATCH) {
+        if in_flight.len() >= 3 {
+            if let Some(sent) = in_flight.pop_front() {
+                let sent: batch::SentBatch = sent;
+                let ack = sent.ack().await.context("publishing bench events")?;
+                first.get_or_insert(ack.first_sequence());
+                last = ack.sequence;
+            }
+        }
+        in_flight.push_back(
+            batch::send_atomic(client, chunk, None, timeout)
+                .await
+                .context("publishing bench events")?,
+        );
+    }
+    for sent in in_flight {
+        let ack = sent.ack().await.context("publishing bench events")?;
+        first.get_or_insert(ack.first_sequence());
+        last = ack.sequence;
+    }
+    Ok((first.unwrap_or(1), last))
+}
+
+async fn scratch_bucket(
+    js: &Context,
+    bucket: &str,
+) -> Result<async_nats::jetstream::kv::Store, Failure> {
+    let _ = js.delete_stream(subjects::kv_stream(bucket)).await;
+    js.create_stream(kv_config(bucket, "stockwire bench scratch view", true))
+        .await
+        .with_context(|| format!("creating scratch bucket {bucket}"))?;
+    Ok(js
+        .get_key_value(bucket)
+        .await
+        .with_context(|| format!("opening scratch bucket {bucket}"))?)
+}
+
+/// The plain loop: ordered read, last payload per key per batch, one atomic batch each.
+async fn ceiling(
+    client: &async_nats::Client,
+    js: &Context,
+    filter: &str,
+    first: u64,
+    events: usize,
+    timeout: Duration,
+) -> Result<Duration, Failure> {
+    scratch_bucket(js, CEILING_BUCKET).await?;
+    let stream = js
+        .get_stream(subjects::INVENTORY_STREAM)
+        .await
+        .context("INVENTORY")?;
+    let started = Instant::now();
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: filter.to_string(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: first,
+            },
+            ..Default::default()
+        })
+        .await
+        .context("ceiling loop: consumer")?;
+    let mut chunks = consumer
+        .messages()
+        .await
+        .context("ceiling loop: messages")?
+        .ready_chunks(MAX_BATCH - 1);
+    let mut seen = 0;
+    while seen < events {
+        let Some(chunk) = chunks.next().await else {
+            break;
+        };
+        let mut latest: HashMap<String, bytes::Bytes> = HashMap::new();
+        for msg in chunk {
+            let msg = msg.context("ceiling loop: reading")?;
+            let key = match subjects::split_event(&msg.subject) {
+                Some((w, s, _)) => format!("{w}.{s}"),
+                None => continue,
+            };
+            latest.insert(key, msg.payload.clone());
+            seen += 1;
+        }
+        let batch: Vec<Outbound> = latest
+            .into_iter()
+            .map(|(key, payload)| Outbound {
+                subject: subjects::kv_subject(CEILING_BUCKET, &key),
+                headers: async_nats::HeaderMap::new(),
+                payload,
+            })
+            .collect();
+        batch::publish_atomic(client, &batch, timeout)
+            .await
+            .context("ceiling loop: commit")?;
+    }
+    Ok(started.elapsed())
+}
+
+/// stock-projector's loop on a scratch view, timed until its checkpoint reaches `last`.
+async fn projector(
+    client: &async_nats::Client,
+    js: &Context,
+    ctx: &Ctx,
+    filter: &str,
+    last: u64,
+) -> Result<Duration, Failure> {
+    let kv = scratch_bucket(js, PROJECTOR_BUCKET).await?;
+    let stop = CancellationToken::new();
+    let config = projector::Config {
+        envelope: ctx.envelope.clone(),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let task = tokio::spawn(projector::run(
+        client.clone(),
+        StockProjection::into_bucket(PROJECTOR_BUCKET, filter.to_string()),
+        config,
+        stop.clone(),
+    ));
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        if view::read_checkpoint(&kv).await.unwrap_or(0) >= last {
+            break;
+        }
+        if Instant::now() > deadline || task.is_finished() {
+            stop.cancel();
+            return Err(anyhow::anyhow!("the projector did not catch up").into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = started.elapsed();
+    stop.cancel();
+    let _ = task.await;
+    Ok(took)
+}
+
+/// The article's loop: durable consumer; per event get, modify, put, ack, one at a time.
+async fn article(
+    js: &Context,
+    envelope: &Envelope,
+    filter: &str,
+    n: usize,
+) -> Result<Duration, Failure> {
+    let kv = scratch_bucket(js, ARTICLE_BUCKET).await?;
+    let stream = js
+        .get_stream(subjects::INVENTORY_STREAM)
+        .await
+        .context("INVENTORY")?;
+    let name = format!("bench-article-{}", uuid::Uuid::new_v4().simple());
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: filter.to_string(),
+            ack_policy: AckPolicy::Explicit,
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .context("article loop: consumer")?;
+    let started = Instant::now();
+    let mut messages = consumer
+        .messages()
+        .await
+        .context("article loop: messages")?;
+    let mut done = 0;
+    while done < n {
+        let Some(msg) = messages.next().await else {
+            break;
+        };
+        let msg = msg.map_err(|e| anyhow::anyhow!("article loop: reading: {e}"))?;
+        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        if let Ok(rec) = envelope.decode(&msg.subject, msg.headers.as_ref(), &msg.payload) {
+            let key = subjects::view_key(rec.event.warehouse(), rec.event.sku());
+            let mut current: StockView = match kv.get(&key).await.context("article loop: get")? {
+                Some(bytes) => serde_json::from_slice(&bytes).context("article loop: decode")?,
+                None => StockView::new(rec.event.warehouse().clone(), rec.event.sku().clone()),
+            };
+            current.apply(&rec.event, seq, rec.meta.timestamp_ms);
+            let value = serde_json::to_vec(&current).context("article loop: encode")?;
+            kv.put(&key, value.into())
+                .await
+                .context("article loop: put")?;
+        }
+        msg.ack()
+            .await
+            .map_err(|e| anyhow::anyhow!("article loop: ack: {e}"))?;
+        done += 1;
+    }
+    let took = started.elapsed();
+    let _ = stream.delete_consumer(&name).await;
+    Ok(took)
+}
