@@ -92,6 +92,14 @@ pub async fn run<P: Projection>(
         if shutdown.is_cancelled() {
             break;
         }
+        // One pass over the bucket beats a round trip per key on first touch.
+        if !store.is_complete() {
+            if let Err(e) = store.load_all().await {
+                tracing::warn!(view = bucket, error = %e, "cannot read the view; retrying");
+                pause(&shutdown, backoff.next_delay()).await;
+                continue;
+            }
+        }
         let checkpoint = match store.checkpoint().await {
             Ok(c) => c,
             Err(e) => {

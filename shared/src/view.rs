@@ -60,6 +60,9 @@ pub struct ViewStore<V> {
     bucket: String,
     timeout: Duration,
     cache: HashMap<String, Cached<V>>,
+    /// True when the cache holds every key of the bucket: a miss is then a key that does
+    /// not exist, with no round trip to find out.
+    complete: bool,
     checkpoint: Option<Cached<Checkpoint>>,
 }
 
@@ -83,6 +86,7 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
             bucket: bucket.to_string(),
             timeout,
             cache: HashMap::new(),
+            complete: false,
             checkpoint: None,
         })
     }
@@ -94,7 +98,13 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
     /// Forgets every cached value; the next reads go to the bucket.
     pub fn invalidate(&mut self) {
         self.cache.clear();
+        self.complete = false;
         self.checkpoint = None;
+    }
+
+    /// True when every key of the bucket is cached (after [`load_all`](Self::load_all)).
+    pub fn is_complete(&self) -> bool {
+        self.complete
     }
 
     fn nats_error(&self, what: &str, e: impl std::fmt::Display) -> ViewError {
@@ -148,6 +158,9 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
     pub async fn get(&mut self, key: &str) -> Result<Option<V>, ViewError> {
         if let Some(c) = self.cache.get(key) {
             return Ok(c.value.clone());
+        }
+        if self.complete {
+            return Ok(None);
         }
         let loaded: Cached<V> = self.load(key).await?;
         let value = loaded.value.clone();
@@ -268,6 +281,7 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
                 },
             );
         }
+        self.complete = true;
         Ok(values)
     }
 }
