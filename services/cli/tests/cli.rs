@@ -76,6 +76,30 @@ impl Stack {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// stock-projector's `run`, in this process, until the token is cancelled. Tests that
+    /// use it run on a multi-thread runtime: the CLI runs as a blocking child process meanwhile.
+    fn spawn_projector(
+        &self,
+        client: async_nats::Client,
+    ) -> (
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let token = tokio_util::sync::CancellationToken::new();
+        let config = stock_projector::Config {
+            connect: self.server.connect_args(),
+            header_prefix: "myorg".into(),
+            batch: 1000,
+        };
+        let stop = token.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(e) = stock_projector::run(client, &config, stop).await {
+                panic!("stock-projector failed: {e:#}");
+            }
+        });
+        (token, handle)
+    }
+
     async fn js(&self) -> jetstream::Context {
         jetstream::new(self.server.client().await)
     }

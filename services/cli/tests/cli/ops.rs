@@ -8,33 +8,10 @@ use stockwire::domain::{Event, Location, Quantity, Sku, WarehouseId};
 use stockwire::envelope::{Envelope, EventMeta, Outbound};
 use stockwire::testing::wait_until;
 use stockwire::view;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use super::*;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// stock-projector's `run`, in this process, until the token is cancelled. Tests that use
-/// it run on a multi-thread runtime: the CLI runs as a blocking child process meanwhile.
-fn start_stock_projector(
-    stack: &Stack,
-    client: async_nats::Client,
-) -> (CancellationToken, JoinHandle<()>) {
-    let token = CancellationToken::new();
-    let config = stock_projector::Config {
-        connect: stack.server.connect_args(),
-        header_prefix: "myorg".into(),
-        batch: 1000,
-    };
-    let stop = token.clone();
-    let handle = tokio::spawn(async move {
-        if let Err(e) = stock_projector::run(client, &config, stop).await {
-            panic!("stock-projector failed: {e:#}");
-        }
-    });
-    (token, handle)
-}
 
 /// `stockwire status --json`, parsed.
 fn status_json(stack: &Stack) -> Value {
@@ -240,7 +217,7 @@ async fn status_before_setup_says_to_run_setup() {
 async fn a_dead_letter_is_listed_shown_replayed_and_purged() {
     let stack = Stack::start();
     let js = stack.js().await;
-    let (stop, projector) = start_stock_projector(&stack, stack.server.client().await);
+    let (stop, projector) = stack.spawn_projector(stack.server.client().await);
     assert_eq!(stack.ok(&["deadletter", "list"]).trim(), "no dead letters");
 
     receive(&stack, "apple", "4");
@@ -405,7 +382,7 @@ async fn a_dead_letter_is_listed_shown_replayed_and_purged() {
 async fn a_truncated_dead_letter_cannot_be_replayed() {
     let stack = Stack::start();
     let js = stack.js().await;
-    let (stop, projector) = start_stock_projector(&stack, stack.server.client().await);
+    let (stop, projector) = stack.spawn_projector(stack.server.client().await);
     let huge = format!("{{{}", "x".repeat(60_000));
     let poison = event_with_payload(&huge);
     assert_eq!(publish_raw(&js, &poison).await, 1);

@@ -3,27 +3,7 @@
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 use super::*;
-
-/// stock-projector's `run`, in this process, until the token is cancelled. Tests that use
-/// it run on a multi-thread runtime: the CLI runs as a blocking child process meanwhile.
-pub(super) fn spawn_projector(stack: &Stack, client: async_nats::Client) -> CancellationToken {
-    let token = CancellationToken::new();
-    let config = stock_projector::Config {
-        connect: stack.server.connect_args(),
-        header_prefix: "myorg".into(),
-        batch: 1000,
-    };
-    let stop = token.clone();
-    tokio::spawn(async move {
-        if let Err(e) = stock_projector::run(client, &config, stop).await {
-            panic!("stock-projector failed: {e:#}");
-        }
-    });
-    token
-}
 
 fn stock_json(stack: &Stack, args: &[&str]) -> Vec<Value> {
     let mut full = vec!["stock", "--json"];
@@ -38,7 +18,7 @@ fn stock_json(stack: &Stack, args: &[&str]) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_wait_then_stock_shows_the_articles_apples() {
     let stack = Stack::start();
-    let projector = spawn_projector(&stack, stack.server.client().await);
+    let (projector, _task) = stack.spawn_projector(stack.server.client().await);
     stack.ok(&[
         "publish",
         "corrected",
@@ -172,7 +152,7 @@ async fn as_of_shows_the_state_between_two_events() {
 async fn verify_finds_a_tampered_view_and_rebuild_repairs_it() {
     let stack = Stack::start();
     let client = stack.server.client().await;
-    let projector = spawn_projector(&stack, client.clone());
+    let (projector, _task) = stack.spawn_projector(client.clone());
     let mut text = String::new();
     for i in 0..2000u32 {
         text.push_str(
@@ -229,7 +209,7 @@ async fn verify_finds_a_tampered_view_and_rebuild_repairs_it() {
 async fn rebuild_never_shows_a_half_replayed_value() {
     let stack = Stack::start();
     let client = stack.server.client().await;
-    let projector = spawn_projector(&stack, client.clone());
+    let (projector, _task) = stack.spawn_projector(client.clone());
     let mut text = String::new();
     for i in 0..3000u32 {
         let kind = if i % 2 == 0 {
