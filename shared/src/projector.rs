@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deadletter;
 use crate::domain::Event;
-use crate::envelope::{Envelope, Recorded};
+use crate::envelope::{DecodeError, Envelope, Recorded};
 use crate::rebuild;
 use crate::runtime::Backoff;
 use crate::subjects;
@@ -43,20 +43,16 @@ pub trait Projection: Send + Sync + 'static {
     fn filter(&self) -> String;
     /// The key of the view that `event` changes.
     fn key(&self, event: &Event) -> String;
-    /// The value after the event stored at `seq`, or `None` when `current` already holds it.
-    fn apply(
-        &self,
-        current: Option<&Self::View>,
-        recorded: &Recorded,
-        seq: u64,
-    ) -> Option<Self::View>;
+    /// Applies the event stored at `seq` to the key's value (`None`: the key has none yet),
+    /// unless the value already holds it. Returns whether it changed the value.
+    fn apply(&self, view: &mut Option<Self::View>, recorded: &Recorded, seq: u64) -> bool;
 }
 
 /// Settings of a projector.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub envelope: Envelope,
-    /// Events read before a commit, at most.
+    /// Events folded into one commit, at most (a commit also holds at most 999 keys).
     pub max_batch: usize,
     /// Time allowed for a commit's PubAck.
     pub commit_timeout: Duration,
@@ -66,7 +62,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             envelope: Envelope::default(),
-            max_batch: 1000,
+            max_batch: 5000,
             commit_timeout: Duration::from_secs(10),
         }
     }
@@ -108,14 +104,18 @@ pub async fn run<P: Projection>(
                 continue;
             }
         };
-        let mut messages = match open_from(&js, &projection.filter(), checkpoint + 1).await {
-            Ok(m) => m.ready_chunks(config.max_batch),
+        let messages = match open_from(&js, &projection.filter(), checkpoint + 1).await {
+            Ok(m) => m,
             Err(e) => {
                 tracing::warn!(view = bucket, error = %e, "cannot read the log; retrying");
                 pause(&shutdown, backoff.next_delay()).await;
                 continue;
             }
         };
+        // Reading and decoding run ahead in their own task while a batch is committed.
+        let (reader, mut incoming) =
+            spawn_reader(messages, config.envelope.clone(), config.max_batch);
+        let _stop_reader = AbortOnDrop(reader);
         tracing::info!(view = bucket, checkpoint, "reading the log");
         loop {
             tokio::select! {
@@ -127,12 +127,19 @@ pub async fn run<P: Projection>(
                     }
                     continue 'restart;
                 }
-                chunk = messages.next() => {
-                    let Some(chunk) = chunk else {
+                first = incoming.recv() => {
+                    let Some(first) = first else {
                         tracing::warn!(view = bucket, "the log reader ended; reopening");
                         continue 'restart;
                     };
-                    match apply_chunk(&js, &projection, &config, &mut store, chunk).await {
+                    let mut chunk = vec![first];
+                    while chunk.len() < config.max_batch {
+                        match incoming.try_recv() {
+                            Ok(next) => chunk.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    match apply_chunk(&js, &projection, &mut store, chunk).await {
                         Ok(()) => backoff.reset(),
                         Err(e) => {
                             match &e {
@@ -150,6 +157,62 @@ pub async fn run<P: Projection>(
     }
     tracing::info!(view = bucket, "projector stopped");
     Ok(())
+}
+
+/// One event read from the log, decoded (or why it could not be).
+struct Incoming {
+    seq: u64,
+    subject: String,
+    headers: Option<async_nats::HeaderMap>,
+    payload: bytes::Bytes,
+    decoded: Result<Recorded, DecodeError>,
+}
+
+/// Aborts the task when dropped (the reader of a loop that restarts).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads the ordered consumer and decodes, up to `2 * max_batch` events ahead. A read
+/// error ends the channel, and the projector restarts from its checkpoint.
+fn spawn_reader(
+    mut messages: jetstream::consumer::pull::Ordered,
+    envelope: Envelope,
+    max_batch: usize,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::Receiver<Result<Incoming, String>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(2 * max_batch.max(1));
+    let task = tokio::spawn(async move {
+        while let Some(item) = messages.next().await {
+            let incoming = item
+                .map_err(|e| format!("reading the log: {e}"))
+                .and_then(|msg| {
+                    let seq = msg
+                        .info()
+                        .map_err(|e| format!("reading a message's sequence: {e}"))?
+                        .stream_sequence;
+                    let decoded = envelope.decode(&msg.subject, msg.headers.as_ref(), &msg.payload);
+                    Ok(Incoming {
+                        seq,
+                        subject: msg.subject.to_string(),
+                        headers: msg.headers.clone(),
+                        payload: msg.payload.clone(),
+                        decoded,
+                    })
+                });
+            let failed = incoming.is_err();
+            if tx.send(incoming).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    (task, rx)
 }
 
 async fn pause(shutdown: &CancellationToken, delay: Duration) {
@@ -178,35 +241,23 @@ pub(crate) async fn open_from(
     Ok(consumer.messages().await?)
 }
 
-type Item = Result<jetstream::Message, jetstream::consumer::pull::OrderedError>;
-
 /// Folds a batch of events per key and commits it with the checkpoint.
 async fn apply_chunk<P: Projection>(
     js: &Context,
     projection: &P,
-    config: &Config,
     store: &mut ViewStore<P::View>,
-    chunk: Vec<Item>,
+    chunk: Vec<Result<Incoming, String>>,
 ) -> Result<(), ViewError> {
     let bucket = projection.bucket();
     let mut pending = Pending::default();
     let mut last_seq = 0;
     for item in chunk {
-        let msg = item.map_err(|e| ViewError::Nats {
+        let msg = item.map_err(|message| ViewError::Nats {
             bucket: bucket.to_string(),
-            message: format!("reading the log: {e}"),
+            message,
         })?;
-        let seq = msg
-            .info()
-            .map(|i| i.stream_sequence)
-            .map_err(|e| ViewError::Nats {
-                bucket: bucket.to_string(),
-                message: format!("reading a message's sequence: {e}"),
-            })?;
-        match config
-            .envelope
-            .decode(&msg.subject, msg.headers.as_ref(), &msg.payload)
-        {
+        let seq = msg.seq;
+        match &msg.decoded {
             Err(error) => {
                 tracing::warn!(view = bucket, stream_seq = seq, subject = %msg.subject, %error, "dead-lettering an event");
                 deadletter::publish(
@@ -216,7 +267,7 @@ async fn apply_chunk<P: Projection>(
                     &msg.subject,
                     msg.headers.as_ref(),
                     &msg.payload,
-                    &error,
+                    error,
                 )
                 .await
                 .map_err(|e| ViewError::Nats {
@@ -226,16 +277,14 @@ async fn apply_chunk<P: Projection>(
             }
             Ok(recorded) => {
                 let key = projection.key(&recorded.event);
-                if !pending.contains(&key) && pending.len() == MAX_KEYS_PER_COMMIT {
-                    store.commit(pending.take(), last_seq).await?;
+                if !pending.contains(&key) {
+                    if pending.len() == MAX_KEYS_PER_COMMIT {
+                        store.commit(pending.take(), last_seq).await?;
+                    }
+                    let current = store.get(&key).await?;
+                    pending.insert(key.clone(), current);
                 }
-                let current = match pending.get(&key) {
-                    Some(v) => Some(v.clone()),
-                    None => store.get(&key).await?,
-                };
-                if let Some(next) = projection.apply(current.as_ref(), &recorded, seq) {
-                    pending.put(key, next);
-                }
+                pending.apply(&key, |view| projection.apply(view, recorded, seq));
             }
         }
         last_seq = seq;
@@ -246,10 +295,10 @@ async fn apply_chunk<P: Projection>(
     Ok(())
 }
 
-/// The values a batch changed, in the order first touched.
+/// The values a batch touched, in the order first touched, and whether it changed them.
 struct Pending<V> {
     order: Vec<String>,
-    values: HashMap<String, V>,
+    values: HashMap<String, (Option<V>, bool)>,
 }
 
 impl<V> Default for Pending<V> {
@@ -265,23 +314,33 @@ impl<V> Pending<V> {
     fn contains(&self, key: &str) -> bool {
         self.values.contains_key(key)
     }
+
     fn len(&self) -> usize {
         self.order.len()
     }
-    fn get(&self, key: &str) -> Option<&V> {
-        self.values.get(key)
+
+    fn insert(&mut self, key: String, current: Option<V>) {
+        self.order.push(key.clone());
+        self.values.insert(key, (current, false));
     }
-    fn put(&mut self, key: String, value: V) {
-        if !self.values.contains_key(&key) {
-            self.order.push(key.clone());
+
+    fn apply(&mut self, key: &str, f: impl FnOnce(&mut Option<V>) -> bool) {
+        if let Some((value, changed)) = self.values.get_mut(key) {
+            if f(value) {
+                *changed = true;
+            }
         }
-        self.values.insert(key, value);
     }
+
+    /// The changed values, to commit; empties the batch.
     fn take(&mut self) -> Vec<(String, Change<V>)> {
         let mut values = std::mem::take(&mut self.values);
         std::mem::take(&mut self.order)
             .into_iter()
-            .filter_map(|k| values.remove(&k).map(|v| (k, Change::Put(v))))
+            .filter_map(|k| match values.remove(&k) {
+                Some((Some(v), true)) => Some((k, Change::Put(v))),
+                _ => None,
+            })
             .collect()
     }
 }

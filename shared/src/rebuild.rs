@@ -137,7 +137,7 @@ async fn rebuild<P: Projection>(
         .await
         .map_err(|e| e.to_string())?;
     let total = reader.remaining();
-    let mut book: HashMap<String, P::View> = HashMap::new();
+    let mut book: HashMap<String, Option<P::View>> = HashMap::new();
     let (mut events, mut last_seq) = (0u64, 0u64);
     let mut reported = Instant::now();
     request
@@ -151,9 +151,8 @@ async fn rebuild<P: Projection>(
         {
             Ok(recorded) => {
                 let key = projection.key(&recorded.event);
-                if let Some(next) = projection.apply(book.get(&key), &recorded, stored.sequence) {
-                    book.insert(key, next);
-                }
+                let slot = book.entry(key).or_insert(None);
+                projection.apply(slot, &recorded, stored.sequence);
             }
             Err(error) => deadletter::publish(
                 js,
@@ -198,7 +197,10 @@ async fn rebuild<P: Projection>(
         }
         in_view.insert(key, value);
     }
-    let mut keys: Vec<_> = book.into_iter().collect();
+    let mut keys: Vec<(String, P::View)> = book
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
     keys.sort_by(|a, b| a.0.cmp(&b.0));
     for (key, value) in keys {
         if in_view.get(&key) != Some(&value) {

@@ -56,18 +56,10 @@ impl Projection for StockProjection {
         subjects::view_key(event.warehouse(), event.sku())
     }
 
-    fn apply(
-        &self,
-        current: Option<&StockView>,
-        recorded: &Recorded,
-        seq: u64,
-    ) -> Option<StockView> {
+    fn apply(&self, view: &mut Option<StockView>, recorded: &Recorded, seq: u64) -> bool {
         let event = &recorded.event;
-        let mut view = current
-            .cloned()
-            .unwrap_or_else(|| StockView::new(event.warehouse().clone(), event.sku().clone()));
-        view.apply(event, seq, recorded.meta.timestamp_ms)
-            .then_some(view)
+        view.get_or_insert_with(|| StockView::new(event.warehouse().clone(), event.sku().clone()))
+            .apply(event, seq, recorded.meta.timestamp_ms)
     }
 }
 
@@ -84,8 +76,8 @@ pub struct Config {
     /// Prefix of the standard event headers.
     #[arg(long, env = "STOCKWIRE_HEADER_PREFIX", default_value = subjects::DEFAULT_HEADER_PREFIX)]
     pub header_prefix: String,
-    /// Events folded into one commit, at most.
-    #[arg(long, env = "STOCKWIRE_BATCH", default_value_t = 1000,
+    /// Events folded into one commit, at most (a commit also holds at most 999 keys).
+    #[arg(long, env = "STOCKWIRE_BATCH", default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub batch: u64,
 }

@@ -3,7 +3,7 @@
 //! The same events (in a warehouse of their own) are applied three ways, each into a
 //! scratch bucket set up like `stock` and removed afterwards:
 //! - the ceiling: a plain loop that reads them in order and writes, per batch of 1,000,
-//!   one value per touched key (the last payload, no decoding, no checks) as one atomic batch;
+//!   one value per touched key (the last payload, no decoding, no checks) in atomic batches;
 //! - stock-projector's loop (`stockwire::projector::run` with the stock projection): decode,
 //!   fold per key, commit keys with their revisions plus the checkpoint atomically;
 //! - the article's loop: a durable consumer, and per event get -> put -> ack, in sequence
@@ -32,6 +32,9 @@ use crate::Ctx;
 const CEILING_BUCKET: &str = "bench_ceiling";
 const PROJECTOR_BUCKET: &str = "bench_stock";
 const ARTICLE_BUCKET: &str = "bench_article";
+
+/// Events folded into one write, at most (as stock-projector's default).
+const BATCH: usize = 5000;
 
 /// Events the article's loop is timed on, at most.
 const ARTICLE_EVENTS: usize = 3000;
@@ -129,7 +132,8 @@ async fn scratch_bucket(
         .with_context(|| format!("opening scratch bucket {bucket}"))?)
 }
 
-/// The plain loop: ordered read, last payload per key per batch, one atomic batch each.
+/// The plain loop: ordered read (in a task of its own, so reading overlaps writing, as
+/// the projector does), last payload per key, one atomic batch per 999 keys.
 async fn ceiling(
     client: &async_nats::Client,
     js: &Context,
@@ -154,25 +158,34 @@ async fn ceiling(
         })
         .await
         .context("ceiling loop: consumer")?;
-    let mut chunks = consumer
+    let mut messages = consumer
         .messages()
         .await
-        .context("ceiling loop: messages")?
-        .ready_chunks(MAX_BATCH - 1);
+        .context("ceiling loop: messages")?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2 * BATCH);
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(msg)) = messages.next().await {
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+    });
     let mut seen = 0;
     while seen < events {
-        let Some(chunk) = chunks.next().await else {
-            break;
-        };
+        let Some(first) = rx.recv().await else { break };
+        let mut chunk = vec![first];
+        while chunk.len() < BATCH {
+            match rx.try_recv() {
+                Ok(msg) => chunk.push(msg),
+                Err(_) => break,
+            }
+        }
+        seen += chunk.len();
         let mut latest: HashMap<String, bytes::Bytes> = HashMap::new();
         for msg in chunk {
-            let msg = msg.context("ceiling loop: reading")?;
-            let key = match subjects::split_event(&msg.subject) {
-                Some((w, s, _)) => format!("{w}.{s}"),
-                None => continue,
-            };
-            latest.insert(key, msg.payload.clone());
-            seen += 1;
+            if let Some((w, s, _)) = subjects::split_event(&msg.subject) {
+                latest.insert(format!("{w}.{s}"), msg.payload.clone());
+            }
         }
         let batch: Vec<Outbound> = latest
             .into_iter()
@@ -182,10 +195,13 @@ async fn ceiling(
                 payload,
             })
             .collect();
-        batch::publish_atomic(client, &batch, timeout)
-            .await
-            .context("ceiling loop: commit")?;
+        for part in batch.chunks(MAX_BATCH - 1) {
+            batch::publish_atomic(client, part, timeout)
+                .await
+                .context("ceiling loop: commit")?;
+        }
     }
+    reader.abort();
     Ok(started.elapsed())
 }
 
