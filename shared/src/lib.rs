@@ -15,11 +15,14 @@
 //! - [`projector`]: the loop every view's projector runs; [`rebuild`]: rebuilding a view on request.
 //! - [`deadletter`]: copies of events a projector could not apply, with the reason.
 //! - [`replay`]: the log replayed in memory (verify, as-of).
+//! - [`watch`]: following a KV bucket for ever (history first, re-created on failure).
+//! - [`announce`]: derived events announced exactly once per change of state.
 //! - [`runtime`]: tracing, the shutdown signal, backoff.
 //! - `testing` (feature `testing`): a real nats-server on a free port for tests.
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
 
+pub mod announce;
 pub mod batch;
 pub mod connect;
 pub mod deadletter;
@@ -35,3 +38,4 @@ pub mod subjects;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod view;
+pub mod watch;

@@ -45,17 +45,35 @@ impl Reader {
         filter: &str,
         start_sequence: u64,
     ) -> Result<Self, ReadError> {
+        let deliver_policy = if start_sequence <= 1 {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::ByStartSequence { start_sequence }
+        };
+        Self::open_with(js, stream, filter, deliver_policy).await
+    }
+
+    /// Reads only the last message of each subject under `filter`.
+    pub async fn last_per_subject(
+        js: &Context,
+        stream: &str,
+        filter: &str,
+    ) -> Result<Self, ReadError> {
+        Self::open_with(js, stream, filter, DeliverPolicy::LastPerSubject).await
+    }
+
+    async fn open_with(
+        js: &Context,
+        stream: &str,
+        filter: &str,
+        deliver_policy: DeliverPolicy,
+    ) -> Result<Self, ReadError> {
         let fail = |e: &dyn std::fmt::Display| ReadError {
             stream: stream.to_string(),
             filter: filter.to_string(),
             message: e.to_string(),
         };
         let handle = js.get_stream(stream).await.map_err(|e| fail(&e))?;
-        let deliver_policy = if start_sequence <= 1 {
-            DeliverPolicy::All
-        } else {
-            DeliverPolicy::ByStartSequence { start_sequence }
-        };
         let consumer = handle
             .create_consumer(OrderedConfig {
                 filter_subject: filter.to_string(),

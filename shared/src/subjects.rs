@@ -65,6 +65,14 @@ pub const DEADLETTER_SOURCE_SUBJECT: &str = "Stockwire-Source-Subject";
 pub const DEADLETTER_SOURCE_SEQUENCE: &str = "Stockwire-Source-Sequence";
 pub const DEADLETTER_TRUNCATED: &str = "Stockwire-Truncated";
 
+/// Low-stock alerts of one product: `stock.low` and `stock.recovered`.
+pub fn low_stock_alert(warehouse: &WarehouseId, sku: &Sku) -> String {
+    format!("alerts.low_stock.{warehouse}.{sku}")
+}
+
+/// Every low-stock alert subject.
+pub const LOW_STOCK_ALERTS: &str = "alerts.low_stock.>";
+
 /// The dead letter of the event at `seq` of `INVENTORY`, as seen by the projector of `view`:
 /// one subject per event and view, written at most once.
 pub fn deadletter(view: &str, seq: u64) -> String {

@@ -5,6 +5,7 @@
 mod event;
 mod ids;
 mod stock;
+mod thresholds;
 mod time;
 
 pub use event::{Event, EventKind};
@@ -13,4 +14,7 @@ pub use ids::{
     MAX_REASON_LEN,
 };
 pub use stock::{evolve, Locations, StockBook, StockView};
+pub use thresholds::{
+    react, LowStock, LowStockAlert, Thresholds, DEFAULT_LOW_STOCK_BELOW, DEFAULT_STOCKOUT_DAYS,
+};
 pub use time::{check_not_in_future, format_ms, parse_time_ms, MAX_FUTURE_MS};
