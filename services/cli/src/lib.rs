@@ -6,12 +6,14 @@
 //! ## Layout
 //! - `failure`: failure kinds and their exit codes (0 ok, 1 NATS, 2 invalid input, 3 rejected).
 //! - `args`: the event arguments shared by the `publish` kinds.
-//! - `setup`, `publish` (+ `import`), `stock`, `history`, `rebuild`, `verify`, `status`,
+//! - `setup`, `publish` (+ `import`), `stock`, `history`, `threshold`, `alerts`, `rebuild`,
+//!   `verify`, `status`,
 //!   `deadletter`, `bench`: one command each.
 //! - `output`: tables and JSON.
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
 
+mod alerts;
 mod args;
 mod bench;
 mod deadletter;
@@ -24,6 +26,7 @@ mod rebuild;
 mod setup;
 mod status;
 mod stock;
+mod threshold;
 mod verify;
 
 use std::process::ExitCode;
@@ -32,6 +35,7 @@ use clap::{Parser, Subcommand};
 use stockwire::connect::{connect, ConnectArgs, Startup};
 use stockwire::envelope::Envelope;
 
+pub use alerts::AlertsArgs;
 pub use args::{PublishArgs, PublishKind};
 pub use bench::BenchArgs;
 pub use deadletter::DeadletterArgs;
@@ -41,6 +45,7 @@ pub use rebuild::RebuildArgs;
 pub use setup::SetupArgs;
 pub use status::StatusArgs;
 pub use stock::StockArgs;
+pub use threshold::ThresholdArgs;
 pub use verify::VerifyArgs;
 
 /// Stockwire: event-sourced warehouse inventory on NATS JetStream.
@@ -77,6 +82,10 @@ pub enum Command {
     Stock(StockArgs),
     /// Every event of one product in one warehouse, oldest first.
     History(HistoryArgs),
+    /// Low-stock and stockout thresholds: per product, or the default.
+    Threshold(ThresholdArgs),
+    /// Derived events (low stock, recovery), oldest first; --follow for new ones as they come.
+    Alerts(AlertsArgs),
     /// Rebuild a view from the log (done by its running projector), with a progress bar.
     Rebuild(RebuildArgs),
     /// Compare the stock view with a replay of the log; list differences (exit 3 if any).
@@ -126,6 +135,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Publish(args) => publish::run(&ctx, args).await,
         Command::Stock(args) => stock::run(&ctx, args).await,
         Command::History(args) => history::run(&ctx, args).await,
+        Command::Threshold(args) => threshold::run(&ctx, args).await,
+        Command::Alerts(args) => alerts::run(&ctx, args).await,
         Command::Rebuild(args) => rebuild::run(&ctx, args).await,
         Command::Verify(args) => verify::run(&ctx, args).await,
         Command::Status(args) => status::run(&ctx, args).await,

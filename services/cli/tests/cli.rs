@@ -10,6 +10,8 @@ use stockwire::read::{Reader, Stored};
 use stockwire::subjects;
 use stockwire::testing::NatsServer;
 
+#[path = "cli/alerts.rs"]
+mod alerts;
 #[path = "cli/ops.rs"]
 mod ops;
 #[path = "cli/views.rs"]
