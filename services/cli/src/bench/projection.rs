@@ -2,7 +2,8 @@
 //!
 //! The same events (in a warehouse of their own) are applied three ways, each into a
 //! scratch bucket set up like `stock` and removed afterwards:
-//! - the ceiling: a plain loop that reads them in order and writes, per batch of 1,000,
+//! - the ceiling: a plain loop that reads them in order and writes, per batch of up to
+//!   5,000 (the projector's size),
 //!   one value per touched key (the last payload, no decoding, no checks) in atomic batches;
 //! - stock-projector's loop (`stockwire::projector::run` with the stock projection): decode,
 //!   fold per key, commit keys with their revisions plus the checkpoint atomically;
@@ -173,12 +174,23 @@ async fn ceiling(
     let mut seen = 0;
     while seen < events {
         let Some(first) = rx.recv().await else { break };
+        // Batches of the projector's size: while more events are waiting, wait for them.
+        let waiting = |m: &async_nats::jetstream::Message| m.info().map_or(0, |i| i.pending) > 0;
+        let mut more = waiting(&first);
         let mut chunk = vec![first];
         while chunk.len() < BATCH {
-            match rx.try_recv() {
-                Ok(msg) => chunk.push(msg),
+            let next = match rx.try_recv() {
+                Ok(msg) => msg,
+                Err(_) if more => {
+                    match tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
+                        Ok(Some(msg)) => msg,
+                        _ => break,
+                    }
+                }
                 Err(_) => break,
-            }
+            };
+            more = waiting(&next);
+            chunk.push(next);
         }
         seen += chunk.len();
         let mut latest: HashMap<String, bytes::Bytes> = HashMap::new();
