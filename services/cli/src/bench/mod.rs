@@ -22,6 +22,7 @@ use stockwire::subjects;
 use crate::failure::{Failure, Outcome};
 
 mod ingest;
+mod latency;
 mod projection;
 use crate::publish::now_ms;
 use crate::{output, Ctx};
@@ -46,6 +47,12 @@ pub struct BenchArgs {
     /// Product counts of the projection workloads (default: 100,1000,100000; --quick: 100,1000).
     #[arg(long, value_delimiter = ',')]
     projection_products: Vec<usize>,
+    /// Seconds of steady load for the alert latency figure (default 30; --quick: 10).
+    #[arg(long)]
+    latency_seconds: Option<u64>,
+    /// Offered background load during the latency figure, events per second.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=100_000))]
+    latency_rate: u64,
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -75,6 +82,7 @@ struct Report {
     ingest_events_per_s: f64,
     ingest_ratio: f64,
     projection: Vec<ProjectionRow>,
+    alert_latency_ms: latency::Latency,
     /// Headline projection figures, at the first workload (100 products by default).
     projector_events_per_s: f64,
     projector_ceiling_per_s: f64,
@@ -125,6 +133,26 @@ pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
     let sample = sample_events("bench", events, args.products);
     let timeout = ctx.connect.request_timeout().max(Duration::from_secs(10));
 
+    let seconds = args
+        .latency_seconds
+        .unwrap_or(if args.quick { 10 } else { 30 });
+    eprintln!(
+        "bench: alert latency at {} events/s for {seconds} s (stock-projector and low-stock-watcher in this process)",
+        args.latency_rate
+    );
+    let alert_latency = latency::measure(
+        ctx,
+        &client,
+        &js,
+        &run_id,
+        args.latency_rate,
+        Duration::from_secs(seconds),
+    )
+    .await?;
+    eprintln!(
+        "bench: alert latency p50 {} ms, p99 {} ms ({} samples)",
+        alert_latency.p50, alert_latency.p99, alert_latency.samples
+    );
     eprintln!(
         "bench: {events} events over {} products per figure",
         args.products
@@ -187,6 +215,7 @@ pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
         seed_style_events_per_s: headline.as_ref().map_or(0.0, |r| r.seed_style_per_s),
         seed_speedup: headline.as_ref().map_or(0.0, |r| r.seed_speedup),
         projection,
+        alert_latency_ms: alert_latency,
     };
     print_report(ctx, &report);
     if let Some(path) = &args.report {
@@ -242,6 +271,12 @@ fn print_report(ctx: &Ctx, r: &Report) {
         ]);
     }
     output::line(&table);
+    let l = &r.alert_latency_ms;
+    output::line(format!(
+        "alert latency, PubAck of the crossing event -> alert stored in ALERTS, at {} events/s offered: \
+         p50 {} ms, p90 {} ms, p99 {} ms, max {} ms ({} samples)",
+        l.offered_events_per_s, l.p50, l.p90, l.p99, l.max, l.samples
+    ));
 }
 
 pub(super) fn rate(events: usize, took: Duration) -> f64 {

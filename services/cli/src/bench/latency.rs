@@ -1,0 +1,227 @@
+//! Alert latency: from the PubAck of the event that crosses a threshold to the alert
+//! stored in `ALERTS`, under a steady background load.
+//!
+//! stock-projector and low-stock-watcher run in this process on the real buckets (the
+//! figure is taken first, on a fresh server). Background events go out at the offered
+//! rate; every 100 ms a probe product is sold below its threshold or refilled above it,
+//! and each probe's PubAck time is matched with the time its alert was stored (the
+//! server's timestamp; one machine, one clock).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+use async_nats::jetstream::Context;
+use futures::StreamExt;
+use serde::Serialize;
+use stockwire::domain::{Event, Location, Quantity, Sku, WarehouseId};
+use stockwire::envelope::EventMeta;
+use stockwire::{projector, subjects};
+use tokio_util::sync::CancellationToken;
+
+use super::sample_events;
+use crate::failure::Failure;
+use crate::Ctx;
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Latency {
+    pub(super) samples: usize,
+    pub(super) offered_events_per_s: u64,
+    pub(super) p50: f64,
+    pub(super) p90: f64,
+    pub(super) p99: f64,
+    pub(super) max: f64,
+}
+
+fn now_ms_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+pub(super) async fn measure(
+    ctx: &Ctx,
+    client: &async_nats::Client,
+    js: &Context,
+    run_id: &str,
+    rate: u64,
+    duration: Duration,
+) -> Result<Latency, Failure> {
+    let warehouse = format!("bl{}", &run_id[..8]);
+    let stop = CancellationToken::new();
+    let services = start_services(ctx, client, stop.clone());
+    let result = run(ctx, js, &warehouse, rate, duration).await;
+    stop.cancel();
+    for task in services {
+        let _ = task.await;
+    }
+    result
+}
+
+fn start_services(
+    ctx: &Ctx,
+    client: &async_nats::Client,
+    stop: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let projector_config = projector::Config {
+        envelope: ctx.envelope.clone(),
+        ..Default::default()
+    };
+    let watcher_config = low_stock_watcher::Config {
+        connect: ctx.connect.clone(),
+        header_prefix: ctx.envelope.prefix().to_string(),
+    };
+    let (c1, s1) = (client.clone(), stop.clone());
+    let (c2, s2) = (client.clone(), stop);
+    vec![
+        tokio::spawn(async move {
+            let projection = stock_projector::StockProjection::default();
+            if let Err(e) = projector::run(c1, projection, projector_config, s1).await {
+                eprintln!("bench: stock-projector failed: {e}");
+            }
+        }),
+        tokio::spawn(async move {
+            if let Err(e) = low_stock_watcher::run(c2, &watcher_config, s2).await {
+                eprintln!("bench: low-stock-watcher failed: {e:#}");
+            }
+        }),
+    ]
+}
+
+async fn run(
+    ctx: &Ctx,
+    js: &Context,
+    warehouse: &str,
+    rate: u64,
+    duration: Duration,
+) -> Result<Latency, Failure> {
+    let wh = WarehouseId::parse(warehouse)?;
+    let probe = Sku::parse("probe")?;
+    let shelf = Location::parse("A1")?;
+    let publish = |event: &Event| {
+        let meta = EventMeta {
+            msg_id: uuid::Uuid::new_v4().to_string(),
+            timestamp_ms: crate::publish::now_ms(),
+        };
+        ctx.envelope.encode(event, &meta)
+    };
+    let acked = |out: stockwire::envelope::Outbound| async move {
+        js.publish_with_headers(out.subject, out.headers, out.payload)
+            .await
+            .context("latency: publish")?
+            .await
+            .context("latency: PubAck")
+    };
+    // The probe starts at 20 (threshold 10): each sale of 15 crosses down, each delivery of
+    // 15 crosses back up.
+    let q15 = Quantity::new(15)?;
+    acked(publish(&Event::Received {
+        warehouse: wh.clone(),
+        sku: probe.clone(),
+        location: shelf.clone(),
+        quantity: Quantity::new(20)?,
+    }))
+    .await?;
+
+    let alerts = js
+        .get_stream(subjects::ALERTS_STREAM)
+        .await
+        .context("ALERTS")?;
+    let mut stored = alerts
+        .create_consumer(OrderedConfig {
+            filter_subject: subjects::low_stock_alert(&wh, &probe),
+            deliver_policy: DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .context("latency: following ALERTS")?
+        .messages()
+        .await
+        .context("latency: following ALERTS")?;
+
+    let background = sample_events(warehouse, (rate * duration.as_secs()) as usize, 100);
+    let mut background = background.iter();
+    let mut pending_acks = VecDeque::new();
+    let mut probe_acks: VecDeque<f64> = VecDeque::new();
+    let mut samples = Vec::new();
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut low = false;
+    let mut ticks = 0u64;
+    while started.elapsed() < duration {
+        tokio::select! {
+            _ = tick.tick() => {
+                ticks += 1;
+                for event in background.by_ref().take((rate / 100) as usize) {
+                    let out = publish(event);
+                    let ack = js
+                        .publish_with_headers(out.subject, out.headers, out.payload)
+                        .await
+                        .context("latency: background publish")?;
+                    pending_acks.push_back(ack);
+                }
+                while pending_acks.len() > 2000 {
+                    if let Some(ack) = pending_acks.pop_front() {
+                        ack.await.context("latency: background PubAck")?;
+                    }
+                }
+                if ticks.is_multiple_of(10) {
+                    let event = if low {
+                        Event::Received { warehouse: wh.clone(), sku: probe.clone(), location: shelf.clone(), quantity: q15 }
+                    } else {
+                        Event::Sold { warehouse: wh.clone(), sku: probe.clone(), location: shelf.clone(), quantity: q15 }
+                    };
+                    low = !low;
+                    acked(publish(&event)).await?;
+                    probe_acks.push_back(now_ms_f64());
+                }
+            }
+            alert = stored.next() => {
+                let Some(alert) = alert else { break };
+                let alert = alert.context("latency: reading ALERTS")?;
+                let at = alert.info().map(|i| i.published.unix_timestamp_nanos() as f64 / 1e6).unwrap_or(0.0);
+                if let Some(acked_at) = probe_acks.pop_front() {
+                    samples.push((at - acked_at).max(0.0));
+                }
+            }
+        }
+    }
+    // The last probes' alerts.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !probe_acks.is_empty() && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(1), stored.next()).await {
+            Ok(Some(Ok(alert))) => {
+                let at = alert
+                    .info()
+                    .map(|i| i.published.unix_timestamp_nanos() as f64 / 1e6)
+                    .unwrap_or(0.0);
+                if let Some(acked_at) = probe_acks.pop_front() {
+                    samples.push((at - acked_at).max(0.0));
+                }
+            }
+            _ => break,
+        }
+    }
+    for ack in pending_acks {
+        ack.await.context("latency: background PubAck")?;
+    }
+    let offered = (ticks * (rate / 100)) as f64 / started.elapsed().as_secs_f64();
+    if samples.is_empty() {
+        return Err(anyhow::anyhow!("no alert arrived for the probe product").into());
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        (samples[i] * 100.0).round() / 100.0
+    };
+    Ok(Latency {
+        samples: samples.len(),
+        offered_events_per_s: offered.round() as u64,
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+        max: at(1.0),
+    })
+}
