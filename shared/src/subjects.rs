@@ -97,6 +97,11 @@ pub fn events_of_kind(kind: EventKind) -> String {
     format!("warehouse.*.product.*.{}", kind.subject_token())
 }
 
+/// Every event of one warehouse: `warehouse.{warehouse}.product.*.*`.
+pub fn warehouse_events(warehouse: &WarehouseId) -> String {
+    format!("warehouse.{warehouse}.product.*.*")
+}
+
 /// Every event of one aggregate (one product in one warehouse).
 pub fn aggregate(warehouse: &WarehouseId, sku: &Sku) -> String {
     format!("warehouse.{warehouse}.product.{sku}.*")

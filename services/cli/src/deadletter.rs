@@ -391,10 +391,12 @@ mod tests {
         letter.insert("myorg_type", "stock.received");
         letter.insert("x-trace", "abc");
         letter.insert(subjects::DEADLETTER_REASON, "bad_json");
-        letter.insert(
-            subjects::DEADLETTER_SOURCE_SUBJECT,
-            "warehouse.a.product.b.sold",
+        let source = subjects::event(
+            &stockwire::domain::WarehouseId::parse("a").unwrap(),
+            &stockwire::domain::Sku::parse("b").unwrap(),
+            stockwire::domain::EventKind::Sold,
         );
+        letter.insert(subjects::DEADLETTER_SOURCE_SUBJECT, source.as_str());
         letter.insert(subjects::DEADLETTER_TRUNCATED, "70000");
         letter.insert(subjects::NATS_MSG_ID, "stock-2");
         letter.insert(subjects::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");

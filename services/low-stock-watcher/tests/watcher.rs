@@ -379,3 +379,26 @@ async fn a_thousand_products_crossing_at_once() {
         .iter()
         .all(|(_, kind, p)| kind == "stock.low" && p["on_hand"] == 5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_or_purged_stock_key_raises_nothing() {
+    let stack = Stack::start().await;
+    stack.spawn_watcher();
+    stack.record(received("ams1", "apple", 3)).await;
+    stack.record(received("ams1", "pear", 30)).await;
+    stack.settle().await;
+    assert_eq!(
+        stack.alerts_for(APPLE).await.len(),
+        1,
+        "first seen below: one stock.low"
+    );
+    stack.stock.delete("ams1.apple").await.expect("delete");
+    stack.stock.purge("ams1.pear").await.expect("purge");
+    // Still alive, and nothing said about the deleted products.
+    stack.settle().await;
+    assert_eq!(stack.alerts_for(APPLE).await.len(), 1);
+    assert!(stack
+        .alerts_for("alerts.low_stock.ams1.pear")
+        .await
+        .is_empty());
+}

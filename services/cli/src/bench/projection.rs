@@ -19,7 +19,7 @@ use async_nats::jetstream::Context;
 use futures::StreamExt;
 use stock_projector::StockProjection;
 use stockwire::batch::{self, MAX_BATCH};
-use stockwire::domain::StockView;
+use stockwire::domain::{StockView, WarehouseId};
 use stockwire::envelope::{Envelope, Outbound};
 use stockwire::projector;
 use stockwire::provision::kv_config;
@@ -61,7 +61,7 @@ pub(super) async fn measure(
     let sample = sample_events(&warehouse, events, products);
     let messages = encode_all(ctx, &sample, &format!("bench-{warehouse}"));
     let (first, last) = publish_all(client, &messages, timeout).await?;
-    let filter = format!("warehouse.{warehouse}.product.*.*");
+    let filter = subjects::warehouse_events(&WarehouseId::parse(&warehouse)?);
 
     let result = async {
         let ceiling = rate(
