@@ -46,6 +46,16 @@ pub trait Projection: Send + Sync + 'static {
     /// Applies the event stored at `seq` to the key's value (`None`: the key has none yet),
     /// unless the value already holds it. Returns whether it changed the value.
     fn apply(&self, view: &mut Option<Self::View>, recorded: &Recorded, seq: u64) -> bool;
+
+    /// How often values are re-evaluated as time passes (windows that slide); `None`: never.
+    fn tick_every(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Re-evaluates a value as time passes. Returns whether it changed (then it is written).
+    fn tick(&self, _view: &mut Self::View) -> bool {
+        false
+    }
 }
 
 /// Settings of a projector.
@@ -117,10 +127,23 @@ pub async fn run<P: Projection>(
             spawn_reader(messages, config.envelope.clone(), config.max_batch);
         let _stop_reader = AbortOnDrop(reader);
         tracing::info!(view = bucket, checkpoint, "reading the log");
+        let mut ticker = projection.tick_every().map(|every| {
+            let mut t = tokio::time::interval(every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break 'restart,
+                _ = next_tick(&mut ticker) => {
+                    if let Err(e) = tick_all(&projection, &mut store).await {
+                        tracing::warn!(view = bucket, error = %e, "tick not committed; reloading");
+                        store.invalidate();
+                        pause(&shutdown, backoff.next_delay()).await;
+                        continue 'restart;
+                    }
+                }
                 request = rebuilds.next() => {
                     if let Some(request) = request {
                         rebuild::run(&js, &projection, &config, &mut store, request).await;
@@ -150,6 +173,44 @@ pub async fn run<P: Projection>(
         }
     }
     tracing::info!(view = bucket, "projector stopped");
+    Ok(())
+}
+
+async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Re-evaluates every value as time has passed and commits the ones that changed, the
+/// checkpoint unchanged.
+async fn tick_all<P: Projection>(
+    projection: &P,
+    store: &mut ViewStore<P::View>,
+) -> Result<(), ViewError> {
+    let checkpoint = store.checkpoint().await?;
+    let changes: Vec<(String, Change<P::View>)> = store
+        .cached()
+        .filter_map(|(key, value)| {
+            let mut value = value.clone();
+            projection
+                .tick(&mut value)
+                .then(|| (key.clone(), Change::Put(value)))
+        })
+        .collect();
+    for chunk in changes.chunks(MAX_KEYS_PER_COMMIT) {
+        store.commit(chunk.to_vec(), checkpoint).await?;
+    }
+    if !changes.is_empty() {
+        tracing::debug!(
+            view = projection.bucket(),
+            keys = changes.len(),
+            "windows moved"
+        );
+    }
     Ok(())
 }
 

@@ -181,6 +181,26 @@ impl NatsServer {
     }
 }
 
+/// A clock that only moves when the test moves it.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl ManualClock {
+    pub fn new(now_ms: i64) -> Self {
+        Self(std::sync::atomic::AtomicI64::new(now_ms))
+    }
+
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl crate::runtime::Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// Polls `check` every 20 ms until it holds; panics after `timeout` saying what was awaited.
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where

@@ -102,6 +102,13 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         self.checkpoint = None;
     }
 
+    /// Every cached key that holds a value (all of them after [`load_all`](Self::load_all)).
+    pub fn cached(&self) -> impl Iterator<Item = (&String, &V)> {
+        self.cache
+            .iter()
+            .filter_map(|(k, c)| c.value.as_ref().map(|v| (k, v)))
+    }
+
     /// True when every key of the bucket is cached (after [`load_all`](Self::load_all)).
     pub fn is_complete(&self) -> bool {
         self.complete

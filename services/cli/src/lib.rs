@@ -6,7 +6,7 @@
 //! ## Layout
 //! - `failure`: failure kinds and their exit codes (0 ok, 1 NATS, 2 invalid input, 3 rejected).
 //! - `args`: the event arguments shared by the `publish` kinds.
-//! - `setup`, `publish` (+ `import`), `stock`, `history`, `threshold`, `alerts`, `rebuild`,
+//! - `setup`, `publish` (+ `import`), `stock`, `velocity`, `history`, `threshold`, `alerts`, `rebuild`,
 //!   `verify`, `status`,
 //!   `deadletter`, `bench`: one command each.
 //! - `output`: tables and JSON.
@@ -27,6 +27,7 @@ mod setup;
 mod status;
 mod stock;
 mod threshold;
+mod velocity;
 mod verify;
 
 use std::process::ExitCode;
@@ -46,6 +47,7 @@ pub use setup::SetupArgs;
 pub use status::StatusArgs;
 pub use stock::StockArgs;
 pub use threshold::ThresholdArgs;
+pub use velocity::VelocityArgs;
 pub use verify::VerifyArgs;
 
 /// Stockwire: event-sourced warehouse inventory on NATS JetStream.
@@ -80,6 +82,8 @@ pub enum Command {
     Publish(PublishArgs),
     /// The stock view: units per product, warehouse and location (--as-of: replayed from the log).
     Stock(StockArgs),
+    /// The sales_velocity view: units sold in the last hour, day and week, fastest first.
+    Velocity(VelocityArgs),
     /// Every event of one product in one warehouse, oldest first.
     History(HistoryArgs),
     /// Low-stock and stockout thresholds: per product, or the default.
@@ -134,6 +138,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Setup(args) => setup::run(&ctx, args).await,
         Command::Publish(args) => publish::run(&ctx, args).await,
         Command::Stock(args) => stock::run(&ctx, args).await,
+        Command::Velocity(args) => velocity::run(&ctx, args).await,
         Command::History(args) => history::run(&ctx, args).await,
         Command::Threshold(args) => threshold::run(&ctx, args).await,
         Command::Alerts(args) => alerts::run(&ctx, args).await,

@@ -1,4 +1,4 @@
-//! `stockwire rebuild stock`: asks the running projector to rebuild its view from the log,
+//! `stockwire rebuild stock|velocity`: asks the running projector to rebuild its view from the log,
 //! and shows its progress until it is done.
 //!
 //! The projector owns its view, so it does the work (see `stockwire::rebuild`); this
@@ -22,6 +22,8 @@ const SILENCE: Duration = Duration::from_secs(60);
 enum ViewName {
     /// The stock view (stock-projector).
     Stock,
+    /// The sales_velocity view (velocity-projector).
+    Velocity,
 }
 
 #[derive(Debug, Args)]
@@ -34,6 +36,7 @@ pub struct RebuildArgs {
 pub(crate) async fn run(ctx: &Ctx, args: RebuildArgs) -> Outcome {
     let (bucket, owner) = match args.view {
         ViewName::Stock => (subjects::STOCK_BUCKET, "stock-projector"),
+        ViewName::Velocity => (subjects::VELOCITY_BUCKET, "velocity-projector"),
     };
     let client = ctx.client().await?;
     let inbox = client.new_inbox();

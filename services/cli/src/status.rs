@@ -17,6 +17,7 @@ use async_nats::jetstream::{Context, ErrorCode};
 use clap::Args;
 use futures::StreamExt;
 use serde::Serialize;
+use stockwire::domain::EventKind;
 use stockwire::{subjects, view};
 
 use crate::failure::{Failure, Outcome};
@@ -56,12 +57,17 @@ const BUCKETS: [&str; 3] = [
 ];
 
 /// The views a projector writes, with the `INVENTORY` subjects each one reads.
-/// (`sales_velocity` joins when its projector exists.)
-fn projected_views() -> [(&'static str, String); 1] {
-    [(
-        subjects::STOCK_BUCKET,
-        subjects::INVENTORY_SUBJECTS.to_string(),
-    )]
+fn projected_views() -> [(&'static str, String); 2] {
+    [
+        (
+            subjects::STOCK_BUCKET,
+            subjects::INVENTORY_SUBJECTS.to_string(),
+        ),
+        (
+            subjects::VELOCITY_BUCKET,
+            subjects::events_of_kind(EventKind::Sold),
+        ),
+    ]
 }
 
 #[derive(Debug, Serialize)]

@@ -5,7 +5,12 @@
 //! TIME with the same code the projector uses; the view is not touched.
 
 use clap::Args;
-use stockwire::domain::{format_ms, parse_time_ms, InvalidField, Sku, StockView, WarehouseId};
+use std::collections::HashMap;
+
+use stockwire::domain::{
+    days_of_cover, format_ms, parse_time_ms, InvalidField, Sku, StockView, VelocityView,
+    WarehouseId,
+};
 use stockwire::{replay, subjects, view};
 
 use crate::failure::Outcome;
@@ -34,6 +39,7 @@ pub(crate) async fn run(ctx: &Ctx, args: StockArgs) -> Outcome {
         args.warehouse.as_ref().is_none_or(|w| *w == v.warehouse)
             && args.sku.as_ref().is_none_or(|s| *s == v.sku)
     };
+    let mut cover: Option<HashMap<String, f64>> = None;
     let (views, note) = match args.as_of {
         Some(at) => {
             let replayed = replay::stock(&js, &ctx.envelope, Some(at))
@@ -62,14 +68,26 @@ pub(crate) async fn run(ctx: &Ctx, args: StockArgs) -> Outcome {
                 Ok(kv) => view::read_checkpoint(&kv).await.unwrap_or(0),
                 Err(_) => 0,
             };
+            // Days of cover, where the velocity view knows the rate of sale.
+            let rates: Vec<(String, VelocityView)> = view::snapshot(&js, subjects::VELOCITY_BUCKET)
+                .await
+                .unwrap_or_default();
+            if !rates.is_empty() {
+                cover = Some(
+                    rates
+                        .into_iter()
+                        .map(|(k, v)| (k, v.units_per_day))
+                        .collect(),
+                );
+            }
             (views, format!("the stock view, up to event #{checkpoint}"))
         }
     };
-    print(ctx, &views, &note);
+    print(ctx, &views, &note, cover.as_ref());
     Ok(())
 }
 
-fn print(ctx: &Ctx, views: &[StockView], note: &str) {
+fn print(ctx: &Ctx, views: &[StockView], note: &str, cover: Option<&HashMap<String, f64>>) {
     if ctx.json {
         for v in views {
             output::json_line(v);
@@ -81,19 +99,36 @@ fn print(ctx: &Ctx, views: &[StockView], note: &str) {
         return;
     }
     let mut table = output::table(["warehouse", "sku", "on hand", "locations", "last event"]);
+    if cover.is_some() {
+        table.set_header([
+            "warehouse",
+            "sku",
+            "on hand",
+            "locations",
+            "last event",
+            "days of cover",
+        ]);
+    }
     for v in views {
         let locations: Vec<String> = v
             .locations
             .iter()
             .map(|(l, q)| format!("{l}: {q}"))
             .collect();
-        table.add_row(vec![
+        let mut row = vec![
             v.warehouse.to_string(),
             v.sku.to_string(),
             v.on_hand.to_string(),
             locations.join(", "),
             format!("#{} {}", v.last_seq, format_ms(v.updated_ms)),
-        ]);
+        ];
+        if let Some(rates) = cover {
+            let days = rates
+                .get(&subjects::view_key(&v.warehouse, &v.sku))
+                .and_then(|per_day| days_of_cover(v.on_hand, *per_day));
+            row.push(days.map_or_else(|| "-".to_string(), |d| format!("{d:.1}")));
+        }
+        table.add_row(row);
     }
     output::line(&table);
     output::line(note);

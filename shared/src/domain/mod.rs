@@ -1,5 +1,5 @@
 //! The pure domain: validated ids and quantities, events of record, stock and how events
-//! change it, and event time.
+//! change it, sales velocity, thresholds and alert decisions, and event time.
 //! No IO, no clock, no id generation here: time and ids are passed in.
 
 mod event;
@@ -7,6 +7,7 @@ mod ids;
 mod stock;
 mod thresholds;
 mod time;
+mod velocity;
 
 pub use event::{Event, EventKind};
 pub use ids::{
@@ -18,3 +19,6 @@ pub use thresholds::{
     react, LowStock, LowStockAlert, Thresholds, DEFAULT_LOW_STOCK_BELOW, DEFAULT_STOCKOUT_DAYS,
 };
 pub use time::{check_not_in_future, format_ms, parse_time_ms, MAX_FUTURE_MS};
+pub use velocity::{
+    days_of_cover, Band, BandLimits, VelocityView, DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS,
+};

@@ -96,8 +96,10 @@ async fn status_on_a_fresh_setup_is_healthy() {
     for bucket in ["stock", "sales_velocity", "thresholds"] {
         assert_eq!(status["buckets"][bucket]["keys"], 0, "{status}");
     }
-    assert_eq!(status["projectors"]["stock"]["checkpoint"], 0, "{status}");
-    assert_eq!(status["projectors"]["stock"]["lag"], 0, "{status}");
+    for view in ["stock", "sales_velocity"] {
+        assert_eq!(status["projectors"][view]["checkpoint"], 0, "{status}");
+        assert_eq!(status["projectors"][view]["lag"], 0, "{status}");
+    }
     assert_eq!(status["dead_letters"], 0);
     assert_eq!(status["problems"], json!([]));
 
@@ -150,11 +152,16 @@ async fn status_check_fails_while_a_view_lags() {
     assert_eq!(status["streams"]["INVENTORY"]["first_seq"], 1);
     assert_eq!(status["streams"]["INVENTORY"]["last_seq"], 4);
     assert_eq!(status["projectors"]["stock"]["lag"], 4, "{status}");
+    assert_eq!(
+        status["projectors"]["sales_velocity"]["lag"], 1,
+        "the velocity view reads sales only: {status}"
+    );
 
     let out = stack.run(&["status", "--check", "--max-lag", "0"]);
     assert_eq!(code(&out), Some(1));
     let why = stderr(&out);
     assert!(why.contains("view stock lags by 4 events"), "{why}");
+    assert!(why.contains("view sales_velocity lags by 1 event"), "{why}");
     assert!(
         stdout(&out).contains("dead letters: 0"),
         "the status is printed too"
@@ -163,6 +170,7 @@ async fn status_check_fails_while_a_view_lags() {
     let out = stack.run(&["status", "--check", "--max-lag", "3"]);
     assert_eq!(code(&out), Some(1));
     assert!(stderr(&out).contains("view stock lags by 4 events"));
+    assert!(!stderr(&out).contains("sales_velocity"), "{}", stderr(&out));
 
     let out = stack.run(&["status", "--check", "--max-lag", "4"]);
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));

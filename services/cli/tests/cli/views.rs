@@ -266,3 +266,71 @@ async fn rebuild_with_no_projector_running_says_so() {
         stderr(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn velocity_lists_the_fastest_first_and_stock_shows_days_of_cover() {
+    let stack = Stack::start();
+    let client = stack.server.client().await;
+    let (stop, _projector) = stack.spawn_projector(client.clone());
+    let config = velocity_projector::Config {
+        connect: stack.server.connect_args(),
+        header_prefix: "myorg".into(),
+        batch: 5000,
+        tick_s: 1.0,
+    };
+    let velocity_stop = stop.clone();
+    tokio::spawn(async move {
+        let clock = std::sync::Arc::new(stockwire::runtime::SystemClock);
+        if let Err(e) = velocity_projector::run(client, &config, clock, velocity_stop).await {
+            panic!("velocity-projector failed: {e:#}");
+        }
+    });
+    let now = chrono::Utc::now().timestamp_millis();
+    let ago = |hours: i64| (now - hours * 3_600_000).to_string();
+    let mut file = String::new();
+    file.push_str(&json!({"type":"stock.received","warehouse":"ams1","sku":"apple","location":"A1","quantity":30}).to_string());
+    file.push('\n');
+    file.push_str(&json!({"type":"stock.received","warehouse":"ams1","sku":"pear","location":"A1","quantity":30}).to_string());
+    file.push('\n');
+    // apple: 20 sold on each of the last 7 days; pear: 1 sold two days ago.
+    for day in 0..7 {
+        let at: i64 = ago(day * 24 + 2).parse().unwrap();
+        file.push_str(&json!({"type":"stock.sold","warehouse":"ams1","sku":"apple","location":"A1","quantity":20,"timestamp_ms":at}).to_string());
+        file.push('\n');
+    }
+    let at: i64 = ago(48).parse().unwrap();
+    file.push_str(&json!({"type":"stock.sold","warehouse":"ams1","sku":"pear","location":"A1","quantity":1,"timestamp_ms":at}).to_string());
+    file.push('\n');
+    stack.ok_with_input(&["publish", "--file", "-", "--wait"], &file);
+    stockwire::testing::wait_until("the velocity view", Duration::from_secs(30), || async {
+        stack.ok(&["velocity", "--json"]).lines().count() == 2
+    })
+    .await;
+    let rows: Vec<Value> = stack
+        .ok(&["velocity", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(rows[0]["sku"], "apple", "fastest first");
+    assert_eq!(
+        (
+            rows[0]["sold_last_day"].as_u64(),
+            rows[0]["sold_last_week"].as_u64()
+        ),
+        (Some(20), Some(140))
+    );
+    assert_eq!(rows[0]["units_per_day"], 20.0);
+    assert!(rows[0].get("hours").is_none(), "working state is not shown");
+    assert_eq!(
+        (
+            rows[1]["sold_last_day"].as_u64(),
+            rows[1]["sold_last_week"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
+    let table = stack.ok(&["stock", "-w", "ams1"]);
+    assert!(table.contains("days of cover"), "{table}");
+    // apple: -110 on hand (the import is unchecked) -> 0.0 days; pear: 29 / (1/7) = 203 days.
+    assert!(table.contains("203.0"), "{table}");
+    stop.cancel();
+}
