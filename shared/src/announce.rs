@@ -26,6 +26,8 @@ pub struct Last {
     pub sequence: u64,
     /// Its type header, e.g. `stock.low`.
     pub event_type: String,
+    /// Its payload.
+    pub payload: Bytes,
 }
 
 /// What [`Announcer::announce`] did.
@@ -91,6 +93,7 @@ impl Announcer {
                 Last {
                     sequence: msg.sequence,
                     event_type,
+                    payload: msg.payload,
                 },
             );
         }
@@ -124,6 +127,7 @@ impl Announcer {
                     Last {
                         sequence: msg.sequence,
                         event_type,
+                        payload: msg.payload,
                     },
                 );
             }
@@ -154,7 +158,7 @@ impl Announcer {
         msg_id: String,
         timestamp_ms: i64,
     ) -> Result<Announced, AnnounceError> {
-        let body = serde_json::to_vec(payload).map_err(|e| self.error(e))?;
+        let body = Bytes::from(serde_json::to_vec(payload).map_err(|e| self.error(e))?);
         let meta = EventMeta {
             msg_id,
             timestamp_ms,
@@ -167,7 +171,7 @@ impl Announcer {
         );
         let result = async {
             self.js
-                .publish_with_headers(subject.to_string(), headers, Bytes::from(body))
+                .publish_with_headers(subject.to_string(), headers, body.clone())
                 .await?
                 .await
         }
@@ -184,6 +188,7 @@ impl Announcer {
                     Last {
                         sequence: ack.sequence,
                         event_type: event_type.to_string(),
+                        payload: body,
                     },
                 );
                 Ok(Announced::Stored(ack.sequence))

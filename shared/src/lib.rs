@@ -17,6 +17,7 @@
 //! - [`replay`]: the log replayed in memory (verify, as-of).
 //! - [`watch`]: following a KV bucket for ever (history first, re-created on failure).
 //! - [`announce`]: derived events announced exactly once per change of state.
+//! - [`watcher`]: a watcher's inputs (thresholds first, then views) and announcing a change.
 //! - [`runtime`]: tracing, the shutdown signal, backoff.
 //! - `testing` (feature `testing`): a real nats-server on a free port for tests.
 #![forbid(unsafe_code)]
@@ -39,3 +40,4 @@ pub mod subjects;
 pub mod testing;
 pub mod view;
 pub mod watch;
+pub mod watcher;

@@ -13,17 +13,15 @@
 #![deny(unreachable_pub)]
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use async_nats::jetstream::kv::Operation;
-use stockwire::announce::{Announced, Announcer};
+use async_nats::jetstream::kv::{self, Operation};
+use stockwire::announce::Announcer;
 use stockwire::connect::ConnectArgs;
 use stockwire::domain::{react, LowStock, LowStockAlert, StockView, Thresholds};
 use stockwire::envelope::Envelope;
-use stockwire::runtime::Backoff;
 use stockwire::subjects;
-use stockwire::watch::{follow, Followed};
-use tokio::sync::mpsc;
+use stockwire::watch::Followed;
+use stockwire::watcher::{self, Announcement};
 use tokio_util::sync::CancellationToken;
 
 /// The service's settings.
@@ -64,101 +62,31 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(client.clone());
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let (stock_kv, thresholds_kv) = loop {
-        match (
-            js.get_key_value(subjects::STOCK_BUCKET).await,
-            js.get_key_value(subjects::THRESHOLDS_BUCKET).await,
-        ) {
-            (Ok(s), Ok(t)) => break (s, t),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!(error = %e, "cannot open the stock or thresholds bucket (run `stockwire setup`?); retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
-                }
-            }
-        }
-    };
     let mut announcer = Announcer::new(
         js.clone(),
         Envelope::new(&config.header_prefix),
         subjects::LOW_STOCK_ALERTS,
     );
-    let (tx, mut rx) = mpsc::channel(4096);
     let followers = shutdown.child_token();
-    // Thresholds first: a product must not be judged against a threshold not yet read.
-    let _thresholds = follow(
-        js.clone(),
-        thresholds_kv,
-        subjects::THRESHOLDS_BUCKET,
-        tx.clone(),
-        followers.clone(),
-    );
-    let mut stock_task = Some((js.clone(), stock_kv, tx));
+    let Some(mut inputs) = watcher::inputs(&js, &[subjects::STOCK_BUCKET], &followers).await else {
+        return Ok(());
+    };
     let mut known = Known::default();
     tracing::info!("low-stock watcher started");
-
     loop {
         let item = tokio::select! {
             _ = shutdown.cancelled() => break,
-            item = rx.recv() => item,
+            item = inputs.recv() => item,
         };
         let Some(item) = item else { break };
-        match item {
-            Followed::CaughtUp { bucket } if bucket == subjects::THRESHOLDS_BUCKET => {
-                if let Some((js, kv, tx)) = stock_task.take() {
-                    follow(js, kv, subjects::STOCK_BUCKET, tx, followers.clone());
-                }
-            }
-            Followed::CaughtUp { bucket } => tracing::info!(bucket, "caught up"),
-            Followed::Entry { bucket, entry } => {
-                if entry.key.starts_with('_') {
-                    continue;
-                }
-                let key = entry.key.clone();
-                let changed: Vec<String> = if bucket == subjects::STOCK_BUCKET {
-                    if entry.operation == Operation::Put {
-                        match serde_json::from_slice::<StockView>(&entry.value) {
-                            Ok(view) => {
-                                known.stock.insert(key.clone(), view);
-                                vec![key]
-                            }
-                            Err(e) => {
-                                tracing::error!(key, error = %e, "unreadable stock value; skipped");
-                                vec![]
-                            }
-                        }
-                    } else {
-                        known.stock.remove(&key);
-                        vec![]
-                    }
-                } else {
-                    if entry.operation == Operation::Put {
-                        match serde_json::from_slice::<Thresholds>(&entry.value) {
-                            Ok(t) => {
-                                known.thresholds.insert(key.clone(), t);
-                            }
-                            Err(e) => {
-                                tracing::error!(key, error = %e, "unreadable threshold; ignored");
-                                continue;
-                            }
-                        }
-                    } else {
-                        known.thresholds.remove(&key);
-                    }
-                    if key == subjects::DEFAULT_THRESHOLD_KEY {
-                        known.stock.keys().cloned().collect()
-                    } else if known.stock.contains_key(&key) {
-                        vec![key]
-                    } else {
-                        vec![]
-                    }
-                };
-                for key in changed {
-                    evaluate(&mut announcer, &known, &key, &shutdown).await;
-                }
-            }
+        let Followed::Entry { bucket, entry } = item else {
+            continue;
+        };
+        if entry.key.starts_with('_') {
+            continue;
+        }
+        for key in known.update(bucket, entry) {
+            evaluate(&mut announcer, &known, &key, &shutdown).await;
         }
     }
     followers.cancel();
@@ -166,8 +94,53 @@ pub async fn run(
     Ok(())
 }
 
+impl Known {
+    /// Takes in a change of the stock view or of a threshold; returns the products to
+    /// evaluate again.
+    fn update(&mut self, bucket: &str, entry: kv::Entry) -> Vec<String> {
+        let key = entry.key;
+        let put = entry.operation == Operation::Put;
+        if bucket == subjects::STOCK_BUCKET {
+            if !put {
+                self.stock.remove(&key);
+                return vec![];
+            }
+            match serde_json::from_slice::<StockView>(&entry.value) {
+                Ok(view) => {
+                    self.stock.insert(key.clone(), view);
+                    vec![key]
+                }
+                Err(e) => {
+                    tracing::error!(key, error = %e, "unreadable stock value; skipped");
+                    vec![]
+                }
+            }
+        } else {
+            if put {
+                match serde_json::from_slice::<Thresholds>(&entry.value) {
+                    Ok(t) => {
+                        self.thresholds.insert(key.clone(), t);
+                    }
+                    Err(e) => {
+                        tracing::error!(key, error = %e, "unreadable threshold; ignored");
+                        return vec![];
+                    }
+                }
+            } else {
+                self.thresholds.remove(&key);
+            }
+            if key == subjects::DEFAULT_THRESHOLD_KEY {
+                self.stock.keys().cloned().collect()
+            } else if self.stock.contains_key(&key) {
+                vec![key]
+            } else {
+                vec![]
+            }
+        }
+    }
+}
+
 /// Announces the product's crossing, if it made one since the last announcement.
-/// Retries transient failures in place until done or shut down.
 async fn evaluate(
     announcer: &mut Announcer,
     known: &Known,
@@ -179,57 +152,27 @@ async fn evaluate(
     };
     let threshold = known.threshold(key);
     let subject = subjects::low_stock_alert(&view.warehouse, &view.sku);
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-    while !shutdown.is_cancelled() {
-        let result = async {
-            let last = announcer.last(&subject).await?;
-            let state = match &last {
-                Some(l) if l.event_type == LowStockAlert::LOW => LowStock::Low,
-                _ => LowStock::Fine,
-            };
-            let Some((event_type, _)) = react(state, view.on_hand, threshold) else {
-                return Ok(None);
-            };
-            let alert = LowStockAlert {
+    let now = || chrono::Utc::now().timestamp_millis();
+    watcher::announce_change(announcer, &subject, now, shutdown, |last| {
+        let state = match last {
+            Some(l) if l.event_type == LowStockAlert::LOW => LowStock::Low,
+            _ => LowStock::Fine,
+        };
+        let (event_type, _) = react(state, view.on_hand, threshold)?;
+        Some(Announcement {
+            event_type,
+            payload: LowStockAlert {
                 warehouse: view.warehouse.clone(),
                 sku: view.sku.clone(),
                 on_hand: view.on_hand,
                 threshold,
-            };
-            let msg_id = format!(
+            },
+            msg_id: format!(
                 "{event_type}:{key}:{}:{}",
                 view.last_seq,
-                last.as_ref().map_or(0, |l| l.sequence)
-            );
-            let now = chrono::Utc::now().timestamp_millis();
-            announcer
-                .announce(&subject, event_type, &alert, last.as_ref(), msg_id, now)
-                .await
-                .map(|a| Some((a, event_type)))
-        }
-        .await;
-        match result {
-            Ok(None) => return,
-            Ok(Some((Announced::Stored(seq), event_type))) => {
-                tracing::info!(
-                    key,
-                    event_type,
-                    on_hand = view.on_hand,
-                    threshold,
-                    alert_seq = seq,
-                    "announced"
-                );
-                return;
-            }
-            // Someone announced first: decide again against what they said.
-            Ok(Some((Announced::Superseded, _))) => continue,
-            Err(e) => {
-                tracing::warn!(key, error = %e, "cannot announce yet; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
-                }
-            }
-        }
-    }
+                last.map_or(0, |l| l.sequence)
+            ),
+        })
+    })
+    .await;
 }
