@@ -73,6 +73,22 @@ pub fn low_stock_alert(warehouse: &WarehouseId, sku: &Sku) -> String {
 /// Every low-stock alert subject.
 pub const LOW_STOCK_ALERTS: &str = "alerts.low_stock.>";
 
+/// Velocity band changes of one product: `sales.velocity`.
+pub fn velocity_alert(warehouse: &WarehouseId, sku: &Sku) -> String {
+    format!("alerts.velocity.{warehouse}.{sku}")
+}
+
+/// Every velocity alert subject.
+pub const VELOCITY_ALERTS: &str = "alerts.velocity.>";
+
+/// Stockout forecasts of one product: `stock.stockout_forecast` / `stock.stockout_cleared`.
+pub fn stockout_alert(warehouse: &WarehouseId, sku: &Sku) -> String {
+    format!("alerts.stockout.{warehouse}.{sku}")
+}
+
+/// Every stockout alert subject.
+pub const STOCKOUT_ALERTS: &str = "alerts.stockout.>";
+
 /// The dead letter of the event at `seq` of `INVENTORY`, as seen by the projector of `view`:
 /// one subject per event and view, written at most once.
 pub fn deadletter(view: &str, seq: u64) -> String {

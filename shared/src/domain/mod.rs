@@ -20,5 +20,6 @@ pub use thresholds::{
 };
 pub use time::{check_not_in_future, format_ms, parse_time_ms, MAX_FUTURE_MS};
 pub use velocity::{
-    days_of_cover, Band, BandLimits, VelocityView, DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS,
+    days_of_cover, react_stockout, Band, BandLimits, StockoutAlert, VelocityAlert, VelocityView,
+    DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS,
 };

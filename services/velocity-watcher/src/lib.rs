@@ -1,0 +1,244 @@
+//! # velocity-watcher
+//!
+//! Watches the `sales_velocity` and `stock` views (and the thresholds) and announces, once
+//! per change of state:
+//! - `sales.velocity` on `alerts.velocity.{warehouse}.{sku}` when the product's band
+//!   (`stalled`, `slow`, `normal`, `fast`, from units sold in the last day) changes;
+//! - `stock.stockout_forecast` on `alerts.stockout.{warehouse}.{sku}` when its days of
+//!   cover (on hand / units per day) fall below its `stockout_days`, and
+//!   `stock.stockout_cleared` when they are back at or above it.
+//!
+//! Inputs and exactly-once announcing are `stockwire::watcher`, as for low stock.
+#![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
+
+use std::collections::HashMap;
+
+use async_nats::jetstream::kv::{self, Operation};
+use stockwire::announce::Announcer;
+use stockwire::connect::ConnectArgs;
+use stockwire::domain::{
+    days_of_cover, react_stockout, Band, BandLimits, StockView, StockoutAlert, Thresholds,
+    VelocityAlert, VelocityView,
+};
+use stockwire::envelope::Envelope;
+use stockwire::subjects;
+use stockwire::watch::Followed;
+use stockwire::watcher::{self, Announcement};
+use tokio_util::sync::CancellationToken;
+
+/// The service's settings.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "velocity-watcher",
+    version,
+    about = "Announces velocity bands and stockout forecasts"
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Prefix of the standard event headers.
+    #[arg(long, env = "STOCKWIRE_HEADER_PREFIX", default_value = subjects::DEFAULT_HEADER_PREFIX)]
+    pub header_prefix: String,
+    /// Units sold in the last day from which a product is `normal` (below: `slow`).
+    #[arg(long, env = "STOCKWIRE_BAND_NORMAL_FROM", default_value_t = BandLimits::default().normal_from)]
+    pub normal_from: u64,
+    /// Units sold in the last day from which a product is `fast`.
+    #[arg(long, env = "STOCKWIRE_BAND_FAST_FROM", default_value_t = BandLimits::default().fast_from)]
+    pub fast_from: u64,
+}
+
+/// What the watcher knows of every product.
+#[derive(Default)]
+struct Known {
+    velocity: HashMap<String, VelocityView>,
+    stock: HashMap<String, StockView>,
+    thresholds: HashMap<String, Thresholds>,
+}
+
+impl Known {
+    /// Takes in a change of a view or a threshold; returns the products to evaluate again.
+    fn update(&mut self, bucket: &str, entry: kv::Entry) -> Vec<String> {
+        let key = entry.key;
+        let value = (entry.operation == Operation::Put).then_some(entry.value);
+        let parse_error = |e: serde_json::Error| tracing::error!(bucket, key, error = %e, "unreadable value; skipped");
+        if bucket == subjects::VELOCITY_BUCKET {
+            match value.map(|v| serde_json::from_slice::<VelocityView>(&v)) {
+                Some(Ok(v)) => self.velocity.insert(key.clone(), v),
+                Some(Err(e)) => {
+                    parse_error(e);
+                    return vec![];
+                }
+                None => self.velocity.remove(&key),
+            };
+        } else if bucket == subjects::STOCK_BUCKET {
+            match value.map(|v| serde_json::from_slice::<StockView>(&v)) {
+                Some(Ok(v)) => self.stock.insert(key.clone(), v),
+                Some(Err(e)) => {
+                    parse_error(e);
+                    return vec![];
+                }
+                None => self.stock.remove(&key),
+            };
+        } else {
+            match value.map(|v| serde_json::from_slice::<Thresholds>(&v)) {
+                Some(Ok(t)) => self.thresholds.insert(key.clone(), t),
+                Some(Err(e)) => {
+                    parse_error(e);
+                    return vec![];
+                }
+                None => self.thresholds.remove(&key),
+            };
+            if key == subjects::DEFAULT_THRESHOLD_KEY {
+                return self.velocity.keys().cloned().collect();
+            }
+        }
+        if self.velocity.contains_key(&key) {
+            vec![key]
+        } else {
+            vec![]
+        }
+    }
+}
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(
+    client: async_nats::Client,
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if config.fast_from <= config.normal_from {
+        anyhow::bail!(
+            "--fast-from ({}) must be above --normal-from ({})",
+            config.fast_from,
+            config.normal_from
+        );
+    }
+    let limits = BandLimits {
+        normal_from: config.normal_from,
+        fast_from: config.fast_from,
+    };
+    let js = async_nats::jetstream::new(client.clone());
+    let envelope = Envelope::new(&config.header_prefix);
+    let mut bands = Announcer::new(js.clone(), envelope.clone(), subjects::VELOCITY_ALERTS);
+    let mut stockouts = Announcer::new(js.clone(), envelope, subjects::STOCKOUT_ALERTS);
+    let followers = shutdown.child_token();
+    let views = [subjects::STOCK_BUCKET, subjects::VELOCITY_BUCKET];
+    let Some(mut inputs) = watcher::inputs(&js, &views, &followers).await else {
+        return Ok(());
+    };
+    let mut known = Known::default();
+    tracing::info!("velocity watcher started");
+    loop {
+        let item = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            item = inputs.recv() => item,
+        };
+        let Some(item) = item else { break };
+        let Followed::Entry { bucket, entry } = item else {
+            continue;
+        };
+        if entry.key.starts_with('_') {
+            continue;
+        }
+        for key in known.update(bucket, entry) {
+            evaluate_band(&mut bands, &known, &key, limits, &shutdown).await;
+            evaluate_stockout(&mut stockouts, &known, &key, &shutdown).await;
+        }
+    }
+    followers.cancel();
+    tracing::info!("velocity watcher stopped");
+    Ok(())
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn on_hand(known: &Known, key: &str) -> (i64, u64) {
+    known
+        .stock
+        .get(key)
+        .map_or((0, 0), |s| (s.on_hand, s.last_seq))
+}
+
+async fn evaluate_band(
+    announcer: &mut Announcer,
+    known: &Known,
+    key: &str,
+    limits: BandLimits,
+    shutdown: &CancellationToken,
+) {
+    let Some(v) = known.velocity.get(key) else {
+        return;
+    };
+    let (on_hand, stock_seq) = on_hand(known, key);
+    let band = Band::of(v.sold_last_day, on_hand, limits);
+    let subject = subjects::velocity_alert(&v.warehouse, &v.sku);
+    watcher::announce_change(announcer, &subject, now, shutdown, |last| {
+        let previous = last.and_then(|l| serde_json::from_slice::<VelocityAlert>(&l.payload).ok());
+        let previous_band = previous.map(|p| p.band);
+        if previous_band == Some(band) {
+            return None;
+        }
+        Some(Announcement {
+            event_type: VelocityAlert::TYPE,
+            payload: VelocityAlert {
+                warehouse: v.warehouse.clone(),
+                sku: v.sku.clone(),
+                band,
+                previous_band,
+                sold_last_hour: v.sold_last_hour,
+                sold_last_day: v.sold_last_day,
+                sold_last_week: v.sold_last_week,
+            },
+            msg_id: format!(
+                "{}:{key}:{}:{stock_seq}:{}:{}",
+                VelocityAlert::TYPE,
+                v.last_seq,
+                v.as_of_ms,
+                last.map_or(0, |l| l.sequence)
+            ),
+        })
+    })
+    .await;
+}
+
+async fn evaluate_stockout(
+    announcer: &mut Announcer,
+    known: &Known,
+    key: &str,
+    shutdown: &CancellationToken,
+) {
+    let Some(v) = known.velocity.get(key) else {
+        return;
+    };
+    let (on_hand, stock_seq) = on_hand(known, key);
+    let days = days_of_cover(on_hand, v.units_per_day);
+    let stockout_days = Thresholds::stockout_days(
+        known.thresholds.get(key),
+        known.thresholds.get(subjects::DEFAULT_THRESHOLD_KEY),
+    );
+    let subject = subjects::stockout_alert(&v.warehouse, &v.sku);
+    watcher::announce_change(announcer, &subject, now, shutdown, |last| {
+        let announced = last.is_some_and(|l| l.event_type == StockoutAlert::FORECAST);
+        let event_type = react_stockout(announced, days, stockout_days)?;
+        Some(Announcement {
+            event_type,
+            payload: StockoutAlert {
+                warehouse: v.warehouse.clone(),
+                sku: v.sku.clone(),
+                on_hand,
+                units_per_day: v.units_per_day,
+                days_of_cover: days.map(|d| (d * 100.0).round() / 100.0),
+            },
+            msg_id: format!(
+                "{event_type}:{key}:{}:{stock_seq}:{}:{}",
+                v.last_seq,
+                v.as_of_ms,
+                last.map_or(0, |l| l.sequence)
+            ),
+        })
+    })
+    .await;
+}
