@@ -18,8 +18,10 @@ SKUS = ["apple", "banana", "orange", "pear", "kiwi", "mango", "grape", "lemon", 
         "cherry", "plum", "peach", "apricot", "melon", "fig", "date", "papaya", "guava",
         "lychee", "coconut"]
 LOCATIONS = ["A1", "A2", "A3", "B1", "B2", "C1"]
-# Units sold per day, roughly: a clear fast mover, a few steady ones, a stalled one.
-DAILY_SALES = {"apple": 60, "banana": 45, "orange": 25, "pear": 15, "coconut": 0}
+# Units sold per day, roughly: a clear fast mover, a few steady ones, and coconuts, which
+# sold on the first day only (stalled since).
+DAILY_SALES = {"apple": 60, "banana": 45, "orange": 25, "pear": 15, "coconut": 6}
+FIRST_DAY_ONLY = {"coconut"}
 HOUR_MS = 3600 * 1000
 
 
@@ -47,6 +49,8 @@ def main():
             per_day = DAILY_SALES.get(sku, rnd.randrange(2, 12))
             for day in range(args.days):
                 sold_today = max(0, int(rnd.gauss(per_day, per_day / 4))) if per_day else 0
+                if sku in FIRST_DAY_ONLY and day > 0:
+                    sold_today = 0
                 while sold_today > 0:
                     loc = rnd.choice(home)
                     q = min(sold_today, rnd.randint(1, 5), stock[(wh, sku, loc)])
