@@ -8,6 +8,7 @@
 //! - [`envelope`]: a typed event <-> subject, standard headers and JSON payload; decode errors; upcasting.
 //! - [`subjects`]: every subject, stream, bucket, key and header name, built in one place.
 //! - [`provision`]: idempotent creation and update of streams and buckets.
+//! - [`aggregate`]: the command side: one aggregate loaded from its events; conditional publish.
 //! - [`batch`]: atomic batch publish (all of up to 1,000 messages stored, or none).
 //! - [`connect`]: connection flags (URL, user/password, creds) and `connect`.
 //! - [`read`]: reading a filtered slice of a stream in order, to its end.
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
 
+pub mod aggregate;
 pub mod announce;
 pub mod batch;
 pub mod connect;

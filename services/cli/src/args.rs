@@ -45,6 +45,9 @@ pub struct EventOpts {
     /// Return once the stock view has applied the event (read your own write).
     #[arg(long)]
     pub wait: bool,
+    /// sold, moved, destroyed: record the fact as given, without checking the stock.
+    #[arg(long)]
+    pub force: bool,
 }
 
 fn parse_at(value: &str) -> Result<i64, InvalidField> {

@@ -106,5 +106,17 @@ fn describe(event: &Event) -> String {
         Event::Corrected {
             location, quantity, ..
         } => format!("{location} = {quantity}"),
+        Event::TransferredOut {
+            location,
+            quantity,
+            to_warehouse,
+            ..
+        } => format!("{location} -{quantity} (to {to_warehouse})"),
+        Event::TransferredIn {
+            location,
+            quantity,
+            from_warehouse,
+            ..
+        } => format!("{location} +{quantity} (from {from_warehouse})"),
     }
 }

@@ -16,6 +16,7 @@
 mod alerts;
 mod args;
 mod bench;
+mod checked;
 mod deadletter;
 mod failure;
 mod history;
@@ -27,6 +28,7 @@ mod setup;
 mod status;
 mod stock;
 mod threshold;
+mod transfer;
 mod velocity;
 mod verify;
 
@@ -47,6 +49,7 @@ pub use setup::SetupArgs;
 pub use status::StatusArgs;
 pub use stock::StockArgs;
 pub use threshold::ThresholdArgs;
+pub use transfer::TransferArgs;
 pub use velocity::VelocityArgs;
 pub use verify::VerifyArgs;
 
@@ -80,6 +83,8 @@ pub enum Command {
     Setup(SetupArgs),
     /// Record what happened to stock: one event, or a file of them.
     Publish(PublishArgs),
+    /// Move units between warehouses: two events, stored together or not at all.
+    Transfer(TransferArgs),
     /// The stock view: units per product, warehouse and location (--as-of: replayed from the log).
     Stock(StockArgs),
     /// The sales_velocity view: units sold in the last hour, day and week, fastest first.
@@ -137,6 +142,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     let outcome: Outcome = match cli.command {
         Command::Setup(args) => setup::run(&ctx, args).await,
         Command::Publish(args) => publish::run(&ctx, args).await,
+        Command::Transfer(args) => transfer::run(&ctx, args).await,
         Command::Stock(args) => stock::run(&ctx, args).await,
         Command::Velocity(args) => velocity::run(&ctx, args).await,
         Command::History(args) => history::run(&ctx, args).await,

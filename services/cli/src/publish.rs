@@ -4,14 +4,14 @@
 use async_nats::jetstream::context::PublishErrorKind;
 use serde::Serialize;
 use std::time::{Duration, Instant};
-use stockwire::domain::{check_not_in_future, Event};
+use stockwire::domain::{check_not_in_future, Command, Event};
 use stockwire::envelope::{check_msg_id, EventMeta, Outbound};
 
 use stockwire::{subjects, view};
 
 use crate::args::{EventOpts, PublishArgs};
 use crate::failure::{Failure, Outcome};
-use crate::{import, output, Ctx};
+use crate::{checked, import, output, Ctx};
 
 pub(crate) async fn run(ctx: &Ctx, args: PublishArgs) -> Outcome {
     match (args.file, args.kind) {
@@ -46,36 +46,94 @@ struct Published<'a> {
     timestamp_ms: i64,
 }
 
+/// Sales, moves and breakage are checked against the stock unless forced.
+fn checked_command(event: &Event) -> Option<Command> {
+    match event.clone() {
+        Event::Sold {
+            warehouse,
+            sku,
+            location,
+            quantity,
+        } => Some(Command::Sell {
+            warehouse,
+            sku,
+            location,
+            quantity,
+        }),
+        Event::Destroyed {
+            warehouse,
+            sku,
+            location,
+            quantity,
+            reason,
+        } => Some(Command::Destroy {
+            warehouse,
+            sku,
+            location,
+            quantity,
+            reason,
+        }),
+        Event::Moved {
+            warehouse,
+            sku,
+            from,
+            to,
+            quantity,
+        } => Some(Command::Move {
+            warehouse,
+            sku,
+            from,
+            to,
+            quantity,
+        }),
+        _ => None,
+    }
+}
+
 async fn publish_one(ctx: &Ctx, event: Event, opts: EventOpts) -> Outcome {
     let meta = event_meta(&opts)?;
+    let command = checked_command(&event);
+    if opts.force && command.is_none() {
+        return Err(Failure::invalid(
+            "--force: only sold, moved and destroyed are checked; the others are always recorded",
+        ));
+    }
     let out = ctx.envelope.encode(&event, &meta);
     let js = ctx.jetstream().await?;
-    let ack = publish_acked(&js, &out).await?;
+    let (seq, duplicate) = match command.filter(|_| !opts.force) {
+        Some(command) => {
+            let stored = checked::publish(ctx, &js, &command, &meta).await?;
+            (stored.seq, stored.earlier)
+        }
+        None => {
+            let ack = publish_acked(&js, &out).await?;
+            (ack.sequence, ack.duplicate)
+        }
+    };
     let result = Published {
-        stored: !ack.duplicate,
-        duplicate: ack.duplicate,
-        stream: &ack.stream,
-        seq: ack.sequence,
+        stored: !duplicate,
+        duplicate,
+        stream: stockwire::subjects::INVENTORY_STREAM,
+        seq,
         subject: &out.subject,
         event_type: event.event_type(),
         msg_id: &meta.msg_id,
         timestamp_ms: meta.timestamp_ms,
     };
     if opts.wait {
-        wait_applied(ctx, ack.sequence).await?;
+        wait_applied(ctx, seq).await?;
     }
     if ctx.json {
         output::json_line(&result);
-    } else if ack.duplicate {
+    } else if duplicate {
         output::line(format!(
-            "duplicate, not stored again: msg id {} is already stored as #{}",
-            meta.msg_id, ack.sequence
+            "duplicate, not stored again: msg id {} is already stored as #{seq}",
+            meta.msg_id
         ));
     } else {
         output::line(format!(
-            "stored {} as #{} on {} (msg id {})",
+            "stored {} as #{seq} on {} (msg id {})",
             event.event_type(),
-            ack.sequence,
             out.subject,
             meta.msg_id
         ));

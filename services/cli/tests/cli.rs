@@ -12,6 +12,8 @@ use stockwire::testing::NatsServer;
 
 #[path = "cli/alerts.rs"]
 mod alerts;
+#[path = "cli/commands.rs"]
+mod commands;
 #[path = "cli/ops.rs"]
 mod ops;
 #[path = "cli/views.rs"]
@@ -234,7 +236,7 @@ async fn at_sets_the_event_time() {
     let stack = Stack::start();
     stack.ok(&[
         "publish",
-        "sold",
+        "received",
         "-w",
         "ams1",
         "-s",
@@ -248,7 +250,7 @@ async fn at_sets_the_event_time() {
     ]);
     stack.ok(&[
         "publish",
-        "sold",
+        "received",
         "-w",
         "ams1",
         "-s",

@@ -343,7 +343,7 @@ async fn a_killed_projector_resumes_and_converges() {
             Event::Corrected { quantity, .. } => {
                 counts.insert(at("B2"), i64::from(*quantity));
             }
-            Event::Destroyed { .. } => unreachable!(),
+            other => unreachable!("mixed_events makes no {}", other.event_type()),
         }
     }
     for ((key, _), n) in counts {

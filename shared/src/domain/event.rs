@@ -10,7 +10,9 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::ids::{parse_count_text, InvalidField, Location, Quantity, Reason, Sku, WarehouseId};
+use super::ids::{
+    parse_count_text, InvalidField, Location, Quantity, Reason, Sku, TransferId, WarehouseId,
+};
 
 /// The kinds of event of record, in the order of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -20,15 +22,19 @@ pub enum EventKind {
     Destroyed,
     Moved,
     Corrected,
+    TransferredOut,
+    TransferredIn,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Received,
         EventKind::Sold,
         EventKind::Destroyed,
         EventKind::Moved,
         EventKind::Corrected,
+        EventKind::TransferredOut,
+        EventKind::TransferredIn,
     ];
 
     /// The last token of the event's subject, e.g. `sold`.
@@ -39,6 +45,8 @@ impl EventKind {
             EventKind::Destroyed => "destroyed",
             EventKind::Moved => "moved",
             EventKind::Corrected => "corrected",
+            EventKind::TransferredOut => "transferred_out",
+            EventKind::TransferredIn => "transferred_in",
         }
     }
 
@@ -50,6 +58,8 @@ impl EventKind {
             EventKind::Destroyed => "stock.destroyed",
             EventKind::Moved => "stock.moved",
             EventKind::Corrected => "stock.corrected",
+            EventKind::TransferredOut => "stock.transferred_out",
+            EventKind::TransferredIn => "stock.transferred_in",
         }
     }
 
@@ -109,6 +119,24 @@ pub enum Event {
         location: Location,
         quantity: u32,
     },
+    /// Units left for another warehouse (the first half of a transfer).
+    TransferredOut {
+        warehouse: WarehouseId,
+        sku: Sku,
+        location: Location,
+        quantity: Quantity,
+        to_warehouse: WarehouseId,
+        transfer_id: TransferId,
+    },
+    /// Units arrived from another warehouse (the second half of a transfer).
+    TransferredIn {
+        warehouse: WarehouseId,
+        sku: Sku,
+        location: Location,
+        quantity: Quantity,
+        from_warehouse: WarehouseId,
+        transfer_id: TransferId,
+    },
 }
 
 impl Event {
@@ -119,6 +147,8 @@ impl Event {
             Event::Destroyed { .. } => EventKind::Destroyed,
             Event::Moved { .. } => EventKind::Moved,
             Event::Corrected { .. } => EventKind::Corrected,
+            Event::TransferredOut { .. } => EventKind::TransferredOut,
+            Event::TransferredIn { .. } => EventKind::TransferredIn,
         }
     }
 
@@ -132,7 +162,9 @@ impl Event {
             | Event::Sold { warehouse, .. }
             | Event::Destroyed { warehouse, .. }
             | Event::Moved { warehouse, .. }
-            | Event::Corrected { warehouse, .. } => warehouse,
+            | Event::Corrected { warehouse, .. }
+            | Event::TransferredOut { warehouse, .. }
+            | Event::TransferredIn { warehouse, .. } => warehouse,
         }
     }
 
@@ -142,7 +174,9 @@ impl Event {
             | Event::Sold { sku, .. }
             | Event::Destroyed { sku, .. }
             | Event::Moved { sku, .. }
-            | Event::Corrected { sku, .. } => sku,
+            | Event::Corrected { sku, .. }
+            | Event::TransferredOut { sku, .. }
+            | Event::TransferredIn { sku, .. } => sku,
         }
     }
 
@@ -212,6 +246,22 @@ impl Event {
                 sku,
                 location: f.token("location", Location::parse)?,
                 quantity: f.count()?,
+            },
+            EventKind::TransferredOut => Event::TransferredOut {
+                warehouse,
+                sku,
+                location: f.token("location", Location::parse)?,
+                quantity: f.quantity()?,
+                to_warehouse: f.token("to_warehouse", WarehouseId::parse)?,
+                transfer_id: f.token("transfer_id", TransferId::parse)?,
+            },
+            EventKind::TransferredIn => Event::TransferredIn {
+                warehouse,
+                sku,
+                location: f.token("location", Location::parse)?,
+                quantity: f.quantity()?,
+                from_warehouse: f.token("from_warehouse", WarehouseId::parse)?,
+                transfer_id: f.token("transfer_id", TransferId::parse)?,
             },
         })
     }

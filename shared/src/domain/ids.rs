@@ -127,6 +127,12 @@ token_id!(
     "location"
 );
 
+token_id!(
+    /// One transfer between warehouses; its two events share it.
+    TransferId,
+    "transfer_id"
+);
+
 /// A number of units that moved: a positive integer that fits in u32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "u64", into = "u32")]

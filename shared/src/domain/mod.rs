@@ -2,6 +2,7 @@
 //! change it, sales velocity, thresholds and alert decisions, and event time.
 //! No IO, no clock, no id generation here: time and ids are passed in.
 
+mod command;
 mod event;
 mod ids;
 mod stock;
@@ -9,10 +10,11 @@ mod thresholds;
 mod time;
 mod velocity;
 
+pub use command::{decide, Command, DomainError};
 pub use event::{Event, EventKind};
 pub use ids::{
-    parse_count_text, InvalidField, Location, Quantity, Reason, Sku, WarehouseId, MAX_ID_LEN,
-    MAX_REASON_LEN,
+    parse_count_text, InvalidField, Location, Quantity, Reason, Sku, TransferId, WarehouseId,
+    MAX_ID_LEN, MAX_REASON_LEN,
 };
 pub use stock::{evolve, Locations, StockBook, StockView};
 pub use thresholds::{

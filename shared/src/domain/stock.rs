@@ -60,7 +60,13 @@ pub fn evolve(mut locations: Locations, event: &Event) -> Locations {
         }
         | Event::Destroyed {
             location, quantity, ..
+        }
+        | Event::TransferredOut {
+            location, quantity, ..
         } => locations.add(location, -i64::from(quantity.get())),
+        Event::TransferredIn {
+            location, quantity, ..
+        } => locations.add(location, quantity.get().into()),
         Event::Moved {
             from, to, quantity, ..
         } => {
