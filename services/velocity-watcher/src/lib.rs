@@ -128,6 +128,7 @@ pub async fn run(
         return Ok(());
     };
     let mut known = Known::default();
+    let mut waiting = views.to_vec();
     tracing::info!("velocity watcher started");
     loop {
         let item = tokio::select! {
@@ -135,13 +136,28 @@ pub async fn run(
             item = inputs.recv() => item,
         };
         let Some(item) = item else { break };
-        let Followed::Entry { bucket, entry } = item else {
-            continue;
+        let keys = match item {
+            // Judge nothing until both views' current values are in: a product's velocity
+            // without its stock (or the other way round) is not its state.
+            Followed::CaughtUp { bucket } => {
+                waiting.retain(|b| *b != bucket);
+                if waiting.is_empty() {
+                    known.velocity.keys().cloned().collect()
+                } else {
+                    vec![]
+                }
+            }
+            Followed::Entry { entry, .. } if entry.key.starts_with('_') => vec![],
+            Followed::Entry { bucket, entry } => {
+                let keys = known.update(bucket, entry);
+                if waiting.is_empty() {
+                    keys
+                } else {
+                    vec![]
+                }
+            }
         };
-        if entry.key.starts_with('_') {
-            continue;
-        }
-        for key in known.update(bucket, entry) {
+        for key in keys {
             evaluate_band(&mut bands, &known, &key, limits, &shutdown).await;
             evaluate_stockout(&mut stockouts, &known, &key, &shutdown).await;
         }
