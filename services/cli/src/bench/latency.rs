@@ -1,13 +1,13 @@
 //! Alert latency: from the PubAck of the event that crosses a threshold to the alert
 //! stored in `ALERTS`, under a steady background load.
 //!
-//! stock-projector and low-stock-watcher run in this process on the real buckets (the
-//! figure is taken first, on a fresh server). Background events go out at the offered
+//! Every service runs as a process on the real buckets (the figure is taken first, on a
+//! fresh server), so its peak memory and its stop on SIGTERM are measured too. Background events go out at the offered
 //! rate; every 100 ms a probe product is sold below its threshold or refilled above it,
 //! and each probe's PubAck time is matched with the time its alert was stored (the
 //! server's timestamp; one machine, one clock).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -17,10 +17,9 @@ use futures::StreamExt;
 use serde::Serialize;
 use stockwire::domain::{Event, Location, Quantity, Sku, WarehouseId};
 use stockwire::envelope::EventMeta;
-use stockwire::{projector, subjects};
-use tokio_util::sync::CancellationToken;
+use stockwire::subjects;
 
-use super::sample_events;
+use super::{sample_events, services};
 use crate::failure::Failure;
 use crate::Ctx;
 
@@ -43,52 +42,26 @@ fn now_ms_f64() -> f64 {
 
 pub(super) async fn measure(
     ctx: &Ctx,
-    client: &async_nats::Client,
     js: &Context,
     run_id: &str,
     rate: u64,
     duration: Duration,
+    stopped: &mut BTreeMap<String, services::Stopped>,
 ) -> Result<Latency, Failure> {
     let warehouse = format!("bl{}", &run_id[..8]);
-    let stop = CancellationToken::new();
-    let services = start_services(ctx, client, stop.clone());
+    let running = services::start(ctx, &SERVICES)?;
     let result = run(ctx, js, &warehouse, rate, duration).await;
-    stop.cancel();
-    for task in services {
-        let _ = task.await;
-    }
+    services::stop_all(running, stopped).await;
     result
 }
 
-fn start_services(
-    ctx: &Ctx,
-    client: &async_nats::Client,
-    stop: CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let projector_config = projector::Config {
-        envelope: ctx.envelope.clone(),
-        ..Default::default()
-    };
-    let watcher_config = low_stock_watcher::Config {
-        connect: ctx.connect.clone(),
-        header_prefix: ctx.envelope.prefix().to_string(),
-    };
-    let (c1, s1) = (client.clone(), stop.clone());
-    let (c2, s2) = (client.clone(), stop);
-    vec![
-        tokio::spawn(async move {
-            let projection = stock_projector::StockProjection::default();
-            if let Err(e) = projector::run(c1, projection, projector_config, s1).await {
-                eprintln!("bench: stock-projector failed: {e}");
-            }
-        }),
-        tokio::spawn(async move {
-            if let Err(e) = low_stock_watcher::run(c2, &watcher_config, s2).await {
-                eprintln!("bench: low-stock-watcher failed: {e:#}");
-            }
-        }),
-    ]
-}
+/// Every service runs during this figure, as processes, under the offered load.
+const SERVICES: [&str; 4] = [
+    "stock-projector",
+    "low-stock-watcher",
+    "velocity-projector",
+    "velocity-watcher",
+];
 
 async fn run(
     ctx: &Ctx,
@@ -140,6 +113,33 @@ async fn run(
         .messages()
         .await
         .context("latency: following ALERTS")?;
+
+    // Warm-up: one crossing down and back, unmeasured, so every service is up and live.
+    for event in [
+        Event::Sold {
+            warehouse: wh.clone(),
+            sku: probe.clone(),
+            location: shelf.clone(),
+            quantity: q15,
+        },
+        Event::Received {
+            warehouse: wh.clone(),
+            sku: probe.clone(),
+            location: shelf.clone(),
+            quantity: q15,
+        },
+    ] {
+        acked(publish(&event)).await?;
+        match tokio::time::timeout(Duration::from_secs(30), stored.next()).await {
+            Ok(Some(Ok(_))) => {}
+            _ => {
+                return Err(anyhow::anyhow!(
+                    "latency: the services did not announce the warm-up crossing within 30 s"
+                )
+                .into())
+            }
+        }
+    }
 
     let background = sample_events(warehouse, (rate * duration.as_secs()) as usize, 100);
     let mut background = background.iter();

@@ -9,6 +9,7 @@
 //! It writes events into `INVENTORY` (warehouse `bench`), so it refuses a server whose
 //! log already holds events unless told otherwise; `scripts/bench` runs it on a fresh one.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ use crate::failure::{Failure, Outcome};
 mod ingest;
 mod latency;
 mod projection;
+mod rebuild;
+mod services;
 use crate::publish::now_ms;
 use crate::{output, Ctx};
 
@@ -53,6 +56,9 @@ pub struct BenchArgs {
     /// Offered background load during the latency figure, events per second.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=100_000))]
     latency_rate: u64,
+    /// Leave out the rebuild and verify figure (it replays everything the run wrote).
+    #[arg(long)]
+    skip_rebuild: bool,
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -83,6 +89,12 @@ struct Report {
     ingest_ratio: f64,
     projection: Vec<ProjectionRow>,
     alert_latency_ms: latency::Latency,
+    rebuild: Option<rebuild::RebuildFigures>,
+    rebuild_events_per_s: Option<f64>,
+    /// Peak resident memory of each service while the bench ran it, MiB.
+    peak_rss_mb: BTreeMap<String, f64>,
+    /// How long each service took to stop on SIGTERM (the longest time it was stopped), ms.
+    sigterm_stop_ms: BTreeMap<String, u64>,
     /// Headline projection figures, at the first workload (100 products by default).
     projector_events_per_s: f64,
     projector_ceiling_per_s: f64,
@@ -140,13 +152,14 @@ pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
         "bench: alert latency at {} events/s for {seconds} s (stock-projector and low-stock-watcher in this process)",
         args.latency_rate
     );
+    let mut stopped = std::collections::BTreeMap::new();
     let alert_latency = latency::measure(
         ctx,
-        &client,
         &js,
         &run_id,
         args.latency_rate,
         Duration::from_secs(seconds),
+        &mut stopped,
     )
     .await?;
     eprintln!(
@@ -192,6 +205,11 @@ pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
         });
     }
     let headline = projection.first().cloned();
+    let rebuild = if args.skip_rebuild {
+        None
+    } else {
+        Some(rebuild::measure(ctx, &js, &mut stopped).await?)
+    };
     let report = Report {
         events,
         products: args.products,
@@ -216,6 +234,16 @@ pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
         seed_speedup: headline.as_ref().map_or(0.0, |r| r.seed_speedup),
         projection,
         alert_latency_ms: alert_latency,
+        rebuild_events_per_s: rebuild.as_ref().map(|r| r.rebuild_events_per_s),
+        rebuild,
+        peak_rss_mb: stopped
+            .iter()
+            .map(|(k, v)| (k.clone(), v.peak_rss_mb))
+            .collect(),
+        sigterm_stop_ms: stopped
+            .iter()
+            .map(|(k, v)| (k.clone(), v.stop_ms))
+            .collect(),
     };
     print_report(ctx, &report);
     if let Some(path) = &args.report {
@@ -271,6 +299,26 @@ fn print_report(ctx: &Ctx, r: &Report) {
         ]);
     }
     output::line(&table);
+    if let Some(b) = &r.rebuild {
+        output::line(format!(
+            "rebuild stock of {} events: {:.1} s ({:.0} events/s); verify: {:.1} s; stock-projector catching up: {:.0} events/s",
+            b.events, b.rebuild_seconds, b.rebuild_events_per_s, b.verify_seconds, b.catch_up_events_per_s
+        ));
+    }
+    let memory: Vec<String> = r
+        .peak_rss_mb
+        .iter()
+        .map(|(name, mb)| {
+            format!(
+                "{name} {mb} MiB (stops in {} ms)",
+                r.sigterm_stop_ms.get(name).copied().unwrap_or(0)
+            )
+        })
+        .collect();
+    output::line(format!(
+        "peak memory of each service: {}",
+        memory.join(", ")
+    ));
     let l = &r.alert_latency_ms;
     output::line(format!(
         "alert latency, PubAck of the crossing event -> alert stored in ALERTS, at {} events/s offered: \
