@@ -214,15 +214,15 @@ async fn tick_all<P: Projection>(
     Ok(())
 }
 
-/// Takes what has arrived, and while the log says more events are waiting (the
+/// Takes what has arrived, and while the log says many more events are waiting (the
 /// projector is catching up), waits for them too, up to `max` events: a larger batch
-/// touches the same keys fewer times. When it is caught up, it commits at once.
+/// touches the same keys fewer times. When it is live, it commits at once.
 async fn fill_batch(
     first: Result<Incoming, String>,
     incoming: &mut tokio::sync::mpsc::Receiver<Result<Incoming, String>>,
     max: usize,
 ) -> Vec<Result<Incoming, String>> {
-    let mut more = matches!(&first, Ok(i) if i.pending > 0);
+    let mut more = matches!(&first, Ok(i) if i.pending >= CATCHING_UP);
     let mut chunk = vec![first];
     while chunk.len() < max {
         let next = match incoming.try_recv() {
@@ -233,7 +233,7 @@ async fn fill_batch(
             },
             Err(_) => break,
         };
-        more = matches!(&next, Ok(i) if i.pending > 0);
+        more = matches!(&next, Ok(i) if i.pending >= CATCHING_UP);
         chunk.push(next);
     }
     chunk
@@ -241,6 +241,10 @@ async fn fill_batch(
 
 /// How long a batch waits for an event the log says is coming.
 const LINGER: Duration = Duration::from_millis(50);
+
+/// Events waiting in the log from which the projector is catching up (and fills its
+/// batches); below it, it is live and commits what it has at once, for latency.
+const CATCHING_UP: u64 = 256;
 
 /// One event read from the log, decoded (or why it could not be).
 struct Incoming {

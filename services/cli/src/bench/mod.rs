@@ -149,7 +149,7 @@ pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
         .latency_seconds
         .unwrap_or(if args.quick { 10 } else { 30 });
     eprintln!(
-        "bench: alert latency at {} events/s for {seconds} s (stock-projector and low-stock-watcher in this process)",
+        "bench: alert latency at {} events/s for {seconds} s (the four services as processes)",
         args.latency_rate
     );
     let mut stopped = std::collections::BTreeMap::new();
