@@ -73,13 +73,7 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         timeout: Duration,
     ) -> Result<Self, ViewError> {
         let js = async_nats::jetstream::new(client.clone());
-        let kv = js
-            .get_key_value(bucket)
-            .await
-            .map_err(|e| ViewError::Nats {
-                bucket: bucket.to_string(),
-                message: format!("opening bucket (run `stockwire setup`?): {e}"),
-            })?;
+        let kv = open_bucket(&js, bucket).await?;
         Ok(Self {
             client,
             kv,
@@ -337,19 +331,24 @@ async fn snapshot_entries(
     Ok(out)
 }
 
+/// Opens a view bucket, saying what to do when it is not there.
+async fn open_bucket(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+) -> Result<kv::Store, ViewError> {
+    js.get_key_value(bucket).await.map_err(|e| ViewError::Nats {
+        bucket: bucket.to_string(),
+        message: format!("opening bucket (run `stockwire setup`?): {e}"),
+    })
+}
+
 /// Every key of a view bucket with its value, the checkpoint and deleted keys left out,
 /// sorted by key.
 pub async fn snapshot<V: DeserializeOwned>(
     js: &async_nats::jetstream::Context,
     bucket: &str,
 ) -> Result<Vec<(String, V)>, ViewError> {
-    let kv = js
-        .get_key_value(bucket)
-        .await
-        .map_err(|e| ViewError::Nats {
-            bucket: bucket.to_string(),
-            message: format!("opening bucket (run `stockwire setup`?): {e}"),
-        })?;
+    let kv = open_bucket(js, bucket).await?;
     let mut out = Vec::new();
     for entry in snapshot_entries(js, &kv, bucket).await? {
         let Some(bytes) = entry.value else { continue };

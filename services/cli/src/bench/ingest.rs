@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use stockwire::batch::{self, MAX_BATCH};
 use stockwire::domain::Event;
 
-use super::{encode_all, BATCHES_IN_FLIGHT, WINDOW};
+use super::{encode_all, same_connection, BATCHES_IN_FLIGHT, WINDOW};
 use crate::failure::Failure;
 use crate::publish::now_ms;
 use crate::Ctx;
@@ -96,17 +96,8 @@ pub(super) async fn import_file(
         .arg("publish")
         .arg("--file")
         .arg(&path)
-        .env("NATS_URL", &ctx.connect.nats_url)
-        .env("STOCKWIRE_HEADER_PREFIX", ctx.envelope.prefix())
         .stdout(std::process::Stdio::null());
-    if let Some(creds) = &ctx.connect.creds {
-        command.env("NATS_CREDS", creds);
-    }
-    if let (Some(user), Some(password)) = (&ctx.connect.user, &ctx.connect.password) {
-        command
-            .env("NATS_USER", user)
-            .env("NATS_PASSWORD", password);
-    }
+    same_connection(ctx, &mut command);
     let started = Instant::now();
     let status = command
         .status()

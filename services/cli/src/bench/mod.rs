@@ -327,6 +327,22 @@ fn print_report(ctx: &Ctx, r: &Report) {
     ));
 }
 
+/// Gives a child process (a service, or this binary again) the same server, credentials
+/// and header prefix as this run.
+pub(super) fn same_connection(ctx: &Ctx, command: &mut tokio::process::Command) {
+    command
+        .env("NATS_URL", &ctx.connect.nats_url)
+        .env("STOCKWIRE_HEADER_PREFIX", ctx.envelope.prefix());
+    if let Some(creds) = &ctx.connect.creds {
+        command.env("NATS_CREDS", creds);
+    }
+    if let (Some(user), Some(password)) = (&ctx.connect.user, &ctx.connect.password) {
+        command
+            .env("NATS_USER", user)
+            .env("NATS_PASSWORD", password);
+    }
+}
+
 pub(super) fn rate(events: usize, took: Duration) -> f64 {
     events as f64 / took.as_secs_f64().max(1e-9)
 }

@@ -10,7 +10,7 @@ use async_nats::jetstream::Context;
 use serde::Serialize;
 use stockwire::{subjects, view};
 
-use super::services;
+use super::{same_connection, services};
 use crate::failure::Failure;
 use crate::Ctx;
 
@@ -78,12 +78,13 @@ pub(super) async fn measure(
 async fn timed(ctx: &Ctx, args: &[&str]) -> Result<f64, Failure> {
     let exe = std::env::current_exe().context("finding the stockwire binary")?;
     let started = Instant::now();
-    let status = tokio::process::Command::new(exe)
+    let mut command = tokio::process::Command::new(exe);
+    command
         .args(args)
-        .env("NATS_URL", &ctx.connect.nats_url)
-        .env("STOCKWIRE_HEADER_PREFIX", ctx.envelope.prefix())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    same_connection(ctx, &mut command);
+    let status = command
         .status()
         .await
         .with_context(|| format!("running stockwire {}", args.join(" ")))?;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::Serialize;
 
+use super::same_connection;
 use crate::failure::Failure;
 use crate::Ctx;
 
@@ -44,21 +45,12 @@ pub(super) fn start(ctx: &Ctx, names: &[&'static str]) -> Result<Vec<Service>, F
     let mut started = Vec::new();
     for &name in names {
         let mut command = tokio::process::Command::new(binary(name)?);
+        same_connection(ctx, &mut command);
         command
-            .env("NATS_URL", &ctx.connect.nats_url)
-            .env("STOCKWIRE_HEADER_PREFIX", ctx.envelope.prefix())
             .env("RUST_LOG", "warn")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true);
-        if let Some(creds) = &ctx.connect.creds {
-            command.env("NATS_CREDS", creds);
-        }
-        if let (Some(user), Some(password)) = (&ctx.connect.user, &ctx.connect.password) {
-            command
-                .env("NATS_USER", user)
-                .env("NATS_PASSWORD", password);
-        }
         let child = command
             .spawn()
             .with_context(|| format!("starting {name}"))?;
