@@ -1,17 +1,25 @@
 //! Connecting to NATS: the flags every binary shares, and one `connect` that applies them.
 //!
 //! Server errors (a permission violation, say) reach the client as events on the
-//! connection, not as errors of the call that caused them, so they are logged here.
+//! connection, not as errors of the call that caused them: that call just times out. So
+//! the event callback logs them and records refusals (permission violations, a bad
+//! password), and [`unless_refused`] turns the first one into an error at once, with the
+//! server's own words, instead of a timeout with no reason.
 
-use std::path::PathBuf;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions, Event};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event, ServerError};
+use tokio::sync::watch;
+
+use crate::runtime::Backoff;
 
 /// Where and how to connect; parsed once by each binary.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
-    /// NATS server URL.
+    /// NATS server URL (tls://host:port, or nats://, which upgrades to TLS when the server asks).
     #[arg(
         long,
         env = "NATS_URL",
@@ -28,6 +36,15 @@ pub struct ConnectArgs {
     /// A NATS credentials file (JWT and seed).
     #[arg(long, env = "NATS_CREDS", global = true)]
     pub creds: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for the server's certificate; requires TLS.
+    #[arg(long, env = "NATS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for servers that verify clients; needs --tls-key.
+    #[arg(long, env = "NATS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate.
+    #[arg(long, env = "NATS_KEY", hide_env_values = true, global = true)]
+    pub tls_key: Option<PathBuf>,
     /// How long to wait for an answer to a request, in milliseconds.
     #[arg(
         long,
@@ -46,12 +63,36 @@ impl ConnectArgs {
             user: None,
             password: None,
             creds: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
             request_timeout_ms: 5000,
+        }
+    }
+
+    /// The same server as another user.
+    pub fn as_user(&self, user: &str, password: &str) -> Self {
+        Self {
+            user: Some(user.to_string()),
+            password: Some(password.to_string()),
+            creds: None,
+            ..self.clone()
         }
     }
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// Where this connection's replies arrive: `_INBOX.{user}` for a user whose name is a
+    /// plain subject token, so nats.conf can let each user read its own replies only.
+    pub fn inbox_prefix(&self) -> Option<String> {
+        let user = self.user.as_deref()?;
+        let plain = !user.is_empty()
+            && user
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        plain.then(|| format!("_INBOX.{user}"))
     }
 }
 
@@ -60,7 +101,8 @@ impl ConnectArgs {
 pub enum Startup {
     /// Fail at once with the reason (the CLI: a person is waiting).
     FailFast,
-    /// Keep trying in the background (services: the server may start after them).
+    /// Keep trying until the server answers (services: it may start after them). A refusal
+    /// (bad password, bad certificate) still fails at once: trying again will not help.
     Retry,
 }
 
@@ -70,18 +112,74 @@ pub enum ConnectError {
     Conflicting,
     #[error("--user and --password go together")]
     Incomplete,
-    #[error("reading credentials file {path}: {source}")]
-    Creds {
+    #[error("--tls-cert and --tls-key go together")]
+    TlsIncomplete,
+    #[error("{flag} {}: {source}", path.display())]
+    File {
+        flag: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("connecting to NATS at {url}: {source}")]
+    #[error("connecting to NATS at {url}{as_user}: {source}")]
     Connect {
         url: String,
+        as_user: String,
         #[source]
         source: async_nats::ConnectError,
     },
+}
+
+/// The server refused this process something: the server's words, and who was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the NATS server refused {who}: {reason}")]
+pub struct Refused {
+    pub who: String,
+    pub reason: String,
+}
+
+/// Refusals reported on any connection of this process, first one kept.
+fn refusals() -> &'static watch::Sender<Option<Refused>> {
+    static REFUSALS: OnceLock<watch::Sender<Option<Refused>>> = OnceLock::new();
+    REFUSALS.get_or_init(|| watch::channel(None).0)
+}
+
+fn record_refusal(who: &str, reason: String) {
+    refusals().send_if_modified(|slot| {
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(Refused {
+            who: who.to_string(),
+            reason,
+        });
+        true
+    });
+}
+
+/// The first refusal reported on a connection of this process, if any.
+pub fn refusal() -> Option<Refused> {
+    refusals().borrow().clone()
+}
+
+/// Runs `work`, unless the server refuses this process something first (a permission
+/// violation, a rejected password on reconnect): then fails at once with what the server
+/// said, instead of letting the refused call time out.
+pub async fn unless_refused<T, E>(work: impl Future<Output = Result<T, E>>) -> Result<T, E>
+where
+    E: From<Refused>,
+{
+    let mut seen = refusals().subscribe();
+    tokio::select! {
+        result = work => result,
+        refused = seen.wait_for(Option::is_some) => {
+            // The sender is a static, so waiting ends only with a refusal.
+            match refused.ok().and_then(|refusal| refusal.clone()) {
+                Some(refusal) => Err(refusal.into()),
+                None => std::future::pending().await,
+            }
+        }
+    }
 }
 
 /// Connects with the given settings; `name` shows in the server's connection list.
@@ -90,12 +188,50 @@ pub async fn connect(
     name: &str,
     startup: Startup,
 ) -> Result<Client, ConnectError> {
+    let as_user = args
+        .user
+        .as_deref()
+        .map(|u| format!(" as user {u}"))
+        .unwrap_or_default();
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    loop {
+        let options = options(args, name).await?;
+        match options.connect(args.nats_url.as_str()).await {
+            Ok(client) => return Ok(client),
+            Err(source) => {
+                let error = ConnectError::Connect {
+                    url: args.nats_url.clone(),
+                    as_user: as_user.clone(),
+                    source,
+                };
+                if startup == Startup::FailFast || !worth_retrying(&error) {
+                    return Err(error);
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %error, retry_in = ?delay, "NATS is not reachable yet");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// The server is not there (yet); anything else is a refusal or a mistake in the settings.
+fn worth_retrying(error: &ConnectError) -> bool {
+    matches!(
+        error,
+        ConnectError::Connect { source, .. }
+            if matches!(source.kind(), ConnectErrorKind::Io | ConnectErrorKind::TimedOut | ConnectErrorKind::Dns)
+    )
+}
+
+async fn options(args: &ConnectArgs, name: &str) -> Result<ConnectOptions, ConnectError> {
     let mut options = match (&args.creds, &args.user, &args.password) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => return Err(ConnectError::Conflicting),
         (Some(path), None, None) => {
             ConnectOptions::with_credentials_file(path)
                 .await
-                .map_err(|source| ConnectError::Creds {
+                .map_err(|source| ConnectError::File {
+                    flag: "--creds",
                     path: path.clone(),
                     source,
                 })?
@@ -106,28 +242,68 @@ pub async fn connect(
         (None, None, None) => ConnectOptions::new(),
         (None, _, _) => return Err(ConnectError::Incomplete),
     };
-    options = options
+    if let Some(ca) = &args.tls_ca {
+        readable("--tls-ca", ca)?;
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            readable("--tls-cert", cert)?;
+            readable("--tls-key", key)?;
+            options = options
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
+        (None, None) => {}
+        _ => return Err(ConnectError::TlsIncomplete),
+    }
+    if let Some(prefix) = args.inbox_prefix() {
+        options = options.custom_inbox_prefix(prefix);
+    }
+    let who = match &args.user {
+        Some(user) => format!("{name} (user {user})"),
+        None => name.to_string(),
+    };
+    Ok(options
         .name(name)
         .request_timeout(Some(args.request_timeout()))
         .connection_timeout(Duration::from_secs(5))
-        .event_callback(|event| async move {
-            match event {
-                Event::ServerError(err) => tracing::error!(%err, "NATS server error"),
-                Event::ClientError(err) => tracing::error!(%err, "NATS client error"),
-                Event::Disconnected => tracing::warn!("disconnected from NATS"),
-                Event::Connected => tracing::info!("connected to NATS"),
-                Event::SlowConsumer(sid) => tracing::warn!(sid, "slow consumer"),
-                other => tracing::debug!(event = %other, "NATS connection event"),
-            }
-        });
-    if startup == Startup::Retry {
-        options = options.retry_on_initial_connect();
+        .event_callback(move |event| {
+            let who = who.clone();
+            async move { on_event(&who, event) }
+        }))
+}
+
+/// Logs what happens to the connection. Refusals are only recorded here: the binaries
+/// report them as their error, through [`unless_refused`].
+fn on_event(who: &str, event: Event) {
+    match event {
+        Event::ServerError(ServerError::AuthorizationViolation) => {
+            tracing::debug!("NATS server: authorization violation");
+            record_refusal(who, "authorization violation".to_string());
+        }
+        Event::ServerError(ServerError::Other(message))
+            if message.to_lowercase().contains("permissions violation") =>
+        {
+            tracing::debug!(%message, "NATS server refused");
+            record_refusal(who, message);
+        }
+        Event::ServerError(err) => tracing::error!(%err, "NATS server error"),
+        Event::ClientError(err) => tracing::error!(%err, "NATS client error"),
+        Event::Disconnected => tracing::warn!("disconnected from NATS"),
+        Event::Connected => tracing::info!("connected to NATS"),
+        Event::SlowConsumer(sid) => tracing::warn!(sid, "slow consumer"),
+        other => tracing::debug!(event = %other, "NATS connection event"),
     }
-    options
-        .connect(args.nats_url.as_str())
-        .await
-        .map_err(|source| ConnectError::Connect {
-            url: args.nats_url.clone(),
+}
+
+/// A file flag names a file we can read: say so now, not as a TLS error later.
+fn readable(flag: &'static str, path: &Path) -> Result<(), ConnectError> {
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|source| ConnectError::File {
+            flag,
+            path: path.to_path_buf(),
             source,
         })
 }

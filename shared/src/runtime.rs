@@ -1,8 +1,10 @@
 //! What every process needs at its edges: tracing from `RUST_LOG`, a shutdown signal,
-//! and bounded, jittered backoff for retries.
+//! a service's life from connect to drain, and bounded, jittered backoff for retries.
 
+use std::future::Future;
 use std::time::Duration;
 
+use async_nats::Client;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -54,6 +56,29 @@ pub fn shutdown_token() -> CancellationToken {
         trigger.cancel();
     });
     token
+}
+
+/// A service's whole life: connect as `name` (waiting for the server if it is not up yet),
+/// run `service` until ctrl-c or SIGTERM cancels its token, then drain the connection so
+/// that nothing it published is left unsent. A refusal by the server (a permission
+/// violation, say) ends it at once with the server's words.
+pub async fn serve<F, Fut, E>(
+    name: &str,
+    args: &crate::connect::ConnectArgs,
+    service: F,
+) -> Result<(), E>
+where
+    F: FnOnce(Client, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: From<crate::connect::ConnectError> + From<crate::connect::Refused>,
+{
+    let client = crate::connect::connect(args, name, crate::connect::Startup::Retry).await?;
+    let shutdown = shutdown_token();
+    let result = crate::connect::unless_refused(service(client.clone(), shutdown)).await;
+    if let Err(e) = client.drain().await {
+        tracing::warn!(error = %e, "draining the connection");
+    }
+    result
 }
 
 /// Where time comes from, so that what depends on it can be tested with a clock that

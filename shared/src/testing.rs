@@ -21,6 +21,8 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     port: u16,
+    /// The config file the server runs with, and the environment it reads, if any.
+    config: Option<(PathBuf, Vec<(String, String)>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,50 @@ impl NatsServer {
             dir,
             child: None,
             port: 0,
+            config: None,
+        };
+        server.spawn("-1")?;
+        Ok(server)
+    }
+
+    /// Starts a server from config text (the repo's `nats.conf`, say) with `env` as the
+    /// variables it refers to, on a free port with an empty store: the config's
+    /// `store_dir` and ports are replaced by the test's own.
+    pub fn with_config(text: &str, env: &[(&str, &str)]) -> Result<Self, ServerError> {
+        let bin = server_binary()?;
+        let dir = tempfile::Builder::new()
+            .prefix("stockwire-nats-")
+            .tempdir()?;
+        let store = dir.path().join("store");
+        let mut has_store = false;
+        let text: Vec<String> = text
+            .lines()
+            .map(|line| {
+                if line.trim_start().starts_with("store_dir") {
+                    has_store = true;
+                    format!("  store_dir: {:?}", store.display().to_string())
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect();
+        if !has_store {
+            return Err(ServerError::Unusable(
+                "the test config needs a jetstream block with a store_dir".into(),
+            ));
+        }
+        let path = dir.path().join("nats.conf");
+        std::fs::write(&path, text.join("\n"))?;
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut server = Self {
+            bin,
+            dir,
+            child: None,
+            port: 0,
+            config: Some((path, env)),
         };
         server.spawn("-1")?;
         Ok(server)
@@ -111,11 +157,21 @@ impl NatsServer {
             .create(true)
             .append(true)
             .open(&log_path)?;
-        let child = Command::new(&self.bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", port, "--ports_file_dir"])
+        let mut command = Command::new(&self.bin);
+        match &self.config {
+            Some((path, env)) => {
+                command.arg("-c").arg(path).args(["-m", "-1"]);
+                command.envs(env.iter().map(|(k, v)| (k, v)));
+            }
+            None => {
+                command
+                    .args(["-js", "-a", "127.0.0.1", "-sd"])
+                    .arg(self.dir.path().join("store"));
+            }
+        }
+        let child = command
+            .args(["-p", port, "--ports_file_dir"])
             .arg(&ports_dir)
-            .arg("-sd")
-            .arg(self.dir.path().join("store"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -143,6 +199,11 @@ impl NatsServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The server's log so far (for a test that checks what the server said).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
     /// The server's JetStream store directory.
@@ -179,6 +240,12 @@ impl NatsServer {
             let _ = child.wait();
         }
     }
+}
+
+/// The repo's `nats.conf`, as scripts/up runs it.
+pub fn repo_nats_conf() -> Result<String, ServerError> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../nats.conf");
+    Ok(std::fs::read_to_string(path)?)
 }
 
 /// A clock that only moves when the test moves it.

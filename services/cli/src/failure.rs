@@ -49,6 +49,16 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// The server refused something this command needed: its words, exit 1.
+impl From<stockwire::connect::Refused> for Failure {
+    fn from(refused: stockwire::connect::Refused) -> Self {
+        Self {
+            kind: Kind::Nats,
+            error: anyhow::Error::new(refused),
+        }
+    }
+}
+
 impl From<stockwire::domain::InvalidField> for Failure {
     fn from(error: stockwire::domain::InvalidField) -> Self {
         Self::invalid(error)

@@ -139,24 +139,29 @@ pub async fn run(cli: Cli) -> ExitCode {
         json: cli.json,
         wait_timeout: std::time::Duration::from_secs(cli.wait_timeout_s),
     };
-    let outcome: Outcome = match cli.command {
-        Command::Setup(args) => setup::run(&ctx, args).await,
-        Command::Publish(args) => publish::run(&ctx, args).await,
-        Command::Transfer(args) => transfer::run(&ctx, args).await,
-        Command::Stock(args) => stock::run(&ctx, args).await,
-        Command::Velocity(args) => velocity::run(&ctx, args).await,
-        Command::History(args) => history::run(&ctx, args).await,
-        Command::Threshold(args) => threshold::run(&ctx, args).await,
-        Command::Alerts(args) => alerts::run(&ctx, args).await,
-        Command::Rebuild(args) => rebuild::run(&ctx, args).await,
-        Command::Verify(args) => verify::run(&ctx, args).await,
-        Command::Status(args) => status::run(&ctx, args).await,
-        Command::Deadletter(args) => deadletter::run(&ctx, args).await,
-        Command::Bench(args) => bench::run(&ctx, args).await,
-    };
+    // A permission violation would otherwise surface as a timeout with no reason.
+    let outcome = stockwire::connect::unless_refused(dispatch(&ctx, cli.command)).await;
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => report(failure),
+    }
+}
+
+async fn dispatch(ctx: &Ctx, command: Command) -> Outcome {
+    match command {
+        Command::Setup(args) => setup::run(ctx, args).await,
+        Command::Publish(args) => publish::run(ctx, args).await,
+        Command::Transfer(args) => transfer::run(ctx, args).await,
+        Command::Stock(args) => stock::run(ctx, args).await,
+        Command::Velocity(args) => velocity::run(ctx, args).await,
+        Command::History(args) => history::run(ctx, args).await,
+        Command::Threshold(args) => threshold::run(ctx, args).await,
+        Command::Alerts(args) => alerts::run(ctx, args).await,
+        Command::Rebuild(args) => rebuild::run(ctx, args).await,
+        Command::Verify(args) => verify::run(ctx, args).await,
+        Command::Status(args) => status::run(ctx, args).await,
+        Command::Deadletter(args) => deadletter::run(ctx, args).await,
+        Command::Bench(args) => bench::run(ctx, args).await,
     }
 }
 

@@ -16,19 +16,42 @@ mod alerts;
 mod commands;
 #[path = "cli/ops.rs"]
 mod ops;
+#[path = "cli/security.rs"]
+mod security;
 #[path = "cli/views.rs"]
 mod views;
 
 /// A server with Stockwire's streams, and a way to run the CLI against it.
 struct Stack {
     server: NatsServer,
+    /// Whom the CLI runs as by default: nobody on an open server, `cli` on a secured one.
+    user: Option<&'static str>,
 }
 
 impl Stack {
     fn start() -> Self {
         let server = NatsServer::start().expect("nats-server");
-        let stack = Self { server };
+        let stack = Self { server, user: None };
         stack.ok(&["setup"]);
+        stack
+    }
+
+    /// A server run with the repo's nats.conf (users and permissions), set up by `admin`;
+    /// the CLI runs as `cli` unless told otherwise.
+    fn secured() -> Self {
+        let conf = stockwire::testing::repo_nats_conf().expect("read nats.conf");
+        let env: Vec<(String, String)> = security::USERS
+            .iter()
+            .map(|user| (security::password_var(user), security::password(user)))
+            .collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let server = NatsServer::with_config(&conf, &env).expect("nats-server with nats.conf");
+        let stack = Self {
+            server,
+            user: Some("cli"),
+        };
+        let out = stack.run_as("admin", &["setup"]);
+        assert!(out.status.success(), "setup as admin: {}", stderr(&out));
         stack
     }
 
@@ -36,15 +59,30 @@ impl Stack {
         self.run_with_input(args, None)
     }
 
+    fn run_as(&self, user: &str, args: &[&str]) -> Output {
+        self.command(args, Some(user), None)
+    }
+
     fn run_with_input(&self, args: &[&str], input: Option<&str>) -> Output {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stockwire"))
+        self.command(args, self.user, input)
+    }
+
+    fn command(&self, args: &[&str], user: Option<&str>, input: Option<&str>) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stockwire"));
+        command
             .args(args)
             .env("NATS_URL", self.server.url())
             .env("STOCKWIRE_REQUEST_TIMEOUT_MS", "3000")
             .env_remove("NATS_USER")
             .env_remove("NATS_PASSWORD")
             .env_remove("NATS_CREDS")
-            .env_remove("STOCKWIRE_HEADER_PREFIX")
+            .env_remove("STOCKWIRE_HEADER_PREFIX");
+        if let Some(user) = user {
+            command
+                .env("NATS_USER", user)
+                .env("NATS_PASSWORD", security::password(user));
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -90,8 +128,12 @@ impl Stack {
         tokio::task::JoinHandle<()>,
     ) {
         let token = tokio_util::sync::CancellationToken::new();
+        let connect = match self.user {
+            Some(_) => security::connect_as(&self.server, "stock-projector"),
+            None => self.server.connect_args(),
+        };
         let config = stock_projector::Config {
-            connect: self.server.connect_args(),
+            connect,
             header_prefix: "myorg".into(),
             batch: 1000,
         };

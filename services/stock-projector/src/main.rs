@@ -1,22 +1,15 @@
 //! `stock-projector`: the event log -> the `stock` view.
 
-use anyhow::Context as _;
 use clap::Parser;
 use stock_projector::{run, Config};
-use stockwire::connect::{connect, Startup};
-use stockwire::runtime::{init_tracing, shutdown_token};
+use stockwire::runtime::{init_tracing, serve};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     init_tracing("info");
-    let client = connect(&config.connect, "stock-projector", Startup::Retry)
-        .await
-        .context("stock-projector")?;
-    let shutdown = shutdown_token();
-    let result = run(client.clone(), &config, shutdown).await;
-    if let Err(e) = client.drain().await {
-        tracing::warn!(error = %e, "draining the connection");
-    }
-    result
+    serve("stock-projector", &config.connect, |client, shutdown| {
+        run(client, &config, shutdown)
+    })
+    .await
 }

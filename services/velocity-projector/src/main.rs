@@ -2,23 +2,16 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::Parser;
-use stockwire::connect::{connect, Startup};
-use stockwire::runtime::{init_tracing, shutdown_token, SystemClock};
+use stockwire::runtime::{init_tracing, serve, SystemClock};
 use velocity_projector::{run, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     init_tracing("info");
-    let client = connect(&config.connect, "velocity-projector", Startup::Retry)
-        .await
-        .context("velocity-projector")?;
-    let shutdown = shutdown_token();
-    let result = run(client.clone(), &config, Arc::new(SystemClock), shutdown).await;
-    if let Err(e) = client.drain().await {
-        tracing::warn!(error = %e, "draining the connection");
-    }
-    result
+    serve("velocity-projector", &config.connect, |client, shutdown| {
+        run(client, &config, Arc::new(SystemClock), shutdown)
+    })
+    .await
 }
