@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use stockwire::batch::{self, err_code};
+use stockwire::connect::{connect, ConnectArgs, Startup};
 use stockwire::domain::{Event, Location, Quantity, Sku, WarehouseId};
 use stockwire::envelope::{Envelope, EventMeta, Outbound};
 use stockwire::provision::{self, Outcome};
@@ -143,4 +144,109 @@ async fn a_reader_returns_one_filter_in_order_and_stops_at_the_end() {
     .await
     .unwrap();
     assert!(empty.next().await.is_none());
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made now.
+fn certificates(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "stockwire test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, &ca_key);
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
+    let (client_cert, client_key) = leaf(vec!["stock-projector".into()]);
+    let files = [
+        ("ca.pem", ca_cert.pem()),
+        ("server-cert.pem", server_cert),
+        ("server-key.pem", server_key),
+        ("client-cert.pem", client_cert),
+        ("client-key.pem", client_key),
+    ];
+    files.map(|(name, pem)| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    })
+}
+
+#[tokio::test]
+async fn tls_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, server_cert, server_key, client_cert, client_key] = certificates(dir.path());
+    let conf = format!(
+        "listen: 127.0.0.1:4222\n\
+         tls {{\n  cert_file: {server_cert:?}\n  key_file: {server_key:?}\n  ca_file: {ca:?}\n  verify: true\n}}\n\
+         jetstream {{\n  store_dir: \"x\"\n}}\n"
+    );
+    let server = NatsServer::with_config(&conf, &[]).expect("nats-server with TLS");
+    let tls = ConnectArgs {
+        tls_ca: Some(ca.clone()),
+        tls_cert: Some(client_cert.clone()),
+        tls_key: Some(client_key.clone()),
+        ..server.connect_args()
+    };
+
+    // With the CA and a client certificate: the whole JetStream round trip works.
+    let client = connect(&tls, "stockwire-test", Startup::FailFast)
+        .await
+        .expect("connect over TLS");
+    let js = jetstream::new(client);
+    provision::provision(&js, &provision::Options::default())
+        .await
+        .expect("provision over TLS");
+    let out = received("apple", 5, "tls-1");
+    js.publish_with_headers(out.subject, out.headers, out.payload)
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+
+    // Without a client certificate the server refuses; without the CA we refuse the server.
+    let no_cert = ConnectArgs {
+        tls_cert: None,
+        tls_key: None,
+        ..tls.clone()
+    };
+    let no_ca = ConnectArgs {
+        tls_ca: None,
+        ..tls.clone()
+    };
+    for (what, args) in [("no client certificate", no_cert), ("no CA", no_ca)] {
+        let result = connect(&args, "stockwire-test", Startup::FailFast).await;
+        assert!(result.is_err(), "connected with {what}");
+    }
+
+    // A missing file is named, not reported as a TLS failure.
+    let missing = ConnectArgs {
+        tls_ca: Some(dir.path().join("nope.pem")),
+        ..tls.clone()
+    };
+    let error = connect(&missing, "stockwire-test", Startup::Retry)
+        .await
+        .expect_err("connected with a missing CA file")
+        .to_string();
+    assert!(
+        error.starts_with("--tls-ca ") && error.contains("nope.pem"),
+        "{error}"
+    );
+    let half = ConnectArgs {
+        tls_key: None,
+        ..tls
+    };
+    let error = connect(&half, "stockwire-test", Startup::FailFast)
+        .await
+        .expect_err("connected with a certificate and no key")
+        .to_string();
+    assert_eq!(error, "--tls-cert and --tls-key go together");
 }
