@@ -44,8 +44,7 @@ pub async fn load(
     while let Some(stored) = reader.next().await {
         let stored = stored?;
         aggregate.last_seq = stored.sequence;
-        if let Ok(rec) = envelope.decode(&stored.subject, stored.headers.as_ref(), &stored.payload)
-        {
+        if let Ok(rec) = envelope.decode_stored(&stored) {
             aggregate.locations = evolve(std::mem::take(&mut aggregate.locations), &rec.event);
             aggregate.msg_ids.insert(rec.meta.msg_id, stored.sequence);
         }

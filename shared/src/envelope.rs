@@ -10,7 +10,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::domain::{Event, EventKind, InvalidField};
+use crate::domain::{format_ms, Event, EventKind, InvalidField, MAX_FUTURE_MS};
 use crate::subjects;
 
 /// The payload schema version this code writes.
@@ -47,6 +47,12 @@ pub enum DecodeError {
     InvalidField(#[from] InvalidField),
     #[error("subject {subject} does not match the payload, which belongs on {expected}")]
     SubjectMismatch { subject: String, expected: String },
+    #[error(
+        "event time {} is more than 5 minutes after the server stored the event ({})",
+        format_ms(*timestamp_ms),
+        format_ms(*stored_ms)
+    )]
+    FromTheFuture { timestamp_ms: i64, stored_ms: i64 },
 }
 
 impl DecodeError {
@@ -61,6 +67,7 @@ impl DecodeError {
             DecodeError::BadJson(_) => "bad_json",
             DecodeError::InvalidField(_) => "invalid_field",
             DecodeError::SubjectMismatch { .. } => "subject_mismatch",
+            DecodeError::FromTheFuture { .. } => "future_time",
         }
     }
 }
@@ -189,8 +196,19 @@ impl Envelope {
         subject: &str,
         headers: Option<&HeaderMap>,
         payload: &[u8],
+        stored_ms: i64,
     ) -> Result<Recorded, DecodeError> {
-        self.decode_with(subject, headers, payload, UPCASTERS)
+        self.decode_with(subject, headers, payload, stored_ms, UPCASTERS)
+    }
+
+    /// Decodes an event read from the log.
+    pub fn decode_stored(&self, stored: &crate::read::Stored) -> Result<Recorded, DecodeError> {
+        self.decode(
+            &stored.subject,
+            stored.headers.as_ref(),
+            &stored.payload,
+            stored.stored_ms,
+        )
     }
 
     fn decode_with(
@@ -198,6 +216,7 @@ impl Envelope {
         subject: &str,
         headers: Option<&HeaderMap>,
         payload: &[u8],
+        stored_ms: i64,
         upcasters: &[Upcaster],
     ) -> Result<Recorded, DecodeError> {
         let header = |name: &str| -> Result<&str, DecodeError> {
@@ -229,6 +248,14 @@ impl Envelope {
                 name: self.timestamp_ms.clone(),
                 problem: format!("{timestamp:?} is not milliseconds since the epoch"),
             })?;
+        // Judged against the time the server stored the event, not the reader's clock,
+        // so that every replay of the log decides the same.
+        if timestamp_ms > stored_ms.saturating_add(MAX_FUTURE_MS) {
+            return Err(DecodeError::FromTheFuture {
+                timestamp_ms,
+                stored_ms,
+            });
+        }
         let version_text = header(&self.version)?;
         let current = upcasters.len() as u32 + 1;
         let version = version_text
@@ -283,6 +310,9 @@ mod tests {
         }
     }
 
+    /// When the server stored the events of these tests: a second after their event time.
+    const STORED: i64 = 1_795_176_001_000;
+
     fn meta() -> EventMeta {
         EventMeta {
             msg_id: "m-1".into(),
@@ -305,7 +335,9 @@ mod tests {
             "1795176000000"
         );
         assert_eq!(h.get("myorg_version").unwrap().as_str(), "1");
-        let back = env.decode(&out.subject, Some(h), &out.payload).unwrap();
+        let back = env
+            .decode(&out.subject, Some(h), &out.payload, STORED)
+            .unwrap();
         assert_eq!(back.event, destroyed());
         assert_eq!(back.meta, meta());
         assert_eq!(back.version, 1);
@@ -318,7 +350,7 @@ mod tests {
         assert!(out.headers.get("acme_type").is_some());
         assert!(out.headers.get("myorg_type").is_none());
         let err = Envelope::default()
-            .decode(&out.subject, Some(&out.headers), &out.payload)
+            .decode(&out.subject, Some(&out.headers), &out.payload, STORED)
             .unwrap_err();
         assert_eq!(err, DecodeError::MissingHeader("myorg_format".into()));
     }
@@ -337,7 +369,7 @@ mod tests {
             if let Some(v) = value {
                 h.insert(name, v);
             }
-            env.decode(&out.subject, Some(&h), &out.payload)
+            env.decode(&out.subject, Some(&h), &out.payload, STORED)
         };
         assert_eq!(
             with("myorg_type", None).unwrap_err().code(),
@@ -368,18 +400,18 @@ mod tests {
             "missing_header"
         );
         assert_eq!(
-            env.decode(&out.subject, None, &out.payload)
+            env.decode(&out.subject, None, &out.payload, STORED)
                 .unwrap_err()
                 .code(),
             "missing_header"
         );
 
         let bad_json = env
-            .decode(&out.subject, Some(&out.headers), b"{not json")
+            .decode(&out.subject, Some(&out.headers), b"{not json", STORED)
             .unwrap_err();
         assert_eq!(bad_json.code(), "bad_json");
         let empty = env
-            .decode(&out.subject, Some(&out.headers), b"")
+            .decode(&out.subject, Some(&out.headers), b"", STORED)
             .unwrap_err();
         assert_eq!(empty.code(), "bad_json");
 
@@ -388,6 +420,7 @@ mod tests {
                 &out.subject,
                 Some(&out.headers),
                 br#"{"warehouse":"ams1","sku":"apple","location":"A43","quantity":0,"reason":"x"}"#,
+                STORED,
             )
             .unwrap_err();
         assert_eq!(field.to_string(), "payload quantity: must be at least 1");
@@ -397,9 +430,34 @@ mod tests {
                 "warehouse.ams1.product.pear.destroyed",
                 Some(&out.headers),
                 &out.payload,
+                STORED,
             )
             .unwrap_err();
         assert_eq!(mismatch.code(), "subject_mismatch");
+
+        // Event time may run ahead of the server's clock by 5 minutes, not more.
+        let stored = meta().timestamp_ms;
+        assert!(env
+            .decode(
+                &out.subject,
+                Some(&out.headers),
+                &out.payload,
+                stored - MAX_FUTURE_MS
+            )
+            .is_ok());
+        let future = env
+            .decode(
+                &out.subject,
+                Some(&out.headers),
+                &out.payload,
+                stored - MAX_FUTURE_MS - 1,
+            )
+            .unwrap_err();
+        assert_eq!(future.code(), "future_time");
+        assert!(
+            future.to_string().starts_with("event time 2026-"),
+            "{future}"
+        );
     }
 
     #[test]
@@ -418,7 +476,7 @@ mod tests {
         let old =
             br#"{"warehouse":"ams1","sku":"apple","location":"A43","qty":3,"reason":"rotten"}"#;
         let back = env
-            .decode_with(&out.subject, Some(&out.headers), old, &[v1_to_v2])
+            .decode_with(&out.subject, Some(&out.headers), old, STORED, &[v1_to_v2])
             .unwrap();
         assert_eq!(back.event, destroyed());
         assert_eq!(back.version, 1);
@@ -427,7 +485,7 @@ mod tests {
         let mut h = out.headers.clone();
         h.insert("myorg_version", "2");
         let back = env
-            .decode_with(&out.subject, Some(&h), &out.payload, &[v1_to_v2])
+            .decode_with(&out.subject, Some(&h), &out.payload, STORED, &[v1_to_v2])
             .unwrap();
         assert_eq!(back.version, 2);
         assert_eq!(back.event, destroyed());

@@ -286,7 +286,12 @@ fn spawn_reader(
                         .info()
                         .map_err(|e| format!("reading a message's sequence: {e}"))?;
                     let (seq, pending) = (info.stream_sequence, info.pending);
-                    let decoded = envelope.decode(&msg.subject, msg.headers.as_ref(), &msg.payload);
+                    let decoded = envelope.decode(
+                        &msg.subject,
+                        msg.headers.as_ref(),
+                        &msg.payload,
+                        crate::read::stored_ms(&info),
+                    );
                     Ok(Incoming {
                         seq,
                         pending,

@@ -14,6 +14,8 @@ use futures::StreamExt;
 #[derive(Debug, Clone)]
 pub struct Stored {
     pub sequence: u64,
+    /// When the server stored it, in milliseconds since the epoch.
+    pub stored_ms: i64,
     pub subject: String,
     pub headers: Option<HeaderMap>,
     pub payload: Bytes,
@@ -112,6 +114,7 @@ impl Reader {
                     self.remaining = info.pending;
                     Ok(Stored {
                         sequence: info.stream_sequence,
+                        stored_ms: stored_ms(&info),
                         subject: msg.subject.to_string(),
                         headers: msg.headers.clone(),
                         payload: msg.payload.clone(),
@@ -129,4 +132,9 @@ impl Reader {
             message,
         }))
     }
+}
+
+/// A message's stored time in milliseconds since the epoch.
+pub fn stored_ms(info: &async_nats::jetstream::message::Info<'_>) -> i64 {
+    (info.published.unix_timestamp_nanos() / 1_000_000) as i64
 }

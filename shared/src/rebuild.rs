@@ -145,10 +145,7 @@ async fn rebuild<P: Projection>(
         .await;
     while let Some(stored) = reader.next().await {
         let stored = stored.map_err(|e| e.to_string())?;
-        match config
-            .envelope
-            .decode(&stored.subject, stored.headers.as_ref(), &stored.payload)
-        {
+        match config.envelope.decode_stored(&stored) {
             Ok(recorded) => {
                 let key = projection.key(&recorded.event);
                 let slot = book.entry(key).or_insert(None);

@@ -39,7 +39,7 @@ pub async fn stock(
     while let Some(stored) = reader.next().await {
         let stored = stored?;
         replay.last_seq = stored.sequence;
-        match envelope.decode(&stored.subject, stored.headers.as_ref(), &stored.payload) {
+        match envelope.decode_stored(&stored) {
             Ok(rec) => {
                 if as_of_ms.is_some_and(|t| rec.meta.timestamp_ms > t) {
                     continue;

@@ -64,9 +64,13 @@ pub(crate) async fn run(ctx: &Ctx, args: AlertsArgs) -> Outcome {
             msg = messages.next() => {
                 let Some(msg) = msg else { return Ok(()) };
                 let msg = msg.map_err(|e| anyhow::anyhow!("following ALERTS: {e}"))?;
-                let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+                let (sequence, stored_ms) = msg
+                    .info()
+                    .map(|i| (i.stream_sequence, stockwire::read::stored_ms(&i)))
+                    .unwrap_or_default();
                 print(ctx, &Stored {
                     sequence,
+                    stored_ms,
                     subject: msg.subject.to_string(),
                     headers: msg.headers.clone(),
                     payload: msg.payload.clone(),

@@ -234,10 +234,12 @@ async fn replay(ctx: &Ctx, js: &Context, stream: &Stream, seq: u64) -> Outcome {
     let mut headers = original_headers(&letter.headers);
     let msg_id = uuid::Uuid::new_v4().to_string();
     headers.insert(subjects::NATS_MSG_ID, msg_id.as_str());
-    if let Err(e) = ctx
-        .envelope
-        .decode(&subject, Some(&headers), &letter.payload)
-    {
+    if let Err(e) = ctx.envelope.decode(
+        &subject,
+        Some(&headers),
+        &letter.payload,
+        chrono::Utc::now().timestamp_millis(),
+    ) {
         eprintln!(
             "stockwire: warning: dead letter #{seq} still does not decode here ({}: {e}); \
              a projector that agrees will dead-letter it again",

@@ -30,9 +30,7 @@ pub(crate) async fn run(ctx: &Ctx, args: HistoryArgs) -> Outcome {
     while let Some(stored) = reader.next().await {
         let stored = stored.map_err(anyhow::Error::new)?;
         count += 1;
-        let decoded =
-            ctx.envelope
-                .decode(&stored.subject, stored.headers.as_ref(), &stored.payload);
+        let decoded = ctx.envelope.decode_stored(&stored);
         match (decoded, ctx.json) {
             (Ok(rec), true) => {
                 let mut line = Map::new();

@@ -58,10 +58,7 @@ pub(crate) async fn run(ctx: &Ctx, _args: VerifyArgs) -> Outcome {
     let mut events = 0u64;
     while let Some(stored) = reader.next().await {
         let stored = stored.map_err(anyhow::Error::new)?;
-        let Ok(rec) =
-            ctx.envelope
-                .decode(&stored.subject, stored.headers.as_ref(), &stored.payload)
-        else {
+        let Ok(rec) = ctx.envelope.decode_stored(&stored) else {
             continue;
         };
         events += 1;

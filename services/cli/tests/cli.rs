@@ -12,6 +12,8 @@ use stockwire::testing::NatsServer;
 
 #[path = "cli/alerts.rs"]
 mod alerts;
+#[path = "cli/bad_input.rs"]
+mod bad_input;
 #[path = "cli/commands.rs"]
 mod commands;
 #[path = "cli/ops.rs"]

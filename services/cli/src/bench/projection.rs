@@ -289,8 +289,13 @@ async fn article(
             break;
         };
         let msg = msg.map_err(|e| anyhow::anyhow!("article loop: reading: {e}"))?;
-        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-        if let Ok(rec) = envelope.decode(&msg.subject, msg.headers.as_ref(), &msg.payload) {
+        let (seq, stored_ms) = msg
+            .info()
+            .map(|i| (i.stream_sequence, stockwire::read::stored_ms(&i)))
+            .unwrap_or_default();
+        if let Ok(rec) =
+            envelope.decode(&msg.subject, msg.headers.as_ref(), &msg.payload, stored_ms)
+        {
             let key = subjects::view_key(rec.event.warehouse(), rec.event.sku());
             let mut current: StockView = match kv.get(&key).await.context("article loop: get")? {
                 Some(bytes) => serde_json::from_slice(&bytes).context("article loop: decode")?,
