@@ -21,38 +21,49 @@ pub fn init_tracing(default_filter: &str) {
 
 /// Resolves on ctrl-c or SIGTERM.
 pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
+    listen_for_shutdown().await
+}
+
+/// Registers for ctrl-c and SIGTERM now; the returned future resolves on either.
+fn listen_for_shutdown() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        let ctrl_c = async {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::error!(error = %e, "cannot listen for ctrl-c");
                 std::future::pending::<()>().await;
             }
+        };
+        #[cfg(unix)]
+        let term = async {
+            match term {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("ctrl-c: shutting down"),
+            _ = term => tracing::info!("SIGTERM: shutting down"),
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("ctrl-c: shutting down"),
-        _ = term => tracing::info!("SIGTERM: shutting down"),
     }
 }
 
-/// A token cancelled on ctrl-c or SIGTERM.
+/// A token cancelled on ctrl-c or SIGTERM. SIGTERM is caught from the moment this
+/// returns (its default action would end the process on the spot).
 pub fn shutdown_token() -> CancellationToken {
     let token = CancellationToken::new();
     let trigger = token.clone();
+    let signalled = listen_for_shutdown();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signalled.await;
         trigger.cancel();
     });
     token
@@ -72,8 +83,13 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: From<crate::connect::ConnectError> + From<crate::connect::Refused>,
 {
-    let client = crate::connect::connect(args, name, crate::connect::Startup::Retry).await?;
+    // Listen for SIGTERM before anything else, so that it stops a service that is still
+    // waiting for the server cleanly too.
     let shutdown = shutdown_token();
+    let client = tokio::select! {
+        client = crate::connect::connect(args, name, crate::connect::Startup::Retry) => client?,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
     let result = crate::connect::unless_refused(service(client.clone(), shutdown)).await;
     if let Err(e) = client.drain().await {
         tracing::warn!(error = %e, "draining the connection");

@@ -1,0 +1,382 @@
+"""The fault drill behind scripts/chaos: the whole stack under fire, then the books checked.
+
+Starts nats-server (the repo's nats.conf: users, fsync always) on free ports with a fresh
+store, the four services as their own users, and several publishers at once, each
+publishing its share of the events in small files through `stockwire publish --file`.
+Meanwhile it kills services with SIGKILL at random moments and restarts them, and kills
+and restarts nats-server once. Then it waits for the views to catch up and checks what a
+user would: `stockwire verify` is clean, every event is stored exactly once, no valid
+event is a dead letter, and each product's low-stock alerts alternate low/recovered with
+no repeat and end in agreement with its final stock. The events and the schedule of
+faults follow from --seed; exit 0 when every check passes, 1 otherwise.
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+
+SERVICES = ["stock-projector", "low-stock-watcher", "velocity-projector", "velocity-watcher"]
+THRESHOLD = 20
+
+
+def password(user):
+    return os.environ["STOCKWIRE_%s_PASSWORD" % user.replace("-", "_").upper()]
+
+
+class Stack:
+    """nats-server and the services, as processes this drill owns."""
+
+    def __init__(self, root, bin_dir, work):
+        self.root, self.bin_dir, self.work = root, bin_dir, work
+        self.server = None
+        self.port = None
+        self.services = {}
+        self.lock = threading.Lock()
+        self.conf = os.path.join(work, "nats.conf")
+        with open(os.path.join(root, "nats.conf")) as f:
+            text = f.read()
+        store = os.path.join(work, "store")
+        text = re.sub(r"store_dir:.*", "store_dir: %s" % json.dumps(store), text)
+        with open(self.conf, "w") as f:
+            f.write(text)
+
+    def env(self, user):
+        env = dict(os.environ)
+        env.update(NATS_URL="nats://127.0.0.1:%d" % self.port, NATS_USER=user,
+                   NATS_PASSWORD=password(user), RUST_LOG=env.get("RUST_LOG", "warn"))
+        return env
+
+    def start_server(self):
+        ports = os.path.join(self.work, "ports")
+        shutil.rmtree(ports, ignore_errors=True)
+        os.makedirs(ports)
+        log = open(os.path.join(self.work, "nats-server.log"), "a")
+        port = str(self.port) if self.port else "-1"
+        self.server = subprocess.Popen(
+            [os.path.join(self.root, ".tools/bin/nats-server"), "-c", self.conf, "-p", port,
+             "-m", "-1", "--ports_file_dir", ports],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            for name in os.listdir(ports):
+                with open(os.path.join(ports, name)) as f:
+                    try:
+                        url = json.load(f)["nats"][0]
+                    except (ValueError, KeyError, IndexError):
+                        continue
+                self.port = int(url.rsplit(":", 1)[1])
+                return
+            time.sleep(0.05)
+        raise SystemExit("chaos: nats-server did not start; see %s/nats-server.log" % self.work)
+
+    def kill_server(self):
+        self.server.send_signal(signal.SIGKILL)
+        self.server.wait()
+
+    def start_service(self, name):
+        log = open(os.path.join(self.work, name + ".log"), "a")
+        proc = subprocess.Popen([os.path.join(self.bin_dir, name)], env=self.env(name),
+                                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        with self.lock:
+            self.services[name] = proc
+
+    def kill_service(self, name):
+        with self.lock:
+            proc = self.services[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def stop_service(self, name):
+        """SIGTERM; how long the service took to exit, and its exit code."""
+        with self.lock:
+            proc = self.services[name]
+        sent = time.time()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        return time.time() - sent, code
+
+    def cli(self, user, *args, stdin=None):
+        return subprocess.run([os.path.join(self.bin_dir, "stockwire"), *args],
+                              env=self.env(user), input=stdin, capture_output=True, text=True)
+
+    def ok(self, user, *args):
+        out = self.cli(user, *args)
+        if out.returncode != 0:
+            raise SystemExit("chaos: stockwire %s failed (exit %d): %s"
+                             % (" ".join(args), out.returncode, out.stderr.strip()))
+        return out.stdout
+
+    def stop(self):
+        with self.lock:
+            procs = list(self.services.values())
+        for proc in procs + ([self.server] if self.server else []):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def generate(rng, seed, events, products, publishers):
+    """Per publisher, its events in order; each product belongs to one publisher."""
+    warehouses = ["ams1", "ber1", "par1", "rtm1"]
+    names = [(warehouses[i % len(warehouses)], "sku%04d" % i) for i in range(products)]
+    owner = {p: i % publishers for i, p in enumerate(names)}
+    stock = defaultdict(lambda: defaultdict(int))
+    out = [[] for _ in range(publishers)]
+    for n in range(events):
+        wh, sku = product = rng.choice(names)
+        here = stock[product]
+        total = sum(here.values())
+        loc = rng.choice(["A1", "A2", "B1"])
+        roll = rng.random()
+        line = {"warehouse": wh, "sku": sku, "msg_id": "chaos-%d-%d" % (seed, n)}
+        if total == 0 or roll < 0.35:
+            line.update(type="stock.received", location=loc, quantity=rng.randint(5, 40))
+            here[loc] += line["quantity"]
+        elif roll < 0.85:
+            loc = rng.choice([l for l, q in here.items() if q > 0])
+            line.update(type="stock.sold", location=loc, quantity=rng.randint(1, here[loc]))
+            here[loc] -= line["quantity"]
+        elif roll < 0.92:
+            src = rng.choice([l for l, q in here.items() if q > 0])
+            dst = rng.choice([l for l in ["A1", "A2", "B1"] if l != src])
+            line.update(type="stock.moved", **{"from": src, "to": dst},
+                        quantity=rng.randint(1, here[src]))
+            here[src] -= line["quantity"]
+            here[dst] += line["quantity"]
+        elif roll < 0.96:
+            src = rng.choice([l for l, q in here.items() if q > 0])
+            line.update(type="stock.destroyed", location=src, quantity=1, reason="damaged")
+            here[src] -= 1
+        else:
+            line.update(type="stock.corrected", location=loc, quantity=rng.randint(0, 30))
+            here[loc] = line["quantity"]
+        out[owner[product]].append(json.dumps(line))
+    final = {"%s.%s" % p: sum(q.values()) for p, q in stock.items()}
+    return out, final
+
+
+def publisher(stack, lines, chunk, pace_s, stats, failures):
+    for start in range(0, len(lines), chunk):
+        body = "\n".join(lines[start:start + chunk]) + "\n"
+        while True:
+            out = stack.cli("cli", "publish", "--file", "-", stdin=body)
+            if out.returncode == 0:
+                break
+            if out.returncode != 1:
+                failures.append("publish refused a valid file (exit %d): %s"
+                                % (out.returncode, out.stderr.strip()))
+                return
+            stats["publish retries"] += 1
+            time.sleep(0.3)
+        time.sleep(pace_s)
+
+
+def main():
+    ap = argparse.ArgumentParser(prog="scripts/chaos", description=__doc__.split("\n")[0])
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--events", type=int, default=50_000)
+    ap.add_argument("--products", type=int, default=2_000)
+    ap.add_argument("--publishers", type=int, default=4)
+    ap.add_argument("--kills", type=int, default=12,
+                    help="service kills in all, each SIGKILL or SIGTERM")
+    ap.add_argument("--duration-s", type=float, default=30, help="how long publishing lasts")
+    ap.add_argument("--deadline-s", type=float, default=600, help="fail if not done by then")
+    ap.add_argument("--bin-dir", required=True)
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--keep", action="store_true", help="keep the store and logs")
+    args = ap.parse_args()
+    # Stopped from outside: still stop what it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    started = time.time()
+    deadline = started + args.deadline_s
+    rng = random.Random(args.seed)
+    work = tempfile.mkdtemp(prefix="stockwire-chaos-")
+    stack = Stack(args.root, args.bin_dir, work)
+    failures, stats = [], defaultdict(int)
+    try:
+        files, final = generate(rng, args.seed, args.events, args.products, args.publishers)
+        faults = sorted((rng.uniform(0.05, 0.95) * args.duration_s, rng.choice(SERVICES),
+                         rng.uniform(0.1, 1.0), rng.choice(["SIGKILL", "SIGTERM"]))
+                        for _ in range(args.kills))
+        server_restart_at = rng.uniform(0.3, 0.7) * args.duration_s
+
+        stack.start_server()
+        stack.ok("admin", "setup")
+        stack.ok("cli", "threshold", "set", "--default", "--low-stock-below", str(THRESHOLD))
+        for name in SERVICES:
+            stack.start_service(name)
+
+        chunk = 200
+        chunks = max(1, max(len(f) for f in files) // chunk)
+        pace = args.duration_s / chunks
+        threads = [threading.Thread(target=publisher, args=(stack, f, chunk, pace, stats, failures))
+                   for f in files]
+        t0 = time.time()
+        for t in threads:
+            t.start()
+
+        def at(offset):
+            time.sleep(max(0.0, t0 + offset - time.time()))
+
+        plan = [(t, how, name, down) for t, name, down, how in faults]
+        plan.append((server_restart_at, "server", "nats-server", 1.0))
+        stop_ms = defaultdict(list)
+        started_at = defaultdict(float)
+        for offset, what, name, down in sorted(plan):
+            at(offset)
+            # A fault hits a running service, not one still starting.
+            time.sleep(max(0.0, started_at[name] + 0.2 - time.time()))
+            if what == "server":
+                stack.kill_server()
+                time.sleep(down)
+                stack.start_server()
+                stats["nats-server restarts"] += 1
+            elif what == "SIGKILL":
+                stack.kill_service(name)
+                time.sleep(down)
+                stack.start_service(name)
+                started_at[name] = time.time()
+                stats["%s SIGKILLs" % name] += 1
+            else:
+                took, code = stack.stop_service(name)
+                stop_ms[name].append(took * 1000)
+                if took > 2 or code != 0:
+                    failures.append("%s: SIGTERM under load took %.1f s, exit code %s"
+                                    % (name, took, code))
+                time.sleep(down)
+                stack.start_service(name)
+                started_at[name] = time.time()
+                stats["%s SIGTERMs" % name] += 1
+        for name, took in sorted(stop_ms.items()):
+            stats["%s stop on SIGTERM (max)" % name] = "%.0f ms" % max(took)
+        for t in threads:
+            t.join(max(1.0, deadline - time.time()))
+        published_s = time.time() - t0
+        if any(t.is_alive() for t in threads):
+            failures.append("publishers did not finish by the deadline")
+            return report(stack, args, stats, failures, started, published_s, None)
+
+        # Catch up: both projectors at the end of the log.
+        status = None
+        while time.time() < deadline:
+            status = json.loads(stack.ok("cli", "status", "--json"))
+            views = status["projectors"]
+            if all(views[v]["lag"] == 0 for v in ("stock", "sales_velocity")):
+                break
+            time.sleep(0.5)
+        else:
+            failures.append("the projectors did not catch up by the deadline: %s"
+                            % status["projectors"])
+        caught_up_s = time.time() - t0
+
+        stored = status["streams"]["INVENTORY"]["messages"]
+        if stored != args.events:
+            failures.append("%d events stored, %d published" % (stored, args.events))
+        if status["dead_letters"]:
+            failures.append("%d dead letters for valid events" % status["dead_letters"])
+        out = stack.cli("cli", "verify")
+        if out.returncode != 0:
+            failures.append("verify: %s%s" % (out.stdout.strip()[-2000:], out.stderr.strip()))
+        view = {}
+        for line in stack.ok("cli", "stock", "--json").splitlines():
+            v = json.loads(line)
+            view["%s.%s" % (v["warehouse"], v["sku"])] = v["on_hand"]
+        wrong = {k: (view.get(k), n) for k, n in final.items() if view.get(k, 0) != n}
+        if wrong:
+            failures.append("%d products differ from the generator's books, e.g. %s"
+                            % (len(wrong), list(wrong.items())[:3]))
+
+        # The watcher settles: alternate, no repeat, last one agrees with the final stock.
+        problems, alerts = None, 0
+        while time.time() < deadline:
+            problems, alerts = check_alerts(stack, view)
+            if not problems:
+                break
+            time.sleep(1)
+        if problems:
+            failures.extend(problems[:10])
+        stats["low-stock alerts"] = alerts
+        return report(stack, args, stats, failures, started, published_s, caught_up_s)
+    finally:
+        stack.stop()
+        if failures:
+            for name in ["nats-server"] + SERVICES:
+                path = os.path.join(work, name + ".log")
+                if os.path.exists(path):
+                    with open(path, errors="replace") as f:
+                        tail = f.readlines()[-15:]
+                    print("--- %s.log (last lines)\n%s" % (name, "".join(tail)), file=sys.stderr)
+            for f in failures:
+                print("chaos: " + f, file=sys.stderr)
+        if args.keep or failures:
+            print("store and logs kept in %s" % work, file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def check_alerts(stack, view):
+    by_product = defaultdict(list)
+    count = 0
+    for line in stack.ok("cli", "alerts", "--json").splitlines():
+        a = json.loads(line)
+        if a["type"] in ("stock.low", "stock.recovered"):
+            p = a["payload"]
+            by_product["%s.%s" % (p["warehouse"], p["sku"])].append(a["type"])
+            count += 1
+    problems = []
+    for key in set(view) | set(by_product):
+        said = by_product.get(key, [])
+        for a, b in zip(said, said[1:]):
+            if a == b:
+                problems.append("%s: %s twice in a row" % (key, a))
+                break
+        if said and said[0] != "stock.low":
+            problems.append("%s: first alert is %s" % (key, said[0]))
+        low = view.get(key, 0) < THRESHOLD
+        last_low = bool(said) and said[-1] == "stock.low"
+        if low != last_low:
+            problems.append("%s: on hand %s, threshold %d, last alert %s"
+                            % (key, view.get(key), THRESHOLD, said[-1] if said else None))
+    return problems, count
+
+
+def report(stack, args, stats, failures, started, published_s, caught_up_s):
+    rows = [("seed", args.seed), ("events", args.events), ("products", args.products),
+            ("publishers", args.publishers)]
+    rows += sorted(stats.items())
+    rows.append(("publishing took", "%.1f s" % published_s))
+    if caught_up_s is not None:
+        rows.append(("views caught up after", "%.1f s" % caught_up_s))
+    rows.append(("whole drill", "%.1f s" % (time.time() - started)))
+    rows.append(("result", "FAILED" if failures else "ok: verify clean, no loss, no duplicates, "
+                 "no dead letters, alerts alternate"))
+    width = max(len(k) for k, _ in rows)
+    print("chaos drill")
+    for k, v in rows:
+        print("  %-*s  %s" % (width, k, v))
+    for f in failures:
+        print("chaos: " + f, file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
