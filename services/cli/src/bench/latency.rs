@@ -5,7 +5,9 @@
 //! fresh server), so its peak memory and its stop on SIGTERM are measured too. Background events go out at the offered
 //! rate; every 100 ms a probe product is sold below its threshold or refilled above it,
 //! and each probe's PubAck time is matched with the time its alert was stored (the
-//! server's timestamp; one machine, one clock).
+//! server's timestamp; one machine, one clock). The time the stock view stored the probe's
+//! new value splits the figure in two: event -> view (stock-projector) and view -> alert
+//! (low-stock-watcher).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -32,6 +34,40 @@ pub(super) struct Latency {
     pub(super) p90: f64,
     pub(super) p99: f64,
     pub(super) max: f64,
+    /// PubAck of the event -> the view's new value stored.
+    pub(super) to_view: Stage,
+    /// The view's new value stored -> the alert stored.
+    pub(super) view_to_alert: Stage,
+}
+
+/// One stage of the alert's path, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Stage {
+    pub(super) p50: f64,
+    pub(super) p99: f64,
+}
+
+/// The value at quantile `q` of sorted `samples`, to 0.01 ms.
+fn quantile(samples: &[f64], q: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+    (samples[i] * 100.0).round() / 100.0
+}
+
+fn stage(mut samples: Vec<f64>) -> Stage {
+    samples.sort_by(f64::total_cmp);
+    Stage {
+        p50: quantile(&samples, 0.50),
+        p99: quantile(&samples, 0.99),
+    }
+}
+
+fn stored_at(msg: &async_nats::jetstream::Message) -> f64 {
+    msg.info()
+        .map(|i| i.published.unix_timestamp_nanos() as f64 / 1e6)
+        .unwrap_or(0.0)
 }
 
 fn now_ms_f64() -> f64 {
@@ -141,6 +177,29 @@ async fn run(
         }
     }
 
+    // The probe's values in the stock view, from now on: when each was stored, by the
+    // sequence of the event it applied.
+    let mut views = js
+        .get_stream(subjects::kv_stream(subjects::STOCK_BUCKET))
+        .await
+        .context("latency: the stock view")?
+        .create_consumer(OrderedConfig {
+            filter_subject: subjects::kv_subject(
+                subjects::STOCK_BUCKET,
+                &subjects::view_key(&wh, &probe),
+            ),
+            deliver_policy: DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .context("latency: following the stock view")?
+        .messages()
+        .await
+        .context("latency: following the stock view")?;
+    let mut view_stored: BTreeMap<u64, f64> = BTreeMap::new();
+    let mut probe_seqs: VecDeque<u64> = VecDeque::new();
+    let mut stages: (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+
     let background = sample_events(warehouse, (rate * duration.as_secs()) as usize, 100);
     let mut background = background.iter();
     let mut pending_acks = VecDeque::new();
@@ -174,16 +233,28 @@ async fn run(
                         Event::Sold { warehouse: wh.clone(), sku: probe.clone(), location: shelf.clone(), quantity: q15 }
                     };
                     low = !low;
-                    acked(publish(&event)).await?;
+                    let ack = acked(publish(&event)).await?;
                     probe_acks.push_back(now_ms_f64());
+                    probe_seqs.push_back(ack.sequence);
+                }
+            }
+            view = views.next() => {
+                let Some(view) = view else { break };
+                let view = view.context("latency: reading the stock view")?;
+                if let Ok(value) = serde_json::from_slice::<stockwire::domain::StockView>(&view.payload) {
+                    view_stored.insert(value.last_seq, stored_at(&view));
                 }
             }
             alert = stored.next() => {
                 let Some(alert) = alert else { break };
                 let alert = alert.context("latency: reading ALERTS")?;
-                let at = alert.info().map(|i| i.published.unix_timestamp_nanos() as f64 / 1e6).unwrap_or(0.0);
-                if let Some(acked_at) = probe_acks.pop_front() {
+                let at = stored_at(&alert);
+                if let (Some(acked_at), Some(seq)) = (probe_acks.pop_front(), probe_seqs.pop_front()) {
                     samples.push((at - acked_at).max(0.0));
+                    if let Some(view_at) = view_stored.remove(&seq) {
+                        stages.0.push((view_at - acked_at).max(0.0));
+                        stages.1.push((at - view_at).max(0.0));
+                    }
                 }
             }
         }
@@ -193,12 +264,8 @@ async fn run(
     while !probe_acks.is_empty() && Instant::now() < deadline {
         match tokio::time::timeout(Duration::from_secs(1), stored.next()).await {
             Ok(Some(Ok(alert))) => {
-                let at = alert
-                    .info()
-                    .map(|i| i.published.unix_timestamp_nanos() as f64 / 1e6)
-                    .unwrap_or(0.0);
                 if let Some(acked_at) = probe_acks.pop_front() {
-                    samples.push((at - acked_at).max(0.0));
+                    samples.push((stored_at(&alert) - acked_at).max(0.0));
                 }
             }
             _ => break,
@@ -212,16 +279,14 @@ async fn run(
         return Err(anyhow::anyhow!("no alert arrived for the probe product").into());
     }
     samples.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
-        (samples[i] * 100.0).round() / 100.0
-    };
     Ok(Latency {
         samples: samples.len(),
         offered_events_per_s: offered.round() as u64,
-        p50: at(0.50),
-        p90: at(0.90),
-        p99: at(0.99),
-        max: at(1.0),
+        p50: quantile(&samples, 0.50),
+        p90: quantile(&samples, 0.90),
+        p99: quantile(&samples, 0.99),
+        max: quantile(&samples, 1.0),
+        to_view: stage(stages.0),
+        view_to_alert: stage(stages.1),
     })
 }
