@@ -251,6 +251,8 @@ struct Incoming {
     seq: u64,
     /// Events after this one still to be delivered, as the server counted.
     pending: u64,
+    /// When the server stored it, ms since the epoch.
+    stored_ms: i64,
     subject: String,
     headers: Option<async_nats::HeaderMap>,
     payload: bytes::Bytes,
@@ -286,15 +288,17 @@ fn spawn_reader(
                         .info()
                         .map_err(|e| format!("reading a message's sequence: {e}"))?;
                     let (seq, pending) = (info.stream_sequence, info.pending);
+                    let stored_ms = crate::read::stored_ms(&info);
                     let decoded = envelope.decode(
                         &msg.subject,
                         msg.headers.as_ref(),
                         &msg.payload,
-                        crate::read::stored_ms(&info),
+                        stored_ms,
                     );
                     Ok(Incoming {
                         seq,
                         pending,
+                        stored_ms,
                         subject: msg.subject.to_string(),
                         headers: msg.headers.clone(),
                         payload: msg.payload.clone(),
@@ -346,6 +350,16 @@ async fn apply_chunk<P: Projection>(
     let bucket = projection.bucket();
     let mut pending = Pending::default();
     let mut last_seq = 0;
+    let events = chunk.len();
+    let oldest_ms = chunk
+        .iter()
+        .filter_map(|item| item.as_ref().ok().map(|i| i.stored_ms))
+        .min();
+    if let Some(oldest_ms) = oldest_ms {
+        // How long the oldest event of the batch waited in the log before we took it up.
+        let waited_ms = chrono::Utc::now().timestamp_millis() - oldest_ms;
+        tracing::debug!(view = bucket, events, waited_ms, "applying a batch");
+    }
     for item in chunk {
         let msg = item.map_err(|message| ViewError::Nats {
             bucket: bucket.to_string(),

@@ -207,8 +207,16 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
             cp_revision,
         ));
 
+        let started = std::time::Instant::now();
         match batch::publish_atomic(&self.client, &messages, self.timeout).await {
             Ok(ack) => {
+                tracing::debug!(
+                    bucket = %self.bucket,
+                    keys = changes.len(),
+                    checkpoint,
+                    ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "committed"
+                );
                 let first = ack.first_sequence();
                 for (i, (key, change)) in changes.into_iter().enumerate() {
                     let value = match change {

@@ -111,3 +111,59 @@ pub(super) async fn import_file(
     }
     Ok(took)
 }
+
+/// What one event costs alone, one at a time (each waits for its PubAck): as a plain
+/// publish, and as an atomic batch of one. A live projector commits small atomic batches,
+/// so the second is the floor under its latency.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct RoundTrip {
+    pub(crate) single_publish_p50_ms: f64,
+    pub(crate) atomic_batch_of_one_p50_ms: f64,
+}
+
+pub(super) async fn round_trips(
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    ctx: &Ctx,
+    events: &[Event],
+    run_id: &str,
+    timeout: Duration,
+) -> Result<RoundTrip, Failure> {
+    const N: usize = 100;
+    let events = &events[..events.len().min(2 * N)];
+    let messages = encode_all(ctx, events, &format!("bench-rt-{run_id}"));
+    let (singles, batches) = messages.split_at(messages.len() / 2);
+    let mut single = Vec::with_capacity(N);
+    for out in singles {
+        let started = Instant::now();
+        js.publish_with_headers(
+            out.subject.clone(),
+            out.headers.clone(),
+            out.payload.clone(),
+        )
+        .await
+        .context("round trip: publish")?
+        .await
+        .context("round trip: PubAck")?;
+        single.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut atomic = Vec::with_capacity(N);
+    for out in batches {
+        let started = Instant::now();
+        batch::publish_atomic(client, std::slice::from_ref(out), timeout)
+            .await
+            .context("round trip: atomic batch of one")?;
+        atomic.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(RoundTrip {
+        single_publish_p50_ms: median(single),
+        atomic_batch_of_one_p50_ms: median(atomic),
+    })
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples
+        .get(samples.len() / 2)
+        .map_or(0.0, |m| (m * 100.0).round() / 100.0)
+}

@@ -89,6 +89,8 @@ struct Report {
     ingest_ratio: f64,
     projection: Vec<ProjectionRow>,
     alert_latency_ms: latency::Latency,
+    /// One event alone, waiting for its PubAck: plain publish vs atomic batch of one.
+    round_trip_ms: ingest::RoundTrip,
     rebuild: Option<rebuild::RebuildFigures>,
     rebuild_events_per_s: Option<f64>,
     /// Peak resident memory of each service while the bench ran it, MiB.
@@ -182,6 +184,11 @@ pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
     eprintln!("bench: raw atomic batches        {batched:>10.0} events/s");
     let ingest = rate(events, ingest::import_file(ctx, &sample, &run_id).await?);
     eprintln!("bench: stockwire publish --file  {ingest:>10.0} events/s");
+    let round_trip = ingest::round_trips(&client, &js, ctx, &sample, &run_id, timeout).await?;
+    eprintln!(
+        "bench: one event alone: publish {} ms, atomic batch of one {} ms (p50)",
+        round_trip.single_publish_p50_ms, round_trip.atomic_batch_of_one_p50_ms
+    );
 
     let ceiling = pipelined.max(batched);
 
@@ -234,6 +241,7 @@ pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
         seed_speedup: headline.as_ref().map_or(0.0, |r| r.seed_speedup),
         projection,
         alert_latency_ms: alert_latency,
+        round_trip_ms: round_trip,
         rebuild_events_per_s: rebuild.as_ref().map(|r| r.rebuild_events_per_s),
         rebuild,
         peak_rss_mb: stopped
@@ -318,6 +326,10 @@ fn print_report(ctx: &Ctx, r: &Report) {
     output::line(format!(
         "peak memory of each service: {}",
         memory.join(", ")
+    ));
+    output::line(format!(
+        "one event alone, waiting for its PubAck (p50): plain publish {} ms, atomic batch of one {} ms",
+        r.round_trip_ms.single_publish_p50_ms, r.round_trip_ms.atomic_batch_of_one_p50_ms
     ));
     let l = &r.alert_latency_ms;
     output::line(format!(

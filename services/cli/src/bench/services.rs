@@ -47,7 +47,12 @@ pub(super) fn start(ctx: &Ctx, names: &[&'static str]) -> Result<Vec<Service>, F
         let mut command = tokio::process::Command::new(binary(name)?);
         same_connection(ctx, &mut command);
         command
-            .env("RUST_LOG", "warn")
+            // Their logs go to our stderr; STOCKWIRE_BENCH_SERVICE_LOG (a RUST_LOG filter)
+            // shows more, e.g. `stockwire::view=debug` for each commit's size and time.
+            .env(
+                "RUST_LOG",
+                std::env::var("STOCKWIRE_BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true);
