@@ -148,6 +148,32 @@ impl Stack {
         (token, handle)
     }
 
+    /// velocity-projector's `run`, in this process, on the system clock, ticking every
+    /// `tick_s`, until `stop` is cancelled; as the `velocity-projector` user on a secured stack.
+    fn spawn_velocity_projector(
+        &self,
+        client: async_nats::Client,
+        tick_s: f64,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let connect = match self.user {
+            Some(_) => security::connect_as(&self.server, "velocity-projector"),
+            None => self.server.connect_args(),
+        };
+        let config = velocity_projector::Config {
+            connect,
+            header_prefix: "myorg".into(),
+            batch: 5000,
+            tick_s,
+        };
+        tokio::spawn(async move {
+            let clock = std::sync::Arc::new(stockwire::runtime::SystemClock);
+            if let Err(e) = velocity_projector::run(client, &config, clock, stop).await {
+                panic!("velocity-projector failed: {e:#}");
+            }
+        });
+    }
+
     async fn js(&self) -> jetstream::Context {
         jetstream::new(self.server.client().await)
     }

@@ -132,19 +132,7 @@ async fn the_projectors_dead_letter_each_bad_event_and_go_on() {
     let client = stack.server.client().await;
     let js = jetstream::new(client.clone());
     let (stop, _projector) = stack.spawn_projector(client.clone());
-    let config = velocity_projector::Config {
-        connect: stack.server.connect_args(),
-        header_prefix: "myorg".into(),
-        batch: 5000,
-        tick_s: 60.0,
-    };
-    let velocity_stop = stop.clone();
-    tokio::spawn(async move {
-        let clock = std::sync::Arc::new(stockwire::runtime::SystemClock);
-        if let Err(e) = velocity_projector::run(client, &config, clock, velocity_stop).await {
-            panic!("velocity-projector failed: {e:#}");
-        }
-    });
+    stack.spawn_velocity_projector(client, 60.0, stop.clone());
     let publish = |out: Outbound| {
         let js = js.clone();
         async move {

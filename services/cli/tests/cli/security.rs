@@ -81,17 +81,11 @@ async fn start_services(stack: &Stack) -> CancellationToken {
         }
     });
 
-    let mut velocity = args("velocity-projector");
-    velocity.extend(["--tick-s".to_string(), "1".to_string()]);
-    let config = <velocity_projector::Config as clap::Parser>::parse_from(velocity);
-    let client = client_as(server, "velocity-projector").await;
-    let token = stop.clone();
-    tokio::spawn(async move {
-        let clock = std::sync::Arc::new(stockwire::runtime::SystemClock);
-        if let Err(e) = velocity_projector::run(client, &config, clock, token).await {
-            panic!("velocity-projector failed: {e:#}");
-        }
-    });
+    stack.spawn_velocity_projector(
+        client_as(server, "velocity-projector").await,
+        1.0,
+        stop.clone(),
+    );
 
     let config = <velocity_watcher::Config as clap::Parser>::parse_from(args("velocity-watcher"));
     let client = client_as(server, "velocity-watcher").await;

@@ -272,19 +272,7 @@ async fn velocity_lists_the_fastest_first_and_stock_shows_days_of_cover() {
     let stack = Stack::start();
     let client = stack.server.client().await;
     let (stop, _projector) = stack.spawn_projector(client.clone());
-    let config = velocity_projector::Config {
-        connect: stack.server.connect_args(),
-        header_prefix: "myorg".into(),
-        batch: 5000,
-        tick_s: 1.0,
-    };
-    let velocity_stop = stop.clone();
-    tokio::spawn(async move {
-        let clock = std::sync::Arc::new(stockwire::runtime::SystemClock);
-        if let Err(e) = velocity_projector::run(client, &config, clock, velocity_stop).await {
-            panic!("velocity-projector failed: {e:#}");
-        }
-    });
+    stack.spawn_velocity_projector(client, 1.0, stop.clone());
     let now = chrono::Utc::now().timestamp_millis();
     let ago = |hours: i64| (now - hours * 3_600_000).to_string();
     let mut file = String::new();
