@@ -173,15 +173,15 @@ def generate(rng, seed, events, products, publishers):
     return out, final
 
 
-def publisher(stack, lines, chunk, pace_s, stats, failures):
+def publisher(stack, lines, chunk, pace_s, deadline, stats, failures):
     for start in range(0, len(lines), chunk):
         body = "\n".join(lines[start:start + chunk]) + "\n"
         while True:
             out = stack.cli("cli", "publish", "--file", "-", stdin=body)
             if out.returncode == 0:
                 break
-            if out.returncode != 1:
-                failures.append("publish refused a valid file (exit %d): %s"
+            if out.returncode != 1 or time.time() > deadline:
+                failures.append("publish failed on a valid file (exit %d): %s"
                                 % (out.returncode, out.stderr.strip()))
                 return
             stats["publish retries"] += 1
@@ -228,7 +228,8 @@ def main():
         chunk = 200
         chunks = max(1, max(len(f) for f in files) // chunk)
         pace = args.duration_s / chunks
-        threads = [threading.Thread(target=publisher, args=(stack, f, chunk, pace, stats, failures))
+        threads = [threading.Thread(target=publisher, daemon=True,
+                                    args=(stack, f, chunk, pace, deadline, stats, failures))
                    for f in files]
         t0 = time.time()
         for t in threads:
@@ -275,6 +276,12 @@ def main():
             failures.append("publishers did not finish by the deadline")
             return report(stack, args, stats, failures, started, published_s, None)
 
+        # Every service is still up: one that stopped by itself (refused, crashed) is a failure.
+        with stack.lock:
+            exited = {n: p.returncode for n, p in stack.services.items() if p.poll() is not None}
+        for name, code in sorted(exited.items()):
+            failures.append("%s exited by itself (code %s)" % (name, code))
+
         # Catch up: both projectors at the end of the log.
         status = None
         while time.time() < deadline:
@@ -312,7 +319,9 @@ def main():
             if not problems:
                 break
             time.sleep(1)
-        if problems:
+        if problems is None:
+            failures.append("no time left before the deadline to check the alerts")
+        elif problems:
             failures.extend(problems[:10])
         stats["low-stock alerts"] = alerts
         return report(stack, args, stats, failures, started, published_s, caught_up_s)
