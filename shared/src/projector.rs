@@ -350,15 +350,21 @@ async fn apply_chunk<P: Projection>(
     let bucket = projection.bucket();
     let mut pending = Pending::default();
     let mut last_seq = 0;
-    let events = chunk.len();
-    let oldest_ms = chunk
-        .iter()
-        .filter_map(|item| item.as_ref().ok().map(|i| i.stored_ms))
-        .min();
-    if let Some(oldest_ms) = oldest_ms {
-        // How long the oldest event of the batch waited in the log before we took it up.
-        let waited_ms = chrono::Utc::now().timestamp_millis() - oldest_ms;
-        tracing::debug!(view = bucket, events, waited_ms, "applying a batch");
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let oldest_ms = chunk
+            .iter()
+            .filter_map(|item| item.as_ref().ok().map(|i| i.stored_ms))
+            .min();
+        if let Some(oldest_ms) = oldest_ms {
+            // How long the oldest event of the batch waited in the log before we took it up.
+            let waited_ms = chrono::Utc::now().timestamp_millis() - oldest_ms;
+            tracing::debug!(
+                view = bucket,
+                events = chunk.len(),
+                waited_ms,
+                "applying a batch"
+            );
+        }
     }
     for item in chunk {
         let msg = item.map_err(|message| ViewError::Nats {

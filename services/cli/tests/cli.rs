@@ -130,12 +130,8 @@ impl Stack {
         tokio::task::JoinHandle<()>,
     ) {
         let token = tokio_util::sync::CancellationToken::new();
-        let connect = match self.user {
-            Some(_) => security::connect_as(&self.server, "stock-projector"),
-            None => self.server.connect_args(),
-        };
         let config = stock_projector::Config {
-            connect,
+            connect: self.service_connect("stock-projector"),
             header_prefix: "myorg".into(),
             batch: 1000,
         };
@@ -148,6 +144,14 @@ impl Stack {
         (token, handle)
     }
 
+    /// How a service connects: as its own user on a secured stack, else plainly.
+    fn service_connect(&self, service: &str) -> stockwire::connect::ConnectArgs {
+        match self.user {
+            Some(_) => security::connect_as(&self.server, service),
+            None => self.server.connect_args(),
+        }
+    }
+
     /// velocity-projector's `run`, in this process, on the system clock, ticking every
     /// `tick_s`, until `stop` is cancelled; as the `velocity-projector` user on a secured stack.
     fn spawn_velocity_projector(
@@ -156,12 +160,8 @@ impl Stack {
         tick_s: f64,
         stop: tokio_util::sync::CancellationToken,
     ) {
-        let connect = match self.user {
-            Some(_) => security::connect_as(&self.server, "velocity-projector"),
-            None => self.server.connect_args(),
-        };
         let config = velocity_projector::Config {
-            connect,
+            connect: self.service_connect("velocity-projector"),
             header_prefix: "myorg".into(),
             batch: 5000,
             tick_s,

@@ -155,15 +155,10 @@ pub(super) async fn round_trips(
             .context("round trip: atomic batch of one")?;
         atomic.push(started.elapsed().as_secs_f64() * 1000.0);
     }
+    single.sort_by(f64::total_cmp);
+    atomic.sort_by(f64::total_cmp);
     Ok(RoundTrip {
-        single_publish_p50_ms: median(single),
-        atomic_batch_of_one_p50_ms: median(atomic),
+        single_publish_p50_ms: super::latency::quantile(&single, 0.5),
+        atomic_batch_of_one_p50_ms: super::latency::quantile(&atomic, 0.5),
     })
-}
-
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples
-        .get(samples.len() / 2)
-        .map_or(0.0, |m| (m * 100.0).round() / 100.0)
 }

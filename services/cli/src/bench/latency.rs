@@ -48,7 +48,7 @@ pub(super) struct Stage {
 }
 
 /// The value at quantile `q` of sorted `samples`, to 0.01 ms.
-fn quantile(samples: &[f64], q: f64) -> f64 {
+pub(super) fn quantile(samples: &[f64], q: f64) -> f64 {
     if samples.is_empty() {
         return 0.0;
     }
