@@ -210,7 +210,7 @@ async fn rebuild<P: Projection>(
             keys: changes.len() as u64,
         })
         .await;
-    // Each commit is atomic; the checkpoint moves only with the last one, so a crash in
+    // The checkpoint moves only with the last commit, so a crash in
     // between leaves a view that the projector completes from its old checkpoint.
     let old_checkpoint = store.checkpoint().await.map_err(|e| e.to_string())?;
     let mut chunks = changes.chunks(MAX_KEYS_PER_COMMIT).peekable();

@@ -1,14 +1,27 @@
-//! A view bucket as its owning projector sees it: values cached with their revisions,
-//! and every change committed as one atomic batch together with the `_checkpoint`.
+//! A view bucket as its owning projector sees it: every value in memory, and every change
+//! committed together with the `_checkpoint`.
 //!
-//! Each key is written with `Nats-Expected-Last-Subject-Sequence` set to the revision it
-//! was read at (0: must not exist), so a stale value refuses the whole commit instead of
-//! overwriting a newer one; the checkpoint is part of the same batch, so the view and its
-//! checkpoint never disagree, whatever crashes in between.
+//! Two ways to commit, each refused whole or in part the moment the bucket is not as this
+//! writer knows it (another writer, an operator's purge); the projector then reloads and
+//! redoes from the checkpoint:
+//! - Large commits (catching up) go as one atomic batch whose first message carries
+//!   `Nats-Expected-Last-Sequence`, the bucket stream's last sequence as we know it: stored
+//!   only if nothing at all was written since. One check per commit, not one per key.
+//! - Small commits (live, a few events at a time) go as single publishes, because
+//!   nats-server stages an atomic batch in a store of its own, which costs milliseconds a
+//!   live event should not wait. Each key carries its own revision
+//!   (`Nats-Expected-Last-Subject-Sequence`), so a stale value never overwrites a newer
+//!   one, and the checkpoint goes only once every key is stored. A crash in between leaves
+//!   keys ahead of the checkpoint, which is harmless: a key skips an event it already holds
+//!   (`last_seq`), and `verify` compares each key at its own `last_seq`.
+//!
+//! The checkpoint also carries its revision, so it never moves past an event that is not
+//! in every key it changes, and a purged bucket is noticed on the next commit.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv::{self, Operation};
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -28,22 +41,20 @@ pub struct Checkpoint {
 /// Keys besides the checkpoint one commit may hold.
 pub const MAX_KEYS_PER_COMMIT: usize = MAX_BATCH - 1;
 
+/// Keys a commit writes as single publishes rather than as an atomic batch, at most.
+/// Measured with `stockwire bench` (fsync before ack): an atomic batch costs about 5 ms
+/// whatever its size, a single publish about 0.3 ms.
+pub const SINGLE_PUBLISHES_UP_TO: usize = 8;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
-    /// Another writer changed a key (or the checkpoint) since it was read: reload, redo.
-    #[error("view {bucket}: a key changed since it was read (another writer?)")]
+    /// Something else changed the bucket since this writer read it: reload, redo.
+    #[error("view {bucket}: the bucket changed since it was read (another writer?)")]
     Conflict { bucket: String },
     #[error("view {bucket}: {message}")]
     Nats { bucket: String, message: String },
     #[error("view {bucket}: a commit holds at most {MAX_KEYS_PER_COMMIT} keys, not {keys}")]
     TooLarge { bucket: String, keys: usize },
-}
-
-#[derive(Debug, Clone)]
-struct Cached<V> {
-    value: Option<V>,
-    /// The stream sequence of the key's last message; 0 when the key never existed.
-    revision: u64,
 }
 
 /// A change to one key.
@@ -53,35 +64,51 @@ pub enum Change<V> {
     Delete,
 }
 
+/// One key as this writer knows it.
+struct Cached<V> {
+    /// `None`: deleted.
+    value: Option<V>,
+    /// The stream sequence of the key's last message.
+    revision: u64,
+}
+
+/// The whole bucket as this writer knows it.
+struct Loaded<V> {
+    keys: HashMap<String, Cached<V>>,
+    checkpoint: Checkpoint,
+    /// The checkpoint's revision (0: there is none yet).
+    checkpoint_revision: u64,
+    /// The bucket stream's last sequence: every message up to it is reflected above.
+    last_sequence: u64,
+}
+
 /// A view bucket owned by this process.
 pub struct ViewStore<V> {
     client: async_nats::Client,
+    js: async_nats::jetstream::Context,
     kv: kv::Store,
     bucket: String,
     timeout: Duration,
-    cache: HashMap<String, Cached<V>>,
-    /// True when the cache holds every key of the bucket: a miss is then a key that does
-    /// not exist, with no round trip to find out.
-    complete: bool,
-    checkpoint: Option<Cached<Checkpoint>>,
+    loaded: Option<Loaded<V>>,
 }
 
 impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
+    /// Opens the bucket; `timeout` is the time allowed for a commit's PubAcks.
     pub async fn open(
         client: async_nats::Client,
         bucket: &str,
         timeout: Duration,
     ) -> Result<Self, ViewError> {
-        let js = async_nats::jetstream::new(client.clone());
+        let mut js = async_nats::jetstream::new(client.clone());
+        js.set_timeout(timeout);
         let kv = open_bucket(&js, bucket).await?;
         Ok(Self {
             client,
+            js,
             kv,
             bucket: bucket.to_string(),
             timeout,
-            cache: HashMap::new(),
-            complete: false,
-            checkpoint: None,
+            loaded: None,
         })
     }
 
@@ -89,23 +116,22 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         &self.bucket
     }
 
-    /// Forgets every cached value; the next reads go to the bucket.
+    /// Forgets what it holds; the next read loads the whole bucket again.
     pub fn invalidate(&mut self) {
-        self.cache.clear();
-        self.complete = false;
-        self.checkpoint = None;
+        self.loaded = None;
     }
 
-    /// Every cached key that holds a value (all of them after [`load_all`](Self::load_all)).
+    /// Every key that holds a value (none before [`load_all`](Self::load_all)).
     pub fn cached(&self) -> impl Iterator<Item = (&String, &V)> {
-        self.cache
+        self.loaded
             .iter()
+            .flat_map(|l| l.keys.iter())
             .filter_map(|(k, c)| c.value.as_ref().map(|v| (k, v)))
     }
 
-    /// True when every key of the bucket is cached (after [`load_all`](Self::load_all)).
+    /// True when the bucket is loaded (after [`load_all`](Self::load_all)).
     pub fn is_complete(&self) -> bool {
-        self.complete
+        self.loaded.is_some()
     }
 
     fn nats_error(&self, what: &str, e: impl std::fmt::Display) -> ViewError {
@@ -115,62 +141,35 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         }
     }
 
-    async fn load<T: DeserializeOwned>(&self, key: &str) -> Result<Cached<T>, ViewError> {
-        let entry = self
-            .kv
-            .entry(key)
-            .await
-            .map_err(|e| self.nats_error(&format!("reading key {key}"), e))?;
-        Ok(match entry {
-            None => Cached {
-                value: None,
-                revision: 0,
-            },
-            Some(entry) if entry.operation != Operation::Put => Cached {
-                value: None,
-                revision: entry.revision,
-            },
-            Some(entry) => Cached {
-                value: match serde_json::from_slice(&entry.value) {
-                    Ok(v) => Some(v),
-                    Err(e) => {
-                        tracing::error!(bucket = %self.bucket, key, error = %e,
-                            "unreadable view value; treating it as absent (run `stockwire rebuild`)");
-                        None
-                    }
-                },
-                revision: entry.revision,
-            },
-        })
+    async fn loaded(&mut self) -> Result<&mut Loaded<V>, ViewError> {
+        if self.loaded.is_none() {
+            self.load_all().await?;
+        }
+        match self.loaded.as_mut() {
+            Some(loaded) => Ok(loaded),
+            None => Err(ViewError::Nats {
+                bucket: self.bucket.clone(),
+                message: "the bucket is not loaded".into(),
+            }),
+        }
     }
 
     /// The view's checkpoint: every event up to it is applied.
     pub async fn checkpoint(&mut self) -> Result<u64, ViewError> {
-        if let Some(c) = &self.checkpoint {
-            return Ok(c.value.map_or(0, |c| c.last_seq));
-        }
-        let loaded: Cached<Checkpoint> = self.load(subjects::CHECKPOINT_KEY).await?;
-        let last_seq = loaded.value.map_or(0, |c| c.last_seq);
-        self.checkpoint = Some(loaded);
-        Ok(last_seq)
+        Ok(self.loaded().await?.checkpoint.last_seq)
     }
 
     /// The current value of a key.
     pub async fn get(&mut self, key: &str) -> Result<Option<V>, ViewError> {
-        if let Some(c) = self.cache.get(key) {
-            return Ok(c.value.clone());
-        }
-        if self.complete {
-            return Ok(None);
-        }
-        let loaded: Cached<V> = self.load(key).await?;
-        let value = loaded.value.clone();
-        self.cache.insert(key.to_string(), loaded);
-        Ok(value)
+        Ok(self
+            .loaded()
+            .await?
+            .keys
+            .get(key)
+            .and_then(|c| c.value.clone()))
     }
 
-    /// Commits `changes` and the new checkpoint as one atomic batch.
-    /// Every changed key must have been read with [`get`](Self::get) first.
+    /// Commits `changes` and the new checkpoint, if the bucket is still as last read.
     pub async fn commit(
         &mut self,
         changes: Vec<(String, Change<V>)>,
@@ -182,10 +181,15 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
                 keys: changes.len(),
             });
         }
-        self.checkpoint().await?;
+        let loaded = self.loaded().await?;
+        let (last_sequence, checkpoint_revision) =
+            (loaded.last_sequence, loaded.checkpoint_revision);
+        let revisions: Vec<u64> = changes
+            .iter()
+            .map(|(key, _)| loaded.keys.get(key).map_or(0, |c| c.revision))
+            .collect();
         let mut messages = Vec::with_capacity(changes.len() + 1);
         for (key, change) in &changes {
-            let revision = self.cache.get(key).map_or(0, |c| c.revision);
             let payload = match change {
                 Change::Put(v) => Some(
                     serde_json::to_vec(v)
@@ -193,104 +197,193 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
                 ),
                 Change::Delete => None,
             };
-            messages.push(kv_message(&self.bucket, key, payload, revision));
+            messages.push(kv_message(&self.bucket, key, payload));
         }
-        let cp_revision = self.checkpoint.as_ref().map_or(0, |c| c.revision);
         let cp = Checkpoint {
             last_seq: checkpoint,
         };
-        let cp_payload = serde_json::to_vec(&cp).unwrap_or_default();
-        messages.push(kv_message(
-            &self.bucket,
-            subjects::CHECKPOINT_KEY,
-            Some(cp_payload),
-            cp_revision,
-        ));
+        let cp_payload =
+            serde_json::to_vec(&cp).map_err(|e| self.nats_error("encoding the checkpoint", e))?;
+        let mut cp_message = kv_message(&self.bucket, subjects::CHECKPOINT_KEY, Some(cp_payload));
+        cp_message.headers.insert(
+            subjects::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            checkpoint_revision.to_string().as_str(),
+        );
+        messages.push(cp_message);
 
         let started = std::time::Instant::now();
-        match batch::publish_atomic(&self.client, &messages, self.timeout).await {
-            Ok(ack) => {
-                tracing::debug!(
-                    bucket = %self.bucket,
-                    keys = changes.len(),
-                    checkpoint,
-                    ms = started.elapsed().as_secs_f64() * 1000.0,
-                    "committed"
-                );
-                let first = ack.first_sequence();
-                for (i, (key, change)) in changes.into_iter().enumerate() {
-                    let value = match change {
-                        Change::Put(v) => Some(v),
-                        Change::Delete => None,
-                    };
-                    self.cache.insert(
-                        key,
-                        Cached {
-                            value,
-                            revision: first + i as u64,
-                        },
-                    );
-                }
-                self.checkpoint = Some(Cached {
-                    value: Some(cp),
-                    revision: ack.sequence,
-                });
-                Ok(())
-            }
+        let single = changes.len() <= SINGLE_PUBLISHES_UP_TO;
+        let stored = if single {
+            self.publish_one_by_one(messages, &revisions).await
+        } else {
+            self.publish_atomic(&messages, last_sequence).await
+        };
+        let sequences = match stored {
+            Ok(sequences) => sequences,
             Err(e) => {
                 // Whatever happened, what we hold may be stale now.
                 self.invalidate();
-                match e {
-                    BatchError::Refused { err_code: code, .. }
-                        if code == err_code::WRONG_LAST_SEQUENCE =>
-                    {
-                        Err(ViewError::Conflict {
-                            bucket: self.bucket.clone(),
-                        })
-                    }
-                    other => Err(self.nats_error("committing", other)),
-                }
+                return Err(e);
             }
-        }
-    }
-
-    /// Reads every key of the bucket (checkpoint included) into the cache; returns the
-    /// keys that hold a value, with it, the checkpoint left out.
-    pub async fn load_all(&mut self) -> Result<Vec<(String, V)>, ViewError> {
-        let js = async_nats::jetstream::new(self.client.clone());
-        let entries = snapshot_entries(&js, &self.kv, &self.bucket).await?;
-        let mut values = Vec::new();
-        self.invalidate();
-        for entry in entries {
-            if entry.key == subjects::CHECKPOINT_KEY {
-                self.checkpoint = Some(Cached {
-                    value: entry
-                        .value
-                        .as_deref()
-                        .and_then(|b| serde_json::from_slice(b).ok()),
-                    revision: entry.revision,
-                });
-                continue;
-            }
-            let value: Option<V> = entry.value.as_deref().and_then(|b| match serde_json::from_slice(b) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    tracing::error!(bucket = %self.bucket, key = %entry.key, error = %e, "unreadable view value");
-                    None
-                }
-            });
-            if let Some(v) = &value {
-                values.push((entry.key.clone(), v.clone()));
-            }
-            self.cache.insert(
-                entry.key,
+        };
+        tracing::debug!(
+            bucket = %self.bucket,
+            keys = changes.len(),
+            checkpoint,
+            single,
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "committed"
+        );
+        let loaded = self.loaded().await?;
+        for ((key, change), revision) in changes.into_iter().zip(&sequences) {
+            let value = match change {
+                Change::Put(v) => Some(v),
+                Change::Delete => None,
+            };
+            loaded.keys.insert(
+                key,
                 Cached {
                     value,
-                    revision: entry.revision,
+                    revision: *revision,
                 },
             );
         }
-        self.complete = true;
+        let last = sequences.last().copied().unwrap_or(last_sequence);
+        loaded.checkpoint = cp;
+        loaded.checkpoint_revision = last;
+        loaded.last_sequence = loaded.last_sequence.max(last);
+        Ok(())
+    }
+
+    /// Stores `messages` as one atomic batch, the first expecting the stream's last
+    /// sequence to be `expected`; returns the sequence each was stored at.
+    async fn publish_atomic(
+        &self,
+        messages: &[Outbound],
+        expected: u64,
+    ) -> Result<Vec<u64>, ViewError> {
+        let stored = async {
+            batch::send_atomic(&self.client, messages, Some(expected), self.timeout)
+                .await?
+                .ack()
+                .await
+        }
+        .await;
+        match stored {
+            Ok(ack) if ack.first_sequence() == expected + 1 => {
+                Ok((ack.first_sequence()..=ack.sequence).collect())
+            }
+            Ok(ack) => Err(self.nats_error(
+                "committing",
+                format!(
+                    "stored after sequence {}, expected {expected}",
+                    ack.first_sequence() - 1
+                ),
+            )),
+            Err(BatchError::Refused { err_code, .. })
+                if err_code == err_code::WRONG_LAST_SEQUENCE =>
+            {
+                Err(self.conflict())
+            }
+            Err(other) => Err(self.nats_error("committing", other)),
+        }
+    }
+
+    /// Stores `messages` as single publishes, the keys each expecting its own revision
+    /// and the last (the checkpoint) only once all the others are stored; returns the
+    /// sequence each was stored at.
+    async fn publish_one_by_one(
+        &self,
+        mut messages: Vec<Outbound>,
+        revisions: &[u64],
+    ) -> Result<Vec<u64>, ViewError> {
+        let Some(checkpoint) = messages.pop() else {
+            return Ok(Vec::new());
+        };
+        let mut acks = Vec::with_capacity(messages.len());
+        for (mut msg, revision) in messages.into_iter().zip(revisions) {
+            msg.headers.insert(
+                subjects::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                revision.to_string().as_str(),
+            );
+            acks.push(self.send(msg).await?);
+        }
+        let mut sequences = Vec::with_capacity(acks.len() + 1);
+        for ack in acks {
+            sequences.push(self.acked(ack).await?);
+        }
+        let ack = self.send(checkpoint).await?;
+        sequences.push(self.acked(ack).await?);
+        Ok(sequences)
+    }
+
+    async fn send(
+        &self,
+        msg: Outbound,
+    ) -> Result<async_nats::jetstream::context::PublishAckFuture, ViewError> {
+        self.js
+            .publish_with_headers(msg.subject.clone(), msg.headers, msg.payload)
+            .await
+            .map_err(|e| self.nats_error(&format!("committing {}", msg.subject), e))
+    }
+
+    async fn acked(
+        &self,
+        ack: async_nats::jetstream::context::PublishAckFuture,
+    ) -> Result<u64, ViewError> {
+        match ack.await {
+            Ok(ack) => Ok(ack.sequence),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(self.conflict()),
+            Err(e) => Err(self.nats_error("committing", e)),
+        }
+    }
+
+    fn conflict(&self) -> ViewError {
+        ViewError::Conflict {
+            bucket: self.bucket.clone(),
+        }
+    }
+
+    /// Reads every key of the bucket (checkpoint included); returns the keys that hold a
+    /// value, with it, the checkpoint left out.
+    pub async fn load_all(&mut self) -> Result<Vec<(String, V)>, ViewError> {
+        self.loaded = None;
+        let (entries, last_sequence) = snapshot_entries(&self.js, &self.kv, &self.bucket).await?;
+        let mut loaded: Loaded<V> = Loaded {
+            keys: HashMap::with_capacity(entries.len()),
+            checkpoint: Checkpoint::default(),
+            checkpoint_revision: 0,
+            last_sequence,
+        };
+        for entry in entries {
+            if entry.key == subjects::CHECKPOINT_KEY {
+                loaded.checkpoint_revision = entry.revision;
+                loaded.checkpoint = entry
+                    .value
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or_default();
+                continue;
+            }
+            let value = entry
+                .value
+                .and_then(|bytes| match serde_json::from_slice(&bytes) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        tracing::error!(bucket = %self.bucket, key = %entry.key, error = %e,
+                        "unreadable view value; treating it as absent (run `stockwire rebuild`)");
+                        None
+                    }
+                });
+            let revision = entry.revision;
+            loaded.keys.insert(entry.key, Cached { value, revision });
+        }
+        let values = loaded
+            .keys
+            .iter()
+            .filter_map(|(k, c)| c.value.as_ref().map(|v| (k.clone(), v.clone())))
+            .collect();
+        self.loaded = Some(loaded);
         Ok(values)
     }
 }
@@ -308,7 +401,7 @@ async fn snapshot_entries(
     js: &async_nats::jetstream::Context,
     kv: &kv::Store,
     bucket: &str,
-) -> Result<Vec<RawEntry>, ViewError> {
+) -> Result<(Vec<RawEntry>, u64), ViewError> {
     use futures::StreamExt;
     let fail = |e: &dyn std::fmt::Display| ViewError::Nats {
         bucket: bucket.to_string(),
@@ -318,15 +411,18 @@ async fn snapshot_entries(
         .get_stream(subjects::kv_stream(bucket))
         .await
         .map_err(|e| fail(&e))?;
-    let held = stream.info().await.map_err(|e| fail(&e))?.state.messages;
-    let mut out = Vec::with_capacity(held as usize);
-    if held == 0 {
-        return Ok(out);
+    let state = stream.info().await.map_err(|e| fail(&e))?.state.clone();
+    // Taken before the watch: anything stored after it shows in the watch, and raises it.
+    let mut last_sequence = state.last_sequence;
+    let mut out = Vec::with_capacity(state.messages as usize);
+    if state.messages == 0 {
+        return Ok((out, last_sequence));
     }
     let mut watch = kv.watch_with_history(">").await.map_err(|e| fail(&e))?;
     while let Some(entry) = watch.next().await {
         let entry = entry.map_err(|e| fail(&e))?;
         let done = entry.delta == 0;
+        last_sequence = last_sequence.max(entry.revision);
         out.push(RawEntry {
             key: entry.key,
             value: (entry.operation == Operation::Put).then_some(entry.value),
@@ -336,7 +432,7 @@ async fn snapshot_entries(
             break;
         }
     }
-    Ok(out)
+    Ok((out, last_sequence))
 }
 
 /// Opens a view bucket, saying what to do when it is not there.
@@ -358,7 +454,7 @@ pub async fn snapshot<V: DeserializeOwned>(
 ) -> Result<Vec<(String, V)>, ViewError> {
     let kv = open_bucket(js, bucket).await?;
     let mut out = Vec::new();
-    for entry in snapshot_entries(js, &kv, bucket).await? {
+    for entry in snapshot_entries(js, &kv, bucket).await?.0 {
         let Some(bytes) = entry.value else { continue };
         if entry.key.starts_with('_') {
             continue;
@@ -380,13 +476,9 @@ pub async fn read_checkpoint(kv: &kv::Store) -> Result<u64, async_nats::Error> {
     })
 }
 
-/// One KV write (or delete) as a raw message with its expected revision.
-fn kv_message(bucket: &str, key: &str, payload: Option<Vec<u8>>, revision: u64) -> Outbound {
+/// One KV write (or delete) as a raw message.
+fn kv_message(bucket: &str, key: &str, payload: Option<Vec<u8>>) -> Outbound {
     let mut headers = HeaderMap::new();
-    headers.insert(
-        subjects::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-        revision.to_string().as_str(),
-    );
     let payload = match payload {
         Some(p) => Bytes::from(p),
         None => {

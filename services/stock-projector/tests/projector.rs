@@ -284,6 +284,35 @@ async fn redelivering_everything_changes_nothing() {
     assert_view_matches_replay(&s).await;
 }
 
+#[tokio::test]
+async fn a_view_purged_behind_its_back_is_rebuilt_not_patched() {
+    let s = setup().await;
+    let (stop, handle) = spawn_projector(&s);
+    publish_in_batches(&s.client, &mixed_events(2000, 40), 500).await;
+    wait_caught_up(&s).await;
+
+    // An operator empties the bucket's stream; its last sequence stays where it was.
+    let mut kv_stream =
+        s.js.get_stream(subjects::kv_stream(subjects::STOCK_BUCKET))
+            .await
+            .unwrap();
+    kv_stream.purge().await.unwrap();
+    assert_eq!(kv_stream.info().await.unwrap().state.messages, 0);
+
+    // Live events, a few at a time: the projector's next commit must notice, reload
+    // (checkpoint 0) and replay the whole log, not write 1 key on an empty bucket.
+    for (i, event) in mixed_events(5, 40).iter().enumerate() {
+        publish(&s.js, event).await;
+        if i == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    wait_caught_up(&s).await;
+    stop.cancel();
+    handle.await.unwrap();
+    assert_view_matches_replay(&s).await;
+}
+
 fn start_process(server: &NatsServer) -> Child {
     Command::new(env!("CARGO_BIN_EXE_stock-projector"))
         .env("NATS_URL", server.url())
@@ -438,6 +467,10 @@ async fn two_projectors_at_once_build_the_same_view() {
     let events = mixed_events(6000, 60);
     for part in events.chunks(600) {
         publish_in_batches(&s.client, part, 300).await;
+    }
+    // And live, one event at a time: both commit a few keys at once, as single publishes.
+    for event in mixed_events(300, 60) {
+        publish(&s.js, &event).await;
     }
     wait_caught_up(&s).await;
     stop_a.cancel();
