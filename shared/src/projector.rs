@@ -1,14 +1,15 @@
 //! The projector loop every view shares: read the log in order from the view's
-//! checkpoint, fold a batch of events per key in memory, commit the touched keys and the
-//! new checkpoint as one atomic batch, and go on.
+//! checkpoint, fold a batch of events per key in memory, commit the touched keys and then
+//! the new checkpoint, and go on.
 //!
 //! Why it is exactly right:
 //! - An ordered consumer delivers every event after the checkpoint, in stream order, with
 //!   no gap and no redelivery out of order (on a gap the client recreates it).
 //! - A key skips an event whose sequence is not above its `last_seq`, so an event read
 //!   twice (after a crash, a conflict, or by a second instance) counts once.
-//! - A commit carries each key's expected revision and the checkpoint's: a second writer
-//!   makes it fail whole, and this projector then reloads and redoes from the checkpoint.
+//! - A commit expects the bucket to be as this projector last left it (see `view`): a
+//!   second writer makes it fail, and this projector then reloads and redoes from the
+//!   checkpoint. The checkpoint is stored only after every key it covers.
 //! - An event that cannot be decoded is copied to `DEADLETTER` (once: one subject per
 //!   event, expected to be empty) before the checkpoint moves past it.
 //!
@@ -66,6 +67,10 @@ pub struct Config {
     pub max_batch: usize,
     /// Time allowed for a commit's PubAck.
     pub commit_timeout: Duration,
+    /// How long a live batch waits for more events before it commits (zero: commits what
+    /// it has at once). A view that nobody waits on can trade freshness for fewer,
+    /// larger commits: each small commit costs the server one fsync per key.
+    pub live_linger: Duration,
 }
 
 impl Default for Config {
@@ -74,6 +79,7 @@ impl Default for Config {
             envelope: Envelope::default(),
             max_batch: 5000,
             commit_timeout: Duration::from_secs(10),
+            live_linger: Duration::ZERO,
         }
     }
 }
@@ -155,7 +161,7 @@ pub async fn run<P: Projection>(
                         tracing::warn!(view = bucket, "the log reader ended; reopening");
                         continue 'restart;
                     };
-                    let chunk = fill_batch(first, &mut incoming, config.max_batch).await;
+                    let chunk = fill_batch(first, &mut incoming, config.max_batch, config.live_linger).await;
                     match apply_chunk(&js, &projection, &mut store, chunk).await {
                         Ok(()) => backoff.reset(),
                         Err(e) => {
@@ -216,12 +222,15 @@ async fn tick_all<P: Projection>(
 
 /// Takes what has arrived, and while the log says many more events are waiting (the
 /// projector is catching up), waits for them too, up to `max` events: a larger batch
-/// touches the same keys fewer times. When it is live, it commits at once.
+/// touches the same keys fewer times. When it is live, it commits at once, or after
+/// `live_linger`.
 async fn fill_batch(
     first: Result<Incoming, String>,
     incoming: &mut tokio::sync::mpsc::Receiver<Result<Incoming, String>>,
     max: usize,
+    live_linger: Duration,
 ) -> Vec<Result<Incoming, String>> {
+    let live_until = tokio::time::Instant::now() + live_linger;
     let mut more = matches!(&first, Ok(i) if i.pending >= CATCHING_UP);
     let mut chunk = vec![first];
     while chunk.len() < max {
@@ -231,6 +240,12 @@ async fn fill_batch(
                 Ok(Some(next)) => next,
                 _ => break,
             },
+            Err(_) if !live_linger.is_zero() => {
+                match tokio::time::timeout_at(live_until, incoming.recv()).await {
+                    Ok(Some(next)) => next,
+                    _ => break,
+                }
+            }
             Err(_) => break,
         };
         more = matches!(&next, Ok(i) if i.pending >= CATCHING_UP);

@@ -165,6 +165,7 @@ impl Stack {
             header_prefix: "myorg".into(),
             batch: 5000,
             tick_s,
+            linger_ms: 100,
         };
         tokio::spawn(async move {
             let clock = std::sync::Arc::new(stockwire::runtime::SystemClock);

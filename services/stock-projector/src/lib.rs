@@ -3,7 +3,7 @@
 //! Turns the event log into the `stock` view: one key per product and warehouse
 //! (`{warehouse}.{sku}`) with units per location, `on_hand`, and the sequence and time of
 //! the last event applied. The loop itself (ordered reading from the checkpoint, per-key
-//! folding, atomic commits, dead letters, rebuilds) is `stockwire::projector`; this crate
+//! folding, checked commits, dead letters, rebuilds) is `stockwire::projector`; this crate
 //! says what the view is ([`StockProjection`]) and how the service is configured.
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
@@ -92,6 +92,8 @@ pub async fn run(
         envelope: Envelope::new(&config.header_prefix),
         max_batch: config.batch as usize,
         commit_timeout: config.connect.request_timeout().max(Duration::from_secs(5)),
+        // Low-stock alerts wait on this view: commit live events at once.
+        live_linger: Duration::ZERO,
     };
     projector::run(client, StockProjection::default(), settings, shutdown).await?;
     Ok(())

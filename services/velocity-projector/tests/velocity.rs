@@ -51,6 +51,7 @@ fn spawn(s: &Setup) -> (CancellationToken, tokio::task::JoinHandle<()>) {
         header_prefix: "myorg".into(),
         batch: 5000,
         tick_s: 0.05,
+        linger_ms: 100,
     };
     let token = CancellationToken::new();
     let (client, clock, t) = (s.client.clone(), s.clock.clone(), token.clone());

@@ -43,6 +43,7 @@ impl Stack {
             header_prefix: "myorg".into(),
             batch: 5000,
             tick_s: 0.2,
+            linger_ms: 100,
         };
         let (c, t) = (client.clone(), stop.clone());
         tokio::spawn(async move {

@@ -165,8 +165,14 @@ pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
     )
     .await?;
     eprintln!(
-        "bench: alert latency p50 {} ms, p99 {} ms ({} samples)",
-        alert_latency.p50, alert_latency.p99, alert_latency.samples
+        "bench: alert latency p50 {} ms, p99 {} ms ({} samples); event -> view p50 {} ms, p99 {} ms; view -> alert p50 {} ms, p99 {} ms",
+        alert_latency.p50,
+        alert_latency.p99,
+        alert_latency.samples,
+        alert_latency.to_view.p50,
+        alert_latency.to_view.p99,
+        alert_latency.view_to_alert.p50,
+        alert_latency.view_to_alert.p99,
     );
     eprintln!(
         "bench: {events} events over {} products per figure",
