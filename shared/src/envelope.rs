@@ -277,11 +277,15 @@ impl Envelope {
         }
         let event = Event::from_fields(kind, &fields)?;
 
-        let expected = subjects::event(event.warehouse(), event.sku(), kind);
-        if subject != expected {
+        let matches = subjects::split_event(subject).is_some_and(|(w, sku, token)| {
+            w == event.warehouse().as_str()
+                && sku == event.sku().as_str()
+                && token == kind.subject_token()
+        });
+        if !matches {
             return Err(DecodeError::SubjectMismatch {
                 subject: subject.to_string(),
-                expected,
+                expected: subjects::event(event.warehouse(), event.sku(), kind),
             });
         }
         Ok(Recorded {

@@ -268,10 +268,15 @@ struct Incoming {
     pending: u64,
     /// When the server stored it, ms since the epoch.
     stored_ms: i64,
+    decoded: Result<Recorded, Box<Poison>>,
+}
+
+/// An event that cannot be decoded, kept whole for its dead letter.
+struct Poison {
+    error: DecodeError,
     subject: String,
     headers: Option<async_nats::HeaderMap>,
     payload: bytes::Bytes,
-    decoded: Result<Recorded, DecodeError>,
 }
 
 /// Aborts the task when dropped (the reader of a loop that restarts).
@@ -310,13 +315,19 @@ fn spawn_reader(
                         &msg.payload,
                         stored_ms,
                     );
+                    // The raw message is kept only for a dead letter.
+                    let decoded = decoded.map_err(|error| {
+                        Box::new(Poison {
+                            error,
+                            subject: msg.subject.to_string(),
+                            headers: msg.headers.clone(),
+                            payload: msg.payload.clone(),
+                        })
+                    });
                     Ok(Incoming {
                         seq,
                         pending,
                         stored_ms,
-                        subject: msg.subject.to_string(),
-                        headers: msg.headers.clone(),
-                        payload: msg.payload.clone(),
                         decoded,
                     })
                 });
@@ -388,22 +399,20 @@ async fn apply_chunk<P: Projection>(
         })?;
         let seq = msg.seq;
         match &msg.decoded {
-            Err(error) => {
-                tracing::warn!(view = bucket, stream_seq = seq, subject = %msg.subject, %error, "dead-lettering an event");
-                deadletter::publish(
-                    js,
-                    bucket,
-                    seq,
-                    &msg.subject,
-                    msg.headers.as_ref(),
-                    &msg.payload,
+            Err(poison) => {
+                let Poison {
                     error,
-                )
-                .await
-                .map_err(|e| ViewError::Nats {
-                    bucket: bucket.to_string(),
-                    message: format!("dead-lettering event {seq}: {e}"),
-                })?;
+                    subject,
+                    headers,
+                    payload,
+                } = poison.as_ref();
+                tracing::warn!(view = bucket, stream_seq = seq, %subject, %error, "dead-lettering an event");
+                deadletter::publish(js, bucket, seq, subject, headers.as_ref(), payload, error)
+                    .await
+                    .map_err(|e| ViewError::Nats {
+                        bucket: bucket.to_string(),
+                        message: format!("dead-lettering event {seq}: {e}"),
+                    })?;
             }
             Ok(recorded) => {
                 let key = projection.key(&recorded.event);
