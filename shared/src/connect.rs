@@ -157,6 +157,19 @@ fn record_refusal(who: &str, reason: String) {
     });
 }
 
+/// How many times a connection of this process has (re)connected.
+fn connections() -> &'static watch::Sender<u64> {
+    static CONNECTIONS: OnceLock<watch::Sender<u64>> = OnceLock::new();
+    CONNECTIONS.get_or_init(|| watch::channel(0).0)
+}
+
+/// Changes each time a connection of this process connects again, e.g. after a server
+/// restart: a reader can then re-create its consumer at once instead of waiting to miss
+/// heartbeats.
+pub fn reconnects() -> watch::Receiver<u64> {
+    connections().subscribe()
+}
+
 /// The first refusal reported on a connection of this process, if any.
 pub fn refusal() -> Option<Refused> {
     refusals().borrow().clone()
@@ -291,7 +304,10 @@ fn on_event(who: &str, event: Event) {
         Event::ServerError(err) => tracing::error!(%err, "NATS server error"),
         Event::ClientError(err) => tracing::error!(%err, "NATS client error"),
         Event::Disconnected => tracing::warn!("disconnected from NATS"),
-        Event::Connected => tracing::info!("connected to NATS"),
+        Event::Connected => {
+            tracing::info!("connected to NATS");
+            connections().send_modify(|n| *n += 1);
+        }
         Event::SlowConsumer(sid) => tracing::warn!(sid, "slow consumer"),
         other => tracing::debug!(event = %other, "NATS connection event"),
     }

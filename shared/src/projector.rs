@@ -97,6 +97,7 @@ pub async fn run<P: Projection>(
     let mut store: ViewStore<P::View> =
         ViewStore::open(client.clone(), bucket, config.commit_timeout).await?;
     let mut rebuilds = rebuild::Listener::new(&client, bucket).await;
+    let mut reconnects = crate::connect::reconnects();
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     tracing::info!(view = bucket, "projector started");
 
@@ -149,6 +150,12 @@ pub async fn run<P: Projection>(
                         pause(&shutdown, backoff.next_delay()).await;
                         continue 'restart;
                     }
+                }
+                _ = reconnects.changed() => {
+                    // The server may have restarted: read on from the checkpoint with a
+                    // new consumer now, rather than once heartbeats are missed.
+                    tracing::info!(view = bucket, "reconnected; reopening the log");
+                    continue 'restart;
                 }
                 request = rebuilds.next() => {
                     if let Some(request) = request {
