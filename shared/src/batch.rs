@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use async_nats::Client;
+use async_nats::{Client, HeaderMap};
 use serde::Deserialize;
 
 use crate::envelope::Outbound;
@@ -92,7 +92,7 @@ enum Response {
 /// Publishes `messages` as one atomic batch and waits for its PubAck.
 pub async fn publish_atomic(
     client: &Client,
-    messages: &[Outbound],
+    messages: Vec<Outbound>,
     timeout: Duration,
 ) -> Result<BatchAck, BatchError> {
     send_atomic(client, messages, None, timeout)
@@ -114,18 +114,22 @@ pub struct SentBatch {
 /// message carries `Nats-Expected-Last-Sequence`: the batch is stored only if the
 /// stream's last message is that one (batches sent back to back then land in order
 /// and contiguous, or not at all).
+///
+/// The messages are taken, not borrowed: each one's headers gain the batch headers and
+/// go out as they are, without a copy.
 pub async fn send_atomic(
     client: &Client,
-    messages: &[Outbound],
+    mut messages: Vec<Outbound>,
     expected_last: Option<u64>,
     timeout: Duration,
 ) -> Result<SentBatch, BatchError> {
-    let Some((last, rest)) = messages.split_last() else {
+    let count = messages.len();
+    if count > MAX_BATCH {
+        return Err(BatchError::Size(count));
+    }
+    let Some(mut last) = messages.pop() else {
         return Err(BatchError::Size(0));
     };
-    if messages.len() > MAX_BATCH {
-        return Err(BatchError::Size(messages.len()));
-    }
     let request_error = |e: &dyn std::fmt::Display| BatchError::Request(e.to_string());
     let batch_id = uuid::Uuid::new_v4().simple().to_string();
     let inbox = client.new_inbox();
@@ -133,40 +137,33 @@ pub async fn send_atomic(
         .subscribe(inbox.clone())
         .await
         .map_err(|e| request_error(&e))?;
-    let with_batch_headers = |msg: &Outbound, seq: usize| {
-        let mut headers = msg.headers.clone();
+    let with_batch_headers = |headers: &mut HeaderMap, seq: usize| {
         headers.insert(subjects::NATS_BATCH_ID, batch_id.as_str());
         headers.insert(subjects::NATS_BATCH_SEQUENCE, seq.to_string().as_str());
-        if seq == 1 {
-            if let Some(expected) = expected_last {
-                headers.insert(
-                    subjects::NATS_EXPECTED_LAST_SEQUENCE,
-                    expected.to_string().as_str(),
-                );
-            }
+        if let (1, Some(expected)) = (seq, expected_last) {
+            headers.insert(
+                subjects::NATS_EXPECTED_LAST_SEQUENCE,
+                expected.to_string().as_str(),
+            );
         }
-        headers
     };
-    for (i, msg) in rest.iter().enumerate() {
+    for (i, mut msg) in messages.into_iter().enumerate() {
+        with_batch_headers(&mut msg.headers, i + 1);
         client
-            .publish_with_headers(
-                msg.subject.clone(),
-                with_batch_headers(msg, i + 1),
-                msg.payload.clone(),
-            )
+            .publish_with_headers(msg.subject, msg.headers, msg.payload)
             .await
             .map_err(|e| request_error(&e))?;
     }
-    let mut headers = with_batch_headers(last, messages.len());
-    headers.insert(subjects::NATS_BATCH_COMMIT, "1");
+    with_batch_headers(&mut last.headers, count);
+    last.headers.insert(subjects::NATS_BATCH_COMMIT, "1");
     client
-        .publish_with_reply_and_headers(last.subject.clone(), inbox, headers, last.payload.clone())
+        .publish_with_reply_and_headers(last.subject, inbox, last.headers, last.payload)
         .await
         .map_err(|e| request_error(&e))?;
     Ok(SentBatch {
         replies,
         batch_id,
-        count: messages.len(),
+        count,
         timeout,
     })
 }

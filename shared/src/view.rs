@@ -218,7 +218,7 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         let stored = if single {
             self.publish_one_by_one(messages, &revisions).await
         } else {
-            self.publish_atomic(&messages, last_sequence).await
+            self.publish_atomic(messages, last_sequence).await
         };
         let sequences = match stored {
             Ok(sequences) => sequences,
@@ -261,7 +261,7 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
     /// sequence to be `expected`; returns the sequence each was stored at.
     async fn publish_atomic(
         &self,
-        messages: &[Outbound],
+        messages: Vec<Outbound>,
         expected: u64,
     ) -> Result<Vec<u64>, ViewError> {
         let stored = async {

@@ -76,7 +76,7 @@ async fn an_atomic_batch_is_stored_whole_or_not_at_all() {
     let msgs: Vec<_> = (0..1000)
         .map(|i| received("apple", 1, &format!("m-{i}")))
         .collect();
-    let ack = batch::publish_atomic(&client, &msgs, Duration::from_secs(5))
+    let ack = batch::publish_atomic(&client, msgs, Duration::from_secs(5))
         .await
         .unwrap();
     assert_eq!(
@@ -86,7 +86,7 @@ async fn an_atomic_batch_is_stored_whole_or_not_at_all() {
 
     // One message repeats a stored msg id: the whole batch is refused.
     let again = vec![received("pear", 1, "new-1"), received("pear", 1, "m-5")];
-    let err = batch::publish_atomic(&client, &again, Duration::from_secs(5))
+    let err = batch::publish_atomic(&client, again, Duration::from_secs(5))
         .await
         .unwrap_err();
     assert_eq!(err.err_code(), Some(err_code::BATCH_DUPLICATE), "{err}");
@@ -97,7 +97,7 @@ async fn an_atomic_batch_is_stored_whole_or_not_at_all() {
         .map(|i| received("kiwi", 1, &format!("k-{i}")))
         .collect();
     assert!(
-        batch::publish_atomic(&client, &too_many, Duration::from_secs(5))
+        batch::publish_atomic(&client, too_many, Duration::from_secs(5))
             .await
             .is_err()
     );
@@ -115,7 +115,7 @@ async fn a_reader_returns_one_filter_in_order_and_stops_at_the_end() {
             )
         })
         .collect();
-    batch::publish_atomic(&client, &msgs, Duration::from_secs(5))
+    batch::publish_atomic(&client, msgs, Duration::from_secs(5))
         .await
         .unwrap();
 

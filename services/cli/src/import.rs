@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use stockwire::batch::{self, err_code, MAX_BATCH};
 use stockwire::domain::{check_not_in_future, Event, EventKind, InvalidField};
-use stockwire::envelope::{check_msg_id, EventMeta, Outbound};
+use stockwire::envelope::{check_msg_id, Envelope, EventMeta, Outbound};
 
 use crate::failure::{Failure, Outcome};
 use crate::publish::{explain_publish, now_ms};
@@ -39,10 +39,15 @@ const IN_FLIGHT: usize = 3;
 /// Unacknowledged single publishes in flight, when a batch falls back to them.
 const WINDOW: usize = 256;
 
-/// The valid lines, ready to publish: each message with its line number.
+/// A line checked: its event, and the id and time it is recorded with.
+type Checked = (Event, EventMeta);
+
+/// The valid lines, ready to publish: each event with its line number. They are
+/// encoded batch by batch as they go out, so encoding overlaps the server storing the
+/// batches before.
 #[derive(Default)]
 struct Lines {
-    messages: Vec<Outbound>,
+    events: Vec<Checked>,
     numbers: Vec<usize>,
 }
 
@@ -66,7 +71,7 @@ pub(crate) async fn run(ctx: &Ctx, file: &Path) -> Result<Option<u64>, Failure> 
         tokio::spawn(async move { connect(&args, "stockwire-cli", Startup::FailFast).await })
     };
     let text = read_input(file)?;
-    let lines = parse_all(ctx, &text, file)?;
+    let lines = parse_all(&text, file)?;
     drop(text);
     tracing::debug!(lines = lines.numbers.len(), elapsed = ?started.elapsed(), "file checked");
     let client = connecting
@@ -84,6 +89,7 @@ pub(crate) async fn run(ctx: &Ctx, file: &Path) -> Result<Option<u64>, Failure> 
     if let Err(failure) = publish_all(
         &client,
         &js,
+        &ctx.envelope,
         &lines,
         timeout,
         &mut summary,
@@ -138,7 +144,7 @@ fn read_input(file: &Path) -> Result<String, Failure> {
 }
 
 /// Validates every line; returns them all, or a failure that lists each bad line.
-fn parse_all(ctx: &Ctx, text: &str, file: &Path) -> Result<Lines, Failure> {
+fn parse_all(text: &str, file: &Path) -> Result<Lines, Failure> {
     let now = now_ms();
     let raw: Vec<(usize, &str)> = text
         .lines()
@@ -149,7 +155,6 @@ fn parse_all(ctx: &Ctx, text: &str, file: &Path) -> Result<Lines, Failure> {
     // Lines are independent: check them on every core, then merge in file order.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     let per_thread = raw.len().div_ceil(threads).max(1);
-    let envelope = &ctx.envelope;
     let parsed: Vec<Vec<Parsed>> = std::thread::scope(|scope| {
         let workers: Vec<_> = raw
             .chunks(per_thread)
@@ -159,10 +164,7 @@ fn parse_all(ctx: &Ctx, text: &str, file: &Path) -> Result<Lines, Failure> {
                         .iter()
                         .map(|&(number, line)| Parsed {
                             number,
-                            result: parse_line(line, number, now).map(|(event, meta)| {
-                                let out = envelope.encode(&event, &meta);
-                                (meta.msg_id, out)
-                            }),
+                            result: parse_line(line, number, now),
                         })
                         .collect()
                 })
@@ -174,9 +176,6 @@ fn parse_all(ctx: &Ctx, text: &str, file: &Path) -> Result<Lines, Failure> {
             .collect()
     });
 
-    let mut lines = Lines::default();
-    let mut errors = Vec::new();
-    let mut seen_ids: HashMap<String, usize> = HashMap::with_capacity(raw.len());
     let checked: usize = parsed.iter().map(Vec::len).sum();
     if checked != raw.len() {
         return Err(Failure::invalid(format!(
@@ -184,25 +183,34 @@ fn parse_all(ctx: &Ctx, text: &str, file: &Path) -> Result<Lines, Failure> {
             file.display()
         )));
     }
+    let mut lines = Lines {
+        events: Vec::with_capacity(checked),
+        numbers: Vec::with_capacity(checked),
+    };
+    let mut errors: Vec<(usize, String)> = Vec::new();
     for Parsed { number, result } in parsed.into_iter().flatten() {
         match result {
-            Ok((msg_id, out)) => {
-                if let Some(first) = seen_ids.insert(msg_id, number) {
-                    errors.push(format!(
-                        "line {number}: msg_id: repeats the msg_id of line {first}"
-                    ));
-                    continue;
-                }
-                lines.messages.push(out);
+            Ok(event) => {
+                lines.events.push(event);
                 lines.numbers.push(number);
             }
-            Err(e) => errors.push(format!("line {number}: {e}")),
+            Err(e) => errors.push((number, format!("line {number}: {e}"))),
+        }
+    }
+    let mut seen_ids: HashMap<&str, usize> = HashMap::with_capacity(lines.events.len());
+    for ((_, meta), &number) in lines.events.iter().zip(&lines.numbers) {
+        if let Some(first) = seen_ids.insert(&meta.msg_id, number) {
+            errors.push((
+                number,
+                format!("line {number}: msg_id: repeats the msg_id of line {first}"),
+            ));
         }
     }
     if errors.is_empty() {
         return Ok(lines);
     }
-    for e in errors.iter().take(MAX_REPORTED) {
+    errors.sort_by_key(|(number, _)| *number);
+    for (_, e) in errors.iter().take(MAX_REPORTED) {
         eprintln!("{e}");
     }
     if errors.len() > MAX_REPORTED {
@@ -219,7 +227,7 @@ fn parse_all(ctx: &Ctx, text: &str, file: &Path) -> Result<Lines, Failure> {
 /// One line, checked and encoded (or what is wrong with it).
 struct Parsed {
     number: usize,
-    result: Result<(String, Outbound), LineError>,
+    result: Result<Checked, LineError>,
 }
 
 /// What is wrong with a line: its JSON, or one of its fields.
@@ -303,13 +311,14 @@ fn parse_line(raw: &str, number: usize, now: i64) -> Result<(Event, EventMeta), 
 async fn publish_all(
     client: &async_nats::Client,
     js: &async_nats::jetstream::Context,
+    envelope: &Envelope,
     lines: &Lines,
     timeout: Duration,
     summary: &mut Summary,
     last_line_stored: &mut Option<usize>,
 ) -> Outcome {
-    let chunks: Vec<(&[Outbound], &[usize])> = lines
-        .messages
+    let chunks: Vec<(&[Checked], &[usize])> = lines
+        .events
         .chunks(MAX_BATCH)
         .zip(lines.numbers.chunks(MAX_BATCH))
         .collect();
@@ -318,21 +327,22 @@ async fn publish_all(
     let mut next = 0;
     loop {
         while in_flight.len() < IN_FLIGHT && next < chunks.len() {
-            let (messages, _) = chunks[next];
-            let sent = batch::send_atomic(client, messages, Some(expected), timeout)
-                .await
-                .context("sending a batch")?;
-            expected += messages.len() as u64;
+            let (events, _) = chunks[next];
+            let sent =
+                batch::send_atomic(client, encode(envelope, events), Some(expected), timeout)
+                    .await
+                    .context("sending a batch")?;
+            expected += events.len() as u64;
             in_flight.push_back((next, sent));
             next += 1;
         }
         let Some((index, sent)) = in_flight.pop_front() else {
             return Ok(());
         };
-        let (messages, numbers) = chunks[index];
+        let (events, numbers) = chunks[index];
         match sent.ack().await {
             Ok(ack) => {
-                summary.stored += messages.len();
+                summary.stored += events.len();
                 summary.first_seq.get_or_insert(ack.first_sequence());
                 summary.last_seq = Some(ack.sequence);
                 *last_line_stored = numbers.last().copied();
@@ -354,6 +364,7 @@ async fn publish_all(
                         summary.stored += chunks[later].0.len();
                     }
                 }
+                let messages = encode(envelope, events);
                 publish_chunk(client, js, messages, numbers, timeout, summary).await?;
                 *last_line_stored = numbers.last().copied();
                 next = index + 1;
@@ -368,6 +379,14 @@ async fn publish_all(
             }
         }
     }
+}
+
+/// The messages of `events`, in order.
+fn encode(envelope: &Envelope, events: &[Checked]) -> Vec<Outbound> {
+    events
+        .iter()
+        .map(|(event, meta)| envelope.encode(event, meta))
+        .collect()
 }
 
 /// The sequence of the last message of `INVENTORY`.
@@ -388,21 +407,22 @@ async fn stream_end(js: &async_nats::jetstream::Context) -> Result<u64, Failure>
 async fn publish_chunk(
     client: &async_nats::Client,
     js: &async_nats::jetstream::Context,
-    messages: &[Outbound],
+    messages: Vec<Outbound>,
     numbers: &[usize],
     timeout: Duration,
     summary: &mut Summary,
 ) -> Outcome {
-    match batch::publish_atomic(client, messages, timeout).await {
+    let count = messages.len();
+    match batch::publish_atomic(client, messages.clone(), timeout).await {
         Ok(ack) => {
-            summary.stored += messages.len();
+            summary.stored += count;
             summary.first_seq.get_or_insert(ack.first_sequence());
             summary.last_seq = Some(ack.sequence);
             Ok(())
         }
         Err(e) if e.err_code() == Some(err_code::BATCH_DUPLICATE) => {
             tracing::debug!(
-                lines = messages.len(),
+                lines = count,
                 "batch holds a stored msg id; publishing one by one"
             );
             publish_singly(js, messages, summary).await
@@ -418,18 +438,15 @@ async fn publish_chunk(
 /// Publishes in order with a window of unacknowledged publishes.
 async fn publish_singly(
     js: &async_nats::jetstream::Context,
-    messages: &[Outbound],
+    messages: Vec<Outbound>,
     summary: &mut Summary,
 ) -> Outcome {
-    for window in messages.chunks(WINDOW) {
-        let mut pending = Vec::with_capacity(window.len());
-        for out in window {
+    let mut messages = messages.into_iter().peekable();
+    while messages.peek().is_some() {
+        let mut pending = Vec::with_capacity(WINDOW);
+        for out in messages.by_ref().take(WINDOW) {
             let ack = js
-                .publish_with_headers(
-                    out.subject.clone(),
-                    out.headers.clone(),
-                    out.payload.clone(),
-                )
+                .publish_with_headers(out.subject.clone(), out.headers, out.payload)
                 .await
                 .map_err(|e| explain_publish(e, &out.subject))?;
             pending.push(ack.into_future());

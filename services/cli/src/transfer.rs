@@ -107,7 +107,7 @@ pub(crate) async fn run(ctx: &Ctx, args: TransferArgs) -> Outcome {
         expect_at(&mut first, &args.from_warehouse, &args.sku, source.last_seq);
         let mut second = ctx.envelope.encode(in_event, &in_meta);
         expect_at(&mut second, &args.to_warehouse, &args.sku, target.last_seq);
-        match batch::publish_atomic(&client, &[first, second], timeout).await {
+        match batch::publish_atomic(&client, vec![first, second], timeout).await {
             Ok(ack) => Ok(Attempt::Done(Stored {
                 seq: ack.sequence,
                 earlier: false,

@@ -358,7 +358,7 @@ async fn a_thousand_products_crossing_at_once() {
         .map(|p| encode(&sold("ams1", p, 15)))
         .collect();
     for messages in [deliveries, sales] {
-        batch::publish_atomic(&stack.client, &messages, Duration::from_secs(10))
+        batch::publish_atomic(&stack.client, messages, Duration::from_secs(10))
             .await
             .expect("publish");
     }

@@ -182,7 +182,7 @@ async fn publish_in_batches(client: &async_nats::Client, events: &[Event], size:
         .map(|(i, e)| encode(e, i))
         .collect();
     for chunk in encoded.chunks(size) {
-        batch::publish_atomic(client, chunk, Duration::from_secs(10))
+        batch::publish_atomic(client, chunk.to_vec(), Duration::from_secs(10))
             .await
             .expect("publish batch");
     }

@@ -100,7 +100,7 @@ impl Stack {
                 )
             })
             .collect();
-        stockwire::batch::publish_atomic(&self.client, &messages, Duration::from_secs(10))
+        stockwire::batch::publish_atomic(&self.client, messages, Duration::from_secs(10))
             .await
             .expect("publish");
     }

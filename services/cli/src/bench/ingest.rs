@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use stockwire::batch::{self, MAX_BATCH};
 use stockwire::domain::Event;
+use stockwire::envelope::Outbound;
 
 use super::{encode_all, same_connection, BATCHES_IN_FLIGHT, WINDOW};
 use crate::failure::Failure;
@@ -50,9 +51,10 @@ pub(super) async fn raw_batches(
     timeout: Duration,
 ) -> Result<Duration, Failure> {
     let messages = encode_all(ctx, events, &format!("bench-batch-{run_id}"));
+    let batches: Vec<Vec<Outbound>> = messages.chunks(MAX_BATCH).map(<[_]>::to_vec).collect();
     let started = Instant::now();
     let mut in_flight = VecDeque::with_capacity(BATCHES_IN_FLIGHT);
-    for chunk in messages.chunks(MAX_BATCH) {
+    for chunk in batches {
         if in_flight.len() >= BATCHES_IN_FLIGHT {
             if let Some(sent) = in_flight.pop_front() {
                 let sent: batch::SentBatch = sent;
@@ -149,8 +151,9 @@ pub(super) async fn round_trips(
     }
     let mut atomic = Vec::with_capacity(N);
     for out in batches {
+        let one = vec![out.clone()];
         let started = Instant::now();
-        batch::publish_atomic(client, std::slice::from_ref(out), timeout)
+        batch::publish_atomic(client, one, timeout)
             .await
             .context("round trip: atomic batch of one")?;
         atomic.push(started.elapsed().as_secs_f64() * 1000.0);

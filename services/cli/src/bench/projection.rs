@@ -106,7 +106,7 @@ async fn publish_all(
             }
         }
         in_flight.push_back(
-            batch::send_atomic(client, chunk, None, timeout)
+            batch::send_atomic(client, chunk.to_vec(), None, timeout)
                 .await
                 .context("publishing bench events")?,
         );
@@ -199,16 +199,17 @@ async fn ceiling(
                 latest.insert(format!("{w}.{s}"), msg.payload.clone());
             }
         }
-        let batch: Vec<Outbound> = latest
-            .into_iter()
-            .map(|(key, payload)| Outbound {
-                subject: subjects::kv_subject(CEILING_BUCKET, &key),
-                headers: async_nats::HeaderMap::new(),
-                payload,
-            })
-            .collect();
-        for part in batch.chunks(MAX_BATCH - 1) {
-            batch::publish_atomic(client, part, timeout)
+        let latest: Vec<(String, bytes::Bytes)> = latest.into_iter().collect();
+        for part in latest.chunks(MAX_BATCH - 1) {
+            let batch = part
+                .iter()
+                .map(|(key, payload)| Outbound {
+                    subject: subjects::kv_subject(CEILING_BUCKET, key),
+                    headers: async_nats::HeaderMap::new(),
+                    payload: payload.clone(),
+                })
+                .collect();
+            batch::publish_atomic(client, batch, timeout)
                 .await
                 .context("ceiling loop: commit")?;
         }

@@ -347,7 +347,7 @@ async fn a_transfer_whose_second_half_is_stale_stores_neither() {
     let mut second = Envelope::default().encode(&in_event, &meta("t-stale-in"));
     // rtm1's last event is #2; a decision made before it is stale.
     expect_at(&mut second, &w("rtm1"), &apple(), 0);
-    let err = batch::publish_atomic(&js.client(), &[first, second], Duration::from_secs(5))
+    let err = batch::publish_atomic(&js.client(), vec![first, second], Duration::from_secs(5))
         .await
         .unwrap_err();
     assert_eq!(err.err_code(), Some(err_code::WRONG_LAST_SEQUENCE), "{err}");
