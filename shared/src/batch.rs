@@ -8,11 +8,13 @@
 
 use std::time::Duration;
 
+use async_nats::header::{
+    NATS_BATCH_COMMIT, NATS_BATCH_ID, NATS_BATCH_SEQUENCE, NATS_EXPECTED_LAST_SEQUENCE,
+};
 use async_nats::{Client, HeaderMap};
 use serde::Deserialize;
 
 use crate::envelope::Outbound;
-use crate::subjects;
 
 /// The server refuses batches of more messages than this.
 pub const MAX_BATCH: usize = 1000;
@@ -138,13 +140,10 @@ pub async fn send_atomic(
         .await
         .map_err(|e| request_error(&e))?;
     let with_batch_headers = |headers: &mut HeaderMap, seq: usize| {
-        headers.insert(subjects::NATS_BATCH_ID, batch_id.as_str());
-        headers.insert(subjects::NATS_BATCH_SEQUENCE, seq.to_string().as_str());
+        headers.insert(NATS_BATCH_ID, batch_id.as_str());
+        headers.insert(NATS_BATCH_SEQUENCE, seq.to_string());
         if let (1, Some(expected)) = (seq, expected_last) {
-            headers.insert(
-                subjects::NATS_EXPECTED_LAST_SEQUENCE,
-                expected.to_string().as_str(),
-            );
+            headers.insert(NATS_EXPECTED_LAST_SEQUENCE, expected.to_string());
         }
     };
     for (i, mut msg) in messages.into_iter().enumerate() {
@@ -155,7 +154,7 @@ pub async fn send_atomic(
             .map_err(|e| request_error(&e))?;
     }
     with_batch_headers(&mut last.headers, count);
-    last.headers.insert(subjects::NATS_BATCH_COMMIT, "1");
+    last.headers.insert(NATS_BATCH_COMMIT, "1");
     client
         .publish_with_reply_and_headers(last.subject, inbox, last.headers, last.payload)
         .await

@@ -6,6 +6,7 @@
 //! Decoding checks all of them and says exactly what is wrong ([`DecodeError`]).
 //! Older payload versions are upcast to the current one before the fields are read.
 
+use async_nats::header::{HeaderName, IntoHeaderName, NATS_MESSAGE_ID};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -116,26 +117,47 @@ pub struct Outbound {
     pub payload: Bytes,
 }
 
-/// The standard header names for one prefix.
+/// The standard header names for one prefix, built once: every message written or
+/// read names its headers with clones of these (a reference count, not a copy).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     prefix: String,
-    format: String,
-    event_type: String,
-    msg_id: String,
-    timestamp_ms: String,
-    version: String,
+    format: HeaderName,
+    event_type: HeaderName,
+    msg_id: HeaderName,
+    timestamp_ms: HeaderName,
+    version: HeaderName,
 }
 
 impl Default for Envelope {
     fn default() -> Self {
-        Self::new(subjects::DEFAULT_HEADER_PREFIX)
+        Self::with_checked_prefix(subjects::DEFAULT_HEADER_PREFIX)
     }
 }
 
+/// Longest header prefix accepted.
+pub const MAX_PREFIX_LEN: usize = 32;
+
 impl Envelope {
-    pub fn new(prefix: &str) -> Self {
-        let name = |suffix: &str| format!("{prefix}_{suffix}");
+    /// The envelope for `prefix`: 1 to 32 of `A-Z a-z 0-9 _ -`.
+    pub fn new(prefix: &str) -> Result<Self, InvalidField> {
+        let ok = !prefix.is_empty()
+            && prefix.len() <= MAX_PREFIX_LEN
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !ok {
+            return Err(InvalidField::new(
+                "--header-prefix",
+                format!("{prefix:?} is not allowed; use 1 to {MAX_PREFIX_LEN} of A-Z a-z 0-9 _ -"),
+            ));
+        }
+        Ok(Self::with_checked_prefix(prefix))
+    }
+
+    /// `prefix` is known to be a valid header-name token, so the names are too.
+    fn with_checked_prefix(prefix: &str) -> Self {
+        let name = |suffix: &str| format!("{prefix}_{suffix}").into_header_name();
         Self {
             prefix: prefix.to_string(),
             format: name(subjects::HEADER_FORMAT),
@@ -153,31 +175,28 @@ impl Envelope {
 
     /// The name of the type header, e.g. `myorg_type`.
     pub fn type_header(&self) -> &str {
-        &self.event_type
+        self.event_type.as_ref()
     }
 
     /// The name of the msg id header, e.g. `myorg_msg_id`.
     pub fn msg_id_header(&self) -> &str {
-        &self.msg_id
+        self.msg_id.as_ref()
     }
 
     /// The name of the timestamp header, e.g. `myorg_timestamp_ms`.
     pub fn timestamp_header(&self) -> &str {
-        &self.timestamp_ms
+        self.timestamp_ms.as_ref()
     }
 
     /// The standard headers for a message of `event_type`.
     pub fn headers(&self, event_type: &str, meta: &EventMeta) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(self.format.as_str(), FORMAT_JSON);
-        headers.insert(self.event_type.as_str(), event_type);
-        headers.insert(self.msg_id.as_str(), meta.msg_id.as_str());
-        headers.insert(
-            self.timestamp_ms.as_str(),
-            meta.timestamp_ms.to_string().as_str(),
-        );
-        headers.insert(self.version.as_str(), CURRENT_VERSION.to_string().as_str());
-        headers.insert(subjects::NATS_MSG_ID, meta.msg_id.as_str());
+        headers.insert(self.format.clone(), FORMAT_JSON);
+        headers.insert(self.event_type.clone(), event_type);
+        headers.insert(self.msg_id.clone(), meta.msg_id.as_str());
+        headers.insert(self.timestamp_ms.clone(), meta.timestamp_ms.to_string());
+        headers.insert(self.version.clone(), CURRENT_VERSION.to_string());
+        headers.insert(NATS_MESSAGE_ID, meta.msg_id.as_str());
         headers
     }
 
@@ -219,9 +238,9 @@ impl Envelope {
         stored_ms: i64,
         upcasters: &[Upcaster],
     ) -> Result<Recorded, DecodeError> {
-        let header = |name: &str| -> Result<&str, DecodeError> {
+        let header = |name: &HeaderName| -> Result<&str, DecodeError> {
             headers
-                .and_then(|h| h.get(name))
+                .and_then(|h| h.get(name.clone()))
                 .map(|v| v.as_str())
                 .ok_or_else(|| DecodeError::MissingHeader(name.to_string()))
         };
@@ -235,7 +254,7 @@ impl Envelope {
         let msg_id = header(&self.msg_id)?;
         if msg_id.is_empty() {
             return Err(DecodeError::InvalidHeader {
-                name: self.msg_id.clone(),
+                name: self.msg_id.to_string(),
                 problem: "is empty".into(),
             });
         }
@@ -245,7 +264,7 @@ impl Envelope {
             .ok()
             .filter(|ms| *ms >= 0)
             .ok_or_else(|| DecodeError::InvalidHeader {
-                name: self.timestamp_ms.clone(),
+                name: self.timestamp_ms.to_string(),
                 problem: format!("{timestamp:?} is not milliseconds since the epoch"),
             })?;
         // Judged against the time the server stored the event, not the reader's clock,
@@ -325,6 +344,17 @@ mod tests {
     }
 
     #[test]
+    fn a_prefix_must_be_a_header_name_token() {
+        for ok in ["acme", "my-org_2", &"x".repeat(32)] {
+            assert!(Envelope::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "my:org", "my org", "ünï", &"x".repeat(33)] {
+            let err = Envelope::new(bad).unwrap_err();
+            assert_eq!(err.field, "--header-prefix", "{bad}");
+        }
+    }
+
+    #[test]
     fn round_trip_with_every_standard_header() {
         let env = Envelope::default();
         let out = env.encode(&destroyed(), &meta());
@@ -349,7 +379,7 @@ mod tests {
 
     #[test]
     fn the_prefix_is_configurable() {
-        let env = Envelope::new("acme");
+        let env = Envelope::new("acme").unwrap();
         let out = env.encode(&destroyed(), &meta());
         assert!(out.headers.get("acme_type").is_some());
         assert!(out.headers.get("myorg_type").is_none());

@@ -44,9 +44,6 @@ pub const NATS_EXPECTED_LAST_SEQUENCE: &str = "Nats-Expected-Last-Sequence";
 pub const NATS_EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
 pub const NATS_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
     "Nats-Expected-Last-Subject-Sequence-Subject";
-pub const NATS_BATCH_ID: &str = "Nats-Batch-Id";
-pub const NATS_BATCH_SEQUENCE: &str = "Nats-Batch-Sequence";
-pub const NATS_BATCH_COMMIT: &str = "Nats-Batch-Commit";
 
 /// KV's operation header, and its value for a delete marker.
 pub const KV_OPERATION: &str = "KV-Operation";

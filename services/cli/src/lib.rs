@@ -130,12 +130,13 @@ impl Ctx {
 
 /// Runs one command; prints its failure to stderr and returns the exit code.
 pub async fn run(cli: Cli) -> ExitCode {
-    if let Err(e) = check_prefix(&cli.header_prefix) {
-        return report(e);
-    }
+    let envelope = match Envelope::new(&cli.header_prefix) {
+        Ok(envelope) => envelope,
+        Err(e) => return report(Failure::invalid(e.to_string())),
+    };
     let ctx = Ctx {
         connect: cli.connect,
-        envelope: Envelope::new(&cli.header_prefix),
+        envelope,
         json: cli.json,
         wait_timeout: std::time::Duration::from_secs(cli.wait_timeout_s),
     };
@@ -168,20 +169,4 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Outcome {
 fn report(failure: Failure) -> ExitCode {
     eprintln!("stockwire: {:#}", failure.error);
     failure.exit_code()
-}
-
-/// A header prefix must be a safe header-name token.
-fn check_prefix(prefix: &str) -> Outcome {
-    let ok = !prefix.is_empty()
-        && prefix.len() <= 32
-        && prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Failure::invalid(format!(
-            "--header-prefix: {prefix:?} is not allowed; use 1 to 32 of A-Z a-z 0-9 _ -"
-        )))
-    }
 }

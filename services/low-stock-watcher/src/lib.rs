@@ -64,7 +64,7 @@ pub async fn run(
     let js = async_nats::jetstream::new(client.clone());
     let mut announcer = Announcer::new(
         js.clone(),
-        Envelope::new(&config.header_prefix),
+        Envelope::new(&config.header_prefix)?,
         subjects::LOW_STOCK_ALERTS,
     );
     let followers = shutdown.child_token();

@@ -89,7 +89,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = projector::Config {
-        envelope: Envelope::new(&config.header_prefix),
+        envelope: Envelope::new(&config.header_prefix)?,
         max_batch: config.batch as usize,
         commit_timeout: config.connect.request_timeout().max(Duration::from_secs(5)),
         // Low-stock alerts wait on this view: commit live events at once.

@@ -110,7 +110,7 @@ pub async fn run(
         );
     }
     let settings = projector::Config {
-        envelope: Envelope::new(&config.header_prefix),
+        envelope: Envelope::new(&config.header_prefix)?,
         max_batch: config.batch as usize,
         commit_timeout: config.connect.request_timeout().max(Duration::from_secs(5)),
         live_linger: Duration::from_millis(config.linger_ms),

@@ -119,7 +119,7 @@ pub async fn run(
         fast_from: config.fast_from,
     };
     let js = async_nats::jetstream::new(client.clone());
-    let envelope = Envelope::new(&config.header_prefix);
+    let envelope = Envelope::new(&config.header_prefix)?;
     let mut bands = Announcer::new(js.clone(), envelope.clone(), subjects::VELOCITY_ALERTS);
     let mut stockouts = Announcer::new(js.clone(), envelope, subjects::STOCKOUT_ALERTS);
     let followers = shutdown.child_token();

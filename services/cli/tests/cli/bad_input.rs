@@ -94,6 +94,18 @@ async fn the_cli_refuses_each_bad_line_with_exit_2_and_publishes_nothing() {
             stderr(&out)
         );
     }
+    // A header prefix that cannot name a header: refused before anything is read.
+    let line = sold(json!({}));
+    let out = stack.run_with_input(
+        &["--header-prefix", "my:org", "publish", "--file", "-"],
+        Some(&line),
+    );
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(r#"--header-prefix: "my:org" is not allowed"#),
+        "{}",
+        stderr(&out)
+    );
     assert!(stack.events().await.is_empty(), "bad input was published");
 }
 
