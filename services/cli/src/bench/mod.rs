@@ -4,7 +4,9 @@
 //! Ingest: `stockwire publish --file` (this binary, run as a user runs it) against two
 //! plain loops over the same events: pipelined single publishes with a window of
 //! unacknowledged ones, and atomic batches of 1,000 (three in flight, as the import
-//! keeps). The faster loop is the ceiling.
+//! keeps). The faster loop is the ceiling. The three take turns for `--rounds` rounds
+//! (3 by default) and each one's median round counts, so a disturbance of the machine
+//! in one round does not decide the ratio.
 //!
 //! It writes events into `INVENTORY` (warehouse `bench`), so it refuses a server whose
 //! log already holds events unless told otherwise; `scripts/bench` runs it on a fresh one.
@@ -53,6 +55,10 @@ pub struct BenchArgs {
     /// Seconds of steady load for the alert latency figure (default 30; --quick: 10).
     #[arg(long)]
     latency_seconds: Option<u64>,
+    /// Rounds of the ingest figure: the raw loops and the import take turns, and each
+    /// one's median round counts, so one disturbed round does not decide the ratio.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=10))]
+    rounds: u64,
     /// Offered background load during the latency figure, events per second.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=100_000))]
     latency_rate: u64,
@@ -87,6 +93,8 @@ struct Report {
     raw_publish_per_s: f64,
     ingest_events_per_s: f64,
     ingest_ratio: f64,
+    /// Every round of the ingest figure, in the order run (the figures above are the medians).
+    ingest_rounds: Vec<IngestRound>,
     projection: Vec<ProjectionRow>,
     alert_latency_ms: latency::Latency,
     /// One event alone, waiting for its PubAck: plain publish vs atomic batch of one.
@@ -104,6 +112,13 @@ struct Report {
     projector_ratio_100k: Option<f64>,
     seed_style_events_per_s: f64,
     seed_speedup: f64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+struct IngestRound {
+    raw_pipelined_per_s: f64,
+    raw_batch_per_s: f64,
+    ingest_events_per_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -178,18 +193,32 @@ pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
         "bench: {events} events over {} products per figure",
         args.products
     );
-    let pipelined = rate(
-        events,
-        ingest::raw_pipelined(&js, ctx, &sample, &run_id).await?,
-    );
-    eprintln!("bench: raw pipelined publishes   {pipelined:>10.0} events/s");
-    let batched = rate(
-        events,
-        ingest::raw_batches(&client, ctx, &sample, &run_id, timeout).await?,
-    );
-    eprintln!("bench: raw atomic batches        {batched:>10.0} events/s");
-    let ingest = rate(events, ingest::import_file(ctx, &sample, &run_id).await?);
-    eprintln!("bench: stockwire publish --file  {ingest:>10.0} events/s");
+    let mut ingest_rounds = Vec::new();
+    for round in 1..=args.rounds {
+        let id = format!("{run_id}-{round}");
+        let pipelined = rate(events, ingest::raw_pipelined(&js, ctx, &sample, &id).await?);
+        eprintln!("bench: round {round}: raw pipelined publishes   {pipelined:>10.0} events/s");
+        let batched = rate(
+            events,
+            ingest::raw_batches(&client, ctx, &sample, &id, timeout).await?,
+        );
+        eprintln!("bench: round {round}: raw atomic batches        {batched:>10.0} events/s");
+        let ingest = rate(events, ingest::import_file(ctx, &sample, &id).await?);
+        eprintln!("bench: round {round}: stockwire publish --file  {ingest:>10.0} events/s");
+        ingest_rounds.push(IngestRound {
+            raw_pipelined_per_s: pipelined.round(),
+            raw_batch_per_s: batched.round(),
+            ingest_events_per_s: ingest.round(),
+        });
+    }
+    let median = |figure: fn(&IngestRound) -> f64| {
+        let mut all: Vec<f64> = ingest_rounds.iter().map(figure).collect();
+        all.sort_by(f64::total_cmp);
+        latency::quantile(&all, 0.5)
+    };
+    let pipelined = median(|r| r.raw_pipelined_per_s);
+    let batched = median(|r| r.raw_batch_per_s);
+    let ingest = median(|r| r.ingest_events_per_s);
     let round_trip = ingest::round_trips(&client, &js, ctx, &sample, &run_id, timeout).await?;
     eprintln!(
         "bench: one event alone: publish {} ms, atomic batch of one {} ms (p50)",
@@ -236,6 +265,7 @@ pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
         raw_publish_per_s: ceiling.round(),
         ingest_events_per_s: ingest.round(),
         ingest_ratio: ratio(ingest, ceiling),
+        ingest_rounds,
         projector_events_per_s: headline.as_ref().map_or(0.0, |r| r.projector_per_s),
         projector_ceiling_per_s: headline.as_ref().map_or(0.0, |r| r.ceiling_per_s),
         projector_ratio: headline.as_ref().map_or(0.0, |r| r.ratio),
@@ -290,8 +320,13 @@ fn print_report(ctx: &Ctx, r: &Report) {
         format!("{:.2}", r.ingest_ratio),
     ]);
     output::line(format!(
-        "{} events over {} products; fsync {}; {} cores; nats-server {}",
-        r.events, r.products, r.fsync, r.machine.cores, r.machine.nats_server_version
+        "{} events over {} products; fsync {}; {} cores; nats-server {}; ingest: the median of {} rounds",
+        r.events,
+        r.products,
+        r.fsync,
+        r.machine.cores,
+        r.machine.nats_server_version,
+        r.ingest_rounds.len()
     ));
     output::line(&table);
     let mut table = output::table([
