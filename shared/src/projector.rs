@@ -32,7 +32,7 @@ use crate::envelope::{DecodeError, Envelope, Recorded};
 use crate::rebuild;
 use crate::runtime::Backoff;
 use crate::subjects;
-use crate::view::{Change, ViewError, ViewStore, MAX_KEYS_PER_COMMIT};
+use crate::view::{Change, ViewError, ViewStore};
 
 /// What a view is made of: which events, which key, and how an event changes a value.
 pub trait Projection: Send + Sync + 'static {
@@ -63,7 +63,7 @@ pub trait Projection: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub envelope: Envelope,
-    /// Events folded into one commit, at most (a commit also holds at most 999 keys).
+    /// Events folded into one commit, at most (its keys are written 999 to an atomic batch).
     pub max_batch: usize,
     /// Time allowed for a commit's PubAck.
     pub commit_timeout: Duration,
@@ -214,15 +214,13 @@ async fn tick_all<P: Projection>(
                 .then(|| (key.clone(), Change::Put(value)))
         })
         .collect();
-    for chunk in changes.chunks(MAX_KEYS_PER_COMMIT) {
-        store.commit(chunk.to_vec(), checkpoint).await?;
-    }
     if !changes.is_empty() {
         tracing::debug!(
             view = projection.bucket(),
             keys = changes.len(),
             "windows moved"
         );
+        store.commit(changes, checkpoint).await?;
     }
     Ok(())
 }
@@ -424,9 +422,6 @@ async fn apply_chunk<P: Projection>(
             Ok(recorded) => {
                 let key = projection.key(&recorded.event);
                 if !pending.contains(&key) {
-                    if pending.len() == MAX_KEYS_PER_COMMIT {
-                        store.commit(pending.take(), last_seq).await?;
-                    }
                     let current = store.get(&key).await?;
                     pending.insert(key.clone(), current);
                 }
@@ -459,10 +454,6 @@ impl<V> Default for Pending<V> {
 impl<V> Pending<V> {
     fn contains(&self, key: &str) -> bool {
         self.values.contains_key(key)
-    }
-
-    fn len(&self) -> usize {
-        self.order.len()
     }
 
     fn insert(&mut self, key: String, current: Option<V>) {

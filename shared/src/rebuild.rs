@@ -18,7 +18,7 @@ use crate::deadletter;
 use crate::projector::{Config, Projection};
 use crate::read::Reader;
 use crate::subjects;
-use crate::view::{Change, ViewStore, MAX_KEYS_PER_COMMIT};
+use crate::view::{Change, ViewStore};
 
 /// What a rebuilding projector reports to the requester.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,27 +210,12 @@ async fn rebuild<P: Projection>(
             keys: changes.len() as u64,
         })
         .await;
-    // The checkpoint moves only with the last commit, so a crash in
+    // The checkpoint moves only with the last part of the commit, so a crash in
     // between leaves a view that the projector completes from its old checkpoint.
-    let old_checkpoint = store.checkpoint().await.map_err(|e| e.to_string())?;
-    let mut chunks = changes.chunks(MAX_KEYS_PER_COMMIT).peekable();
-    if chunks.peek().is_none() {
-        store
-            .commit(Vec::new(), checkpoint)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    while let Some(chunk) = chunks.next() {
-        let cp = if chunks.peek().is_some() {
-            old_checkpoint
-        } else {
-            checkpoint
-        };
-        store
-            .commit(chunk.to_vec(), cp)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
+    store
+        .commit(changes, checkpoint)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(Progress::Done {
         events,
         written,

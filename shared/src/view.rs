@@ -55,8 +55,6 @@ pub enum ViewError {
     Conflict { bucket: String },
     #[error("view {bucket}: {message}")]
     Nats { bucket: String, message: String },
-    #[error("view {bucket}: a commit holds at most {MAX_KEYS_PER_COMMIT} keys, not {keys}")]
-    TooLarge { bucket: String, keys: usize },
 }
 
 /// A change to one key.
@@ -172,17 +170,32 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
     }
 
     /// Commits `changes` and the new checkpoint, if the bucket is still as last read.
+    ///
+    /// More than [`MAX_KEYS_PER_COMMIT`] keys go in parts of that many; the parts before
+    /// the last leave the checkpoint where it is, so until the last is stored the keys
+    /// are ahead of it, never behind.
     pub async fn commit(
         &mut self,
         changes: Vec<(String, Change<V>)>,
         checkpoint: u64,
     ) -> Result<(), ViewError> {
-        if changes.len() > MAX_KEYS_PER_COMMIT {
-            return Err(ViewError::TooLarge {
-                bucket: self.bucket.clone(),
-                keys: changes.len(),
-            });
+        let mut left = changes.len();
+        let mut changes = changes.into_iter();
+        while left > MAX_KEYS_PER_COMMIT {
+            let part: Vec<_> = changes.by_ref().take(MAX_KEYS_PER_COMMIT).collect();
+            left -= part.len();
+            let unchanged = self.checkpoint().await?;
+            self.commit_part(part, unchanged).await?;
         }
+        self.commit_part(changes.collect(), checkpoint).await
+    }
+
+    /// Commits at most [`MAX_KEYS_PER_COMMIT`] keys and the checkpoint.
+    async fn commit_part(
+        &mut self,
+        changes: Vec<(String, Change<V>)>,
+        checkpoint: u64,
+    ) -> Result<(), ViewError> {
         let loaded = self.loaded().await?;
         let (last_sequence, checkpoint_revision) =
             (loaded.last_sequence, loaded.checkpoint_revision);

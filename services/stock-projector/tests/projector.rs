@@ -285,6 +285,40 @@ async fn redelivering_everything_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_batch_touching_more_keys_than_one_commit_holds_writes_each_key_once() {
+    let s = setup().await;
+    // 1,500 keys, each changed twice; a batch of up to 5,000 events folds both changes.
+    publish_in_batches(&s.client, &mixed_events(3000, 1500), 1000).await;
+    let token = CancellationToken::new();
+    let cfg = Config {
+        batch: 5000,
+        ..config(&s.server)
+    };
+    let (client, t) = (s.client.clone(), token.clone());
+    let handle = tokio::spawn(async move { run(client, &cfg, t).await });
+    wait_caught_up(&s).await;
+    token.cancel();
+    handle.await.unwrap().expect("projector");
+    assert_view_matches_replay(&s).await;
+    // Committed 999 keys at a time, a key would be written for every event (the next
+    // 999 events all touch other keys). Folded, most keys are written once; the last
+    // events (committed as they come, live) add a few hundred writes.
+    let writes =
+        s.js.get_stream(subjects::kv_stream(subjects::STOCK_BUCKET))
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .last_sequence;
+    assert!(
+        writes < 2700,
+        "{writes} writes to the view for 3,000 events"
+    );
+}
+
+#[tokio::test]
 async fn a_view_purged_behind_its_back_is_rebuilt_not_patched() {
     let s = setup().await;
     let (stop, handle) = spawn_projector(&s);

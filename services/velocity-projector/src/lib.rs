@@ -81,7 +81,7 @@ pub struct Config {
     /// Prefix of the standard event headers.
     #[arg(long, env = "STOCKWIRE_HEADER_PREFIX", default_value = subjects::DEFAULT_HEADER_PREFIX)]
     pub header_prefix: String,
-    /// Events folded into one commit, at most (a commit also holds at most 999 keys).
+    /// Events folded into one commit, at most (its keys are written 999 to an atomic batch).
     #[arg(long, env = "STOCKWIRE_BATCH", default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub batch: u64,
