@@ -55,8 +55,9 @@ pub struct BenchArgs {
     /// Seconds of steady load for the alert latency figure (default 30; --quick: 10).
     #[arg(long)]
     latency_seconds: Option<u64>,
-    /// Rounds of the ingest figure: the raw loops and the import take turns, and each
-    /// one's median round counts, so one disturbed round does not decide the ratio.
+    /// Rounds of the ingest and projection figures: each figure and its ceiling take
+    /// turns, and each one's median round counts, so one disturbed round does not decide
+    /// the ratio.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=10))]
     rounds: u64,
     /// Offered background load during the latency figure, events per second.
@@ -129,6 +130,14 @@ struct ProjectionRow {
     ratio: f64,
     seed_style_per_s: f64,
     seed_speedup: f64,
+    /// Every round, in the order run (the figures above are the medians).
+    rounds: Vec<ProjectionRound>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+struct ProjectionRound {
+    ceiling_per_s: f64,
+    projector_per_s: f64,
 }
 
 pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
@@ -211,14 +220,9 @@ pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
             ingest_events_per_s: ingest.round(),
         });
     }
-    let median = |figure: fn(&IngestRound) -> f64| {
-        let mut all: Vec<f64> = ingest_rounds.iter().map(figure).collect();
-        all.sort_by(f64::total_cmp);
-        latency::quantile(&all, 0.5)
-    };
-    let pipelined = median(|r| r.raw_pipelined_per_s);
-    let batched = median(|r| r.raw_batch_per_s);
-    let ingest = median(|r| r.ingest_events_per_s);
+    let pipelined = median(ingest_rounds.iter().map(|r| r.raw_pipelined_per_s));
+    let batched = median(ingest_rounds.iter().map(|r| r.raw_batch_per_s));
+    let ingest = median(ingest_rounds.iter().map(|r| r.ingest_events_per_s));
     let round_trip = ingest::round_trips(&client, &js, ctx, &sample, &run_id, timeout).await?;
     eprintln!(
         "bench: one event alone: publish {} ms, atomic batch of one {} ms (p50)",
@@ -236,7 +240,8 @@ pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
     };
     let mut projection = Vec::new();
     for products in workloads {
-        let f = projection::measure(ctx, &client, &js, events, products, &run_id, timeout).await?;
+        let f =
+            projection::measure(ctx, &js, events, products, &run_id, args.rounds, timeout).await?;
         projection.push(ProjectionRow {
             products,
             ceiling_per_s: f.ceiling.round(),
@@ -244,6 +249,14 @@ pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
             ratio: ratio(f.projector, f.ceiling),
             seed_style_per_s: f.article.round(),
             seed_speedup: ratio(f.projector, f.article),
+            rounds: f
+                .rounds
+                .iter()
+                .map(|&(ceiling_per_s, projector_per_s)| ProjectionRound {
+                    ceiling_per_s,
+                    projector_per_s,
+                })
+                .collect(),
         });
     }
     let headline = projection.first().cloned();
@@ -320,7 +333,7 @@ fn print_report(ctx: &Ctx, r: &Report) {
         format!("{:.2}", r.ingest_ratio),
     ]);
     output::line(format!(
-        "{} events over {} products; fsync {}; {} cores; nats-server {}; ingest: the median of {} rounds",
+        "{} events over {} products; fsync {}; {} cores; nats-server {}; each figure the median of {} rounds",
         r.events,
         r.products,
         r.fsync,
@@ -396,6 +409,13 @@ pub(super) fn same_connection(ctx: &Ctx, command: &mut tokio::process::Command) 
             .env("NATS_USER", user)
             .env("NATS_PASSWORD", password);
     }
+}
+
+/// The median of some figures (0 when there are none).
+pub(super) fn median(figures: impl Iterator<Item = f64>) -> f64 {
+    let mut all: Vec<f64> = figures.collect();
+    all.sort_by(f64::total_cmp);
+    latency::quantile(&all, 0.5)
 }
 
 pub(super) fn rate(events: usize, took: Duration) -> f64 {
