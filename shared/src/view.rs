@@ -7,6 +7,8 @@
 //! - Large commits (catching up) go as one atomic batch whose first message carries
 //!   `Nats-Expected-Last-Sequence`, the bucket stream's last sequence as we know it: stored
 //!   only if nothing at all was written since. One check per commit, not one per key.
+//!   Beyond 999 keys, several such batches are sent back to back, each expecting the
+//!   stream to end where the one before it ends.
 //! - Small commits (live, a few events at a time) go as single publishes, because
 //!   nats-server stages an atomic batch in a store of its own, which costs milliseconds a
 //!   live event should not wait. Each key carries its own revision
@@ -18,7 +20,7 @@
 //! The checkpoint also carries its revision, so it never moves past an event that is not
 //! in every key it changes, and a purged bucket is noticed on the next commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
@@ -48,6 +50,9 @@ pub const MAX_KEYS_PER_COMMIT: usize = MAX_BATCH - 1;
 /// into atomic batches and stays there.
 pub const SINGLE_PUBLISHES_UP_TO: usize = 8;
 
+/// Atomic batches of one commit sent before the first is acknowledged.
+pub const PARTS_IN_FLIGHT: usize = 3;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
     /// Something else changed the bucket since this writer read it: reload, redo.
@@ -62,6 +67,22 @@ pub enum ViewError {
 pub enum Change<V> {
     Put(V),
     Delete,
+}
+
+impl<V> Change<V> {
+    /// The key's value after the change (`None`: deleted).
+    fn into_value(self) -> Option<V> {
+        match self {
+            Change::Put(v) => Some(v),
+            Change::Delete => None,
+        }
+    }
+}
+
+/// What a commit stored: each key with its value and revision, and the checkpoint's revision.
+struct Stored<V> {
+    keys: Vec<(String, Option<V>, u64)>,
+    checkpoint_revision: u64,
 }
 
 /// One key as this writer knows it.
@@ -171,40 +192,131 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
 
     /// Commits `changes` and the new checkpoint, if the bucket is still as last read.
     ///
-    /// More than [`MAX_KEYS_PER_COMMIT`] keys go in parts of that many; the parts before
-    /// the last leave the checkpoint where it is, so until the last is stored the keys
-    /// are ahead of it, never behind.
+    /// Up to [`SINGLE_PUBLISHES_UP_TO`] keys go as single publishes, each expecting its
+    /// key's revision, then the checkpoint. More go as atomic batches of up to
+    /// [`MAX_KEYS_PER_COMMIT`] keys and the checkpoint, each expecting the bucket to end
+    /// where the batch before it ends, up to [`PARTS_IN_FLIGHT`] sent before the first is
+    /// acknowledged (so the server stores one while the next is encoded). The batches
+    /// before the last leave the checkpoint where it is: until the last is stored, the
+    /// keys are ahead of it, never behind.
     pub async fn commit(
         &mut self,
         changes: Vec<(String, Change<V>)>,
         checkpoint: u64,
     ) -> Result<(), ViewError> {
-        let mut left = changes.len();
-        let mut changes = changes.into_iter();
-        while left > MAX_KEYS_PER_COMMIT {
-            let part: Vec<_> = changes.by_ref().take(MAX_KEYS_PER_COMMIT).collect();
-            left -= part.len();
-            let unchanged = self.checkpoint().await?;
-            self.commit_part(part, unchanged).await?;
+        let started = std::time::Instant::now();
+        let keys = changes.len();
+        let single = keys <= SINGLE_PUBLISHES_UP_TO;
+        let stored = if single {
+            self.commit_singly(changes, checkpoint).await
+        } else {
+            self.commit_in_batches(changes, checkpoint).await
+        };
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(e) => {
+                // Whatever happened, what we hold may be stale now.
+                self.invalidate();
+                return Err(e);
+            }
+        };
+        tracing::debug!(
+            bucket = %self.bucket,
+            keys,
+            checkpoint,
+            single,
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "committed"
+        );
+        let loaded = self.loaded().await?;
+        for (key, value, revision) in stored.keys {
+            loaded.keys.insert(key, Cached { value, revision });
         }
-        self.commit_part(changes.collect(), checkpoint).await
+        loaded.checkpoint = Checkpoint {
+            last_seq: checkpoint,
+        };
+        loaded.checkpoint_revision = stored.checkpoint_revision;
+        loaded.last_sequence = loaded.last_sequence.max(stored.checkpoint_revision);
+        Ok(())
     }
 
-    /// Commits at most [`MAX_KEYS_PER_COMMIT`] keys and the checkpoint.
-    async fn commit_part(
+    async fn commit_singly(
         &mut self,
         changes: Vec<(String, Change<V>)>,
         checkpoint: u64,
-    ) -> Result<(), ViewError> {
+    ) -> Result<Stored<V>, ViewError> {
         let loaded = self.loaded().await?;
-        let (last_sequence, checkpoint_revision) =
-            (loaded.last_sequence, loaded.checkpoint_revision);
+        let checkpoint_revision = loaded.checkpoint_revision;
         let revisions: Vec<u64> = changes
             .iter()
             .map(|(key, _)| loaded.keys.get(key).map_or(0, |c| c.revision))
             .collect();
+        let messages = self.messages(&changes, checkpoint, checkpoint_revision)?;
+        let sequences = self.publish_one_by_one(messages, &revisions).await?;
+        let checkpoint_revision = sequences.last().copied().unwrap_or(checkpoint_revision);
+        Ok(Stored {
+            keys: changes
+                .into_iter()
+                .zip(sequences)
+                .map(|((key, change), revision)| (key, change.into_value(), revision))
+                .collect(),
+            checkpoint_revision,
+        })
+    }
+
+    async fn commit_in_batches(
+        &mut self,
+        changes: Vec<(String, Change<V>)>,
+        checkpoint: u64,
+    ) -> Result<Stored<V>, ViewError> {
+        let loaded = self.loaded().await?;
+        let (mut expected, mut checkpoint_revision, unchanged) = (
+            loaded.last_sequence,
+            loaded.checkpoint_revision,
+            loaded.checkpoint.last_seq,
+        );
+        let parts = changes.len().div_ceil(MAX_KEYS_PER_COMMIT).max(1);
+        let mut stored = Vec::with_capacity(changes.len());
+        let mut changes = changes.into_iter();
+        let mut in_flight: VecDeque<(batch::SentBatch, u64)> = VecDeque::new();
+        for part in 1..=parts {
+            let keys: Vec<_> = changes.by_ref().take(MAX_KEYS_PER_COMMIT).collect();
+            let cp = if part == parts { checkpoint } else { unchanged };
+            let messages = self.messages(&keys, cp, checkpoint_revision)?;
+            let count = messages.len() as u64;
+            if in_flight.len() == PARTS_IN_FLIGHT {
+                if let Some((sent, after)) = in_flight.pop_front() {
+                    self.stored_after(sent, after).await?;
+                }
+            }
+            let sent = batch::send_atomic(&self.client, messages, Some(expected), self.timeout)
+                .await
+                .map_err(|e| self.nats_error("committing", e))?;
+            in_flight.push_back((sent, expected));
+            for (i, (key, change)) in keys.into_iter().enumerate() {
+                stored.push((key, change.into_value(), expected + 1 + i as u64));
+            }
+            expected += count;
+            checkpoint_revision = expected;
+        }
+        for (sent, after) in in_flight {
+            self.stored_after(sent, after).await?;
+        }
+        Ok(Stored {
+            keys: stored,
+            checkpoint_revision,
+        })
+    }
+
+    /// The messages of `changes`, then the checkpoint expecting its revision.
+    fn messages(
+        &self,
+        changes: &[(String, Change<V>)],
+        checkpoint: u64,
+        checkpoint_revision: u64,
+    ) -> Result<Vec<Outbound>, ViewError> {
         let mut messages = Vec::with_capacity(changes.len() + 1);
-        for (key, change) in &changes {
+        for (key, change) in changes {
             let payload = match change {
                 Change::Put(v) => Some(
                     serde_json::to_vec(v)
@@ -214,84 +326,27 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
             };
             messages.push(kv_message(&self.bucket, key, payload));
         }
-        let cp = Checkpoint {
+        let payload = serde_json::to_vec(&Checkpoint {
             last_seq: checkpoint,
-        };
-        let cp_payload =
-            serde_json::to_vec(&cp).map_err(|e| self.nats_error("encoding the checkpoint", e))?;
-        let mut cp_message = kv_message(&self.bucket, subjects::CHECKPOINT_KEY, Some(cp_payload));
-        cp_message.headers.insert(
+        })
+        .map_err(|e| self.nats_error("encoding the checkpoint", e))?;
+        let mut message = kv_message(&self.bucket, subjects::CHECKPOINT_KEY, Some(payload));
+        message.headers.insert(
             subjects::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-            checkpoint_revision.to_string().as_str(),
+            checkpoint_revision.to_string(),
         );
-        messages.push(cp_message);
-
-        let started = std::time::Instant::now();
-        let single = changes.len() <= SINGLE_PUBLISHES_UP_TO;
-        let stored = if single {
-            self.publish_one_by_one(messages, &revisions).await
-        } else {
-            self.publish_atomic(messages, last_sequence).await
-        };
-        let sequences = match stored {
-            Ok(sequences) => sequences,
-            Err(e) => {
-                // Whatever happened, what we hold may be stale now.
-                self.invalidate();
-                return Err(e);
-            }
-        };
-        tracing::debug!(
-            bucket = %self.bucket,
-            keys = changes.len(),
-            checkpoint,
-            single,
-            ms = started.elapsed().as_secs_f64() * 1000.0,
-            "committed"
-        );
-        let loaded = self.loaded().await?;
-        for ((key, change), revision) in changes.into_iter().zip(&sequences) {
-            let value = match change {
-                Change::Put(v) => Some(v),
-                Change::Delete => None,
-            };
-            loaded.keys.insert(
-                key,
-                Cached {
-                    value,
-                    revision: *revision,
-                },
-            );
-        }
-        let last = sequences.last().copied().unwrap_or(last_sequence);
-        loaded.checkpoint = cp;
-        loaded.checkpoint_revision = last;
-        loaded.last_sequence = loaded.last_sequence.max(last);
-        Ok(())
+        messages.push(message);
+        Ok(messages)
     }
 
-    /// Stores `messages` as one atomic batch, the first expecting the stream's last
-    /// sequence to be `expected`; returns the sequence each was stored at.
-    async fn publish_atomic(
-        &self,
-        messages: Vec<Outbound>,
-        expected: u64,
-    ) -> Result<Vec<u64>, ViewError> {
-        let stored = async {
-            batch::send_atomic(&self.client, messages, Some(expected), self.timeout)
-                .await?
-                .ack()
-                .await
-        }
-        .await;
-        match stored {
-            Ok(ack) if ack.first_sequence() == expected + 1 => {
-                Ok((ack.first_sequence()..=ack.sequence).collect())
-            }
+    /// Waits for a batch sent to land right after sequence `after`.
+    async fn stored_after(&self, sent: batch::SentBatch, after: u64) -> Result<(), ViewError> {
+        match sent.ack().await {
+            Ok(ack) if ack.first_sequence() == after + 1 => Ok(()),
             Ok(ack) => Err(self.nats_error(
                 "committing",
                 format!(
-                    "stored after sequence {}, expected {expected}",
+                    "stored after sequence {}, expected {after}",
                     ack.first_sequence() - 1
                 ),
             )),

@@ -26,7 +26,7 @@ use stockwire::provision::kv_config;
 use stockwire::{subjects, view};
 use tokio_util::sync::CancellationToken;
 
-use super::{encode_all, median, rate, sample_events};
+use super::{encode_all, median, rate, sample_events, BATCHES_IN_FLIGHT};
 use crate::failure::Failure;
 use crate::Ctx;
 
@@ -147,7 +147,7 @@ async fn scratch_bucket(
 }
 
 /// The plain loop: ordered read (in a task of its own, so reading overlaps writing, as
-/// the projector does), last payload per key, one atomic batch per 999 keys.
+/// the projector does), last payload per key, one atomic batch per 999 keys, three in flight.
 async fn ceiling(
     client: &async_nats::Client,
     js: &Context,
@@ -233,12 +233,24 @@ async fn ceiling(
                 }
             }
         }
+        // Up to three batches in flight, as the projector (and the import) keep.
         let mut latest = latest.into_iter().peekable();
+        let mut in_flight = std::collections::VecDeque::new();
         while latest.peek().is_some() {
             let part = latest.by_ref().take(MAX_BATCH - 1).collect();
-            batch::publish_atomic(client, part, timeout)
+            if in_flight.len() == BATCHES_IN_FLIGHT {
+                if let Some(sent) = in_flight.pop_front() {
+                    let sent: batch::SentBatch = sent;
+                    sent.ack().await.context("ceiling loop: commit")?;
+                }
+            }
+            let sent = batch::send_atomic(client, part, None, timeout)
                 .await
                 .context("ceiling loop: commit")?;
+            in_flight.push_back(sent);
+        }
+        for sent in in_flight {
+            sent.ack().await.context("ceiling loop: commit")?;
         }
     }
     reader.abort();
