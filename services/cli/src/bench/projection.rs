@@ -3,12 +3,14 @@
 //! The same events (in a warehouse of their own) are applied three ways, each into a
 //! scratch bucket set up like `stock` and removed afterwards:
 //! - the ceiling: a plain loop that reads them in order and writes, per batch of up to
-//!   5,000 (the projector's size),
-//!   one value per touched key (the last payload, no decoding, no checks) in atomic batches;
+//!   5,000 (the projector's size), one value per touched key (the last payload, no
+//!   decoding, no checks) in atomic batches of 999, three in flight;
 //! - stock-projector's loop (`stockwire::projector::run` with the stock projection): decode,
-//!   fold per key, commit keys with their revisions plus the checkpoint atomically;
+//!   fold per key, commit the keys and the checkpoint in chained atomic batches;
 //! - the article's loop: a durable consumer, and per event get -> put -> ack, in sequence
 //!   (measured on the first events only: it is slow).
+//!
+//! The ceiling and the projector take turns for the run's rounds; each counts its median.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
