@@ -7,7 +7,7 @@
 //! - Large commits (catching up) go as one atomic batch whose first message carries
 //!   `Nats-Expected-Last-Sequence`, the bucket stream's last sequence as we know it: stored
 //!   only if nothing at all was written since. One check per commit, not one per key.
-//!   Beyond 999 keys, several such batches are sent back to back, each expecting the
+//!   Beyond 999 keys, several such batches go one after another, each expecting the
 //!   stream to end where the one before it ends.
 //! - Small commits (live, a few events at a time) go as single publishes, because
 //!   nats-server stages an atomic batch in a store of its own, which costs milliseconds a
@@ -20,7 +20,7 @@
 //! The checkpoint also carries its revision, so it never moves past an event that is not
 //! in every key it changes, and a purged bucket is noticed on the next commit.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
@@ -49,9 +49,6 @@ pub const MAX_KEYS_PER_COMMIT: usize = MAX_BATCH - 1;
 /// and 16, 8 gave the lowest alert latency at 1,000 events/s; at 4 the projector tips
 /// into atomic batches and stays there.
 pub const SINGLE_PUBLISHES_UP_TO: usize = 8;
-
-/// Atomic batches of one commit sent before the first is acknowledged.
-pub const PARTS_IN_FLIGHT: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
@@ -195,10 +192,13 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
     /// Up to [`SINGLE_PUBLISHES_UP_TO`] keys go as single publishes, each expecting its
     /// key's revision, then the checkpoint. More go as atomic batches of up to
     /// [`MAX_KEYS_PER_COMMIT`] keys and the checkpoint, each expecting the bucket to end
-    /// where the batch before it ends, up to [`PARTS_IN_FLIGHT`] sent before the first is
-    /// acknowledged (so the server stores one while the next is encoded). The batches
-    /// before the last leave the checkpoint where it is: until the last is stored, the
-    /// keys are ahead of it, never behind.
+    /// where the batch before it ends. The batches before the last leave the checkpoint
+    /// where it is: until the last is stored, the keys are ahead of it, never behind.
+    ///
+    /// A batch is encoded while the one before it is being stored, but sent only once
+    /// that one is acknowledged: sent earlier, it could land on top of another writer's
+    /// batch that happened to end where ours was expected to, and the checkpoint would
+    /// then move past keys that were never written.
     pub async fn commit(
         &mut self,
         changes: Vec<(String, Change<V>)>,
@@ -278,28 +278,26 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         let parts = changes.len().div_ceil(MAX_KEYS_PER_COMMIT).max(1);
         let mut stored = Vec::with_capacity(changes.len());
         let mut changes = changes.into_iter();
-        let mut in_flight: VecDeque<(batch::SentBatch, u64)> = VecDeque::new();
+        let mut in_flight: Option<(batch::SentBatch, u64)> = None;
         for part in 1..=parts {
             let keys: Vec<_> = changes.by_ref().take(MAX_KEYS_PER_COMMIT).collect();
             let cp = if part == parts { checkpoint } else { unchanged };
             let messages = self.messages(&keys, cp, checkpoint_revision)?;
             let count = messages.len() as u64;
-            if in_flight.len() == PARTS_IN_FLIGHT {
-                if let Some((sent, after)) = in_flight.pop_front() {
-                    self.stored_after(sent, after).await?;
-                }
+            if let Some((sent, after)) = in_flight.take() {
+                self.stored_after(sent, after).await?;
             }
             let sent = batch::send_atomic(&self.client, messages, Some(expected), self.timeout)
                 .await
                 .map_err(|e| self.nats_error("committing", e))?;
-            in_flight.push_back((sent, expected));
+            in_flight = Some((sent, expected));
             for (i, (key, change)) in keys.into_iter().enumerate() {
                 stored.push((key, change.into_value(), expected + 1 + i as u64));
             }
             expected += count;
             checkpoint_revision = expected;
         }
-        for (sent, after) in in_flight {
+        if let Some((sent, after)) = in_flight {
             self.stored_after(sent, after).await?;
         }
         Ok(Stored {
