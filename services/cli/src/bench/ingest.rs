@@ -8,7 +8,7 @@ use stockwire::batch::{self, MAX_BATCH};
 use stockwire::domain::Event;
 use stockwire::envelope::Outbound;
 
-use super::{encode_all, same_connection, BATCHES_IN_FLIGHT, WINDOW};
+use super::{encode_all, same_connection, send_batches, WINDOW};
 use crate::failure::Failure;
 use crate::publish::now_ms;
 use crate::Ctx;
@@ -42,7 +42,7 @@ pub(super) async fn raw_pipelined(
     Ok(started.elapsed())
 }
 
-/// Atomic batches of 1,000, up to [`BATCHES_IN_FLIGHT`] sent before the oldest is acknowledged.
+/// Atomic batches of 1,000, up to [`super::BATCHES_IN_FLIGHT`] sent before the oldest is acknowledged.
 pub(super) async fn raw_batches(
     client: &async_nats::Client,
     ctx: &Ctx,
@@ -53,22 +53,9 @@ pub(super) async fn raw_batches(
     let messages = encode_all(ctx, events, &format!("bench-batch-{run_id}"));
     let batches: Vec<Vec<Outbound>> = messages.chunks(MAX_BATCH).map(<[_]>::to_vec).collect();
     let started = Instant::now();
-    let mut in_flight = VecDeque::with_capacity(BATCHES_IN_FLIGHT);
-    for chunk in batches {
-        if in_flight.len() >= BATCHES_IN_FLIGHT {
-            if let Some(sent) = in_flight.pop_front() {
-                let sent: batch::SentBatch = sent;
-                sent.ack().await.context("raw atomic batch")?;
-            }
-        }
-        let sent = batch::send_atomic(client, chunk, None, timeout)
-            .await
-            .context("raw atomic batch")?;
-        in_flight.push_back(sent);
-    }
-    for sent in in_flight {
-        sent.ack().await.context("raw atomic batch")?;
-    }
+    send_batches(client, batches, timeout)
+        .await
+        .context("raw atomic batch")?;
     Ok(started.elapsed())
 }
 

@@ -411,6 +411,35 @@ pub(super) fn same_connection(ctx: &Ctx, command: &mut tokio::process::Command) 
     }
 }
 
+/// Sends `batches` as atomic batches in order, up to [`BATCHES_IN_FLIGHT`] before the
+/// oldest is acknowledged; returns the first and last sequence stored (none if no batch).
+pub(super) async fn send_batches(
+    client: &async_nats::Client,
+    batches: impl IntoIterator<Item = Vec<Outbound>>,
+    timeout: Duration,
+) -> Result<Option<(u64, u64)>, stockwire::batch::BatchError> {
+    use stockwire::batch::{send_atomic, BatchAck, SentBatch};
+    let mut stored: Option<(u64, u64)> = None;
+    let mut note = |ack: BatchAck| {
+        let first = stored.map_or(ack.first_sequence(), |(first, _)| first);
+        stored = Some((first, ack.sequence));
+    };
+    let mut in_flight: std::collections::VecDeque<SentBatch> =
+        std::collections::VecDeque::with_capacity(BATCHES_IN_FLIGHT);
+    for batch in batches {
+        if in_flight.len() == BATCHES_IN_FLIGHT {
+            if let Some(sent) = in_flight.pop_front() {
+                note(sent.ack().await?);
+            }
+        }
+        in_flight.push_back(send_atomic(client, batch, None, timeout).await?);
+    }
+    for sent in in_flight {
+        note(sent.ack().await?);
+    }
+    Ok(stored)
+}
+
 /// The median of some figures (0 when there are none).
 pub(super) fn median(figures: impl Iterator<Item = f64>) -> f64 {
     let mut all: Vec<f64> = figures.collect();

@@ -20,7 +20,7 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::Context;
 use futures::StreamExt;
 use stock_projector::StockProjection;
-use stockwire::batch::{self, MAX_BATCH};
+use stockwire::batch::MAX_BATCH;
 use stockwire::domain::{StockView, WarehouseId};
 use stockwire::envelope::{Envelope, Outbound};
 use stockwire::projector;
@@ -28,7 +28,7 @@ use stockwire::provision::kv_config;
 use stockwire::{subjects, view};
 use tokio_util::sync::CancellationToken;
 
-use super::{encode_all, median, rate, sample_events, BATCHES_IN_FLIGHT};
+use super::{encode_all, median, rate, sample_events, send_batches};
 use crate::failure::Failure;
 use crate::Ctx;
 
@@ -108,30 +108,11 @@ async fn publish_all(
     messages: &[Outbound],
     timeout: Duration,
 ) -> Result<(u64, u64), Failure> {
-    let mut first = None;
-    let mut last = 0;
-    let mut in_flight = std::collections::VecDeque::new();
-    for chunk in messages.chunks(MAX_BATCH) {
-        if in_flight.len() >= 3 {
-            if let Some(sent) = in_flight.pop_front() {
-                let sent: batch::SentBatch = sent;
-                let ack = sent.ack().await.context("publishing bench events")?;
-                first.get_or_insert(ack.first_sequence());
-                last = ack.sequence;
-            }
-        }
-        in_flight.push_back(
-            batch::send_atomic(client, chunk.to_vec(), None, timeout)
-                .await
-                .context("publishing bench events")?,
-        );
-    }
-    for sent in in_flight {
-        let ack = sent.ack().await.context("publishing bench events")?;
-        first.get_or_insert(ack.first_sequence());
-        last = ack.sequence;
-    }
-    Ok((first.unwrap_or(1), last))
+    let batches = messages.chunks(MAX_BATCH).map(<[_]>::to_vec);
+    let stored = send_batches(client, batches, timeout)
+        .await
+        .context("publishing bench events")?;
+    Ok(stored.unwrap_or((1, 0)))
 }
 
 async fn scratch_bucket(
@@ -235,25 +216,16 @@ async fn ceiling(
                 }
             }
         }
-        // Up to three batches in flight, as the projector (and the import) keep.
+        // Up to three batches in flight, as the raw ingest loop keeps (a plain loop may:
+        // no other writer shares its bucket).
         let mut latest = latest.into_iter().peekable();
-        let mut in_flight = std::collections::VecDeque::new();
-        while latest.peek().is_some() {
-            let part = latest.by_ref().take(MAX_BATCH - 1).collect();
-            if in_flight.len() == BATCHES_IN_FLIGHT {
-                if let Some(sent) = in_flight.pop_front() {
-                    let sent: batch::SentBatch = sent;
-                    sent.ack().await.context("ceiling loop: commit")?;
-                }
-            }
-            let sent = batch::send_atomic(client, part, None, timeout)
-                .await
-                .context("ceiling loop: commit")?;
-            in_flight.push_back(sent);
-        }
-        for sent in in_flight {
-            sent.ack().await.context("ceiling loop: commit")?;
-        }
+        let parts = std::iter::from_fn(|| {
+            latest.peek()?;
+            Some(latest.by_ref().take(MAX_BATCH - 1).collect::<Vec<_>>())
+        });
+        send_batches(client, parts, timeout)
+            .await
+            .context("ceiling loop: commit")?;
     }
     reader.abort();
     Ok(started.elapsed())
