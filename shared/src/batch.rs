@@ -15,17 +15,10 @@ use async_nats::{Client, HeaderMap};
 use serde::Deserialize;
 
 use crate::envelope::Outbound;
+use crate::retry::{AppendError, AppendErrorKind};
 
 /// The server refuses batches of more messages than this.
 pub const MAX_BATCH: usize = 1000;
-
-/// JetStream error codes Stockwire branches on.
-pub mod err_code {
-    /// `Nats-Expected-Last-Subject-Sequence` (or `-Sequence`) did not match.
-    pub const WRONG_LAST_SEQUENCE: u64 = 10071;
-    /// A message of an atomic batch repeats a `Nats-Msg-Id` already stored.
-    pub const BATCH_DUPLICATE: u64 = 10201;
-}
 
 /// The PubAck of a committed batch.
 #[derive(Debug, Clone, Deserialize)]
@@ -47,34 +40,7 @@ impl BatchAck {
     }
 }
 
-/// Why a batch was not stored. Nothing of it was.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum BatchError {
-    #[error("a batch holds 1 to {MAX_BATCH} messages, not {0}")]
-    Size(usize),
-    #[error("JetStream refused the batch: {description} (code {code}, err_code {err_code})")]
-    Refused {
-        code: u64,
-        err_code: u64,
-        description: String,
-    },
-    #[error("no answer to the batch commit: {0}")]
-    Request(String),
-    #[error("unexpected answer to the batch commit: {0}")]
-    BadAck(String),
-}
-
-impl BatchError {
-    /// The JetStream error code, when the server refused the batch.
-    pub fn err_code(&self) -> Option<u64> {
-        match self {
-            BatchError::Refused { err_code, .. } => Some(*err_code),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct ApiError {
     #[serde(default)]
     code: u64,
@@ -83,6 +49,18 @@ struct ApiError {
     #[serde(default)]
     description: String,
 }
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (code {}, err_code {})",
+            self.description, self.code, self.err_code
+        )
+    }
+}
+
+impl std::error::Error for ApiError {}
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -96,7 +74,7 @@ pub async fn publish_atomic(
     client: &Client,
     messages: Vec<Outbound>,
     timeout: Duration,
-) -> Result<BatchAck, BatchError> {
+) -> Result<BatchAck, AppendError> {
     send_atomic(client, messages, None, timeout)
         .await?
         .ack()
@@ -124,15 +102,22 @@ pub async fn send_atomic(
     mut messages: Vec<Outbound>,
     expected_last: Option<u64>,
     timeout: Duration,
-) -> Result<SentBatch, BatchError> {
+) -> Result<SentBatch, AppendError> {
     let count = messages.len();
+    let size = || {
+        AppendError::new(AppendErrorKind::TooLarge).context(format!(
+            "a batch holds 1 to {MAX_BATCH} messages, not {count}"
+        ))
+    };
     if count > MAX_BATCH {
-        return Err(BatchError::Size(count));
+        return Err(size());
     }
     let Some(mut last) = messages.pop() else {
-        return Err(BatchError::Size(0));
+        return Err(size());
     };
-    let request_error = |e: &dyn std::fmt::Display| BatchError::Request(e.to_string());
+    let request_error = |e: &dyn std::fmt::Display| {
+        AppendError::with_source(AppendErrorKind::Connection, e.to_string())
+    };
     let batch_id = uuid::Uuid::new_v4().simple().to_string();
     let inbox = client.new_inbox();
     let replies = client
@@ -169,22 +154,21 @@ pub async fn send_atomic(
 
 impl SentBatch {
     /// Waits for the batch's PubAck: stored whole, or refused whole.
-    pub async fn ack(mut self) -> Result<BatchAck, BatchError> {
+    pub async fn ack(mut self) -> Result<BatchAck, AppendError> {
         use futures::StreamExt;
         let reply = match tokio::time::timeout(self.timeout, self.replies.next()).await {
             Ok(Some(reply)) => reply,
-            Ok(None) => return Err(BatchError::Request("the reply subscription ended".into())),
+            Ok(None) => {
+                return Err(AppendError::new(AppendErrorKind::Connection)
+                    .context("the batch's reply subscription ended"))
+            }
             Err(_) => {
-                return Err(BatchError::Request(format!(
-                    "no PubAck within {:?}",
-                    self.timeout
-                )))
+                return Err(AppendError::new(AppendErrorKind::TimedOut)
+                    .context(format!("no PubAck for the batch within {:?}", self.timeout)))
             }
         };
         if reply.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-            return Err(BatchError::Request(
-                "no stream stores these subjects (run `stockwire setup`)".into(),
-            ));
+            return Err(AppendError::new(AppendErrorKind::NoResponders));
         }
         match serde_json::from_slice::<Response>(&reply.payload) {
             Ok(Response::Ok(ack))
@@ -192,19 +176,24 @@ impl SentBatch {
             {
                 Ok(ack)
             }
-            Ok(Response::Ok(ack)) => Err(BatchError::BadAck(format!(
-                "batch {:?} of {} messages acknowledged as batch {:?} of {}",
-                self.batch_id, self.count, ack.batch_id, ack.count
-            ))),
-            Ok(Response::Err { error }) => Err(BatchError::Refused {
-                code: error.code,
-                err_code: error.err_code,
-                description: error.description,
-            }),
-            Err(e) => Err(BatchError::BadAck(format!(
-                "{e}: {}",
-                String::from_utf8_lossy(&reply.payload)
-            ))),
+            Ok(Response::Ok(ack)) => Err(AppendError::new(AppendErrorKind::BadAnswer).context(
+                format!(
+                    "batch {:?} of {} messages acknowledged as batch {:?} of {}",
+                    self.batch_id, self.count, ack.batch_id, ack.count
+                ),
+            )),
+            Ok(Response::Err { error }) => {
+                let kind = if error.code == 503 {
+                    AppendErrorKind::NoResponders
+                } else {
+                    AppendErrorKind::from_err_code(error.err_code)
+                };
+                Err(AppendError::with_source(kind, error))
+            }
+            Err(e) => Err(AppendError::with_source(
+                AppendErrorKind::BadAnswer,
+                format!("{e}: {}", String::from_utf8_lossy(&reply.payload)),
+            )),
         }
     }
 }

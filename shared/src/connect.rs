@@ -3,18 +3,19 @@
 //! Server errors (a permission violation, say) reach the client as events on the
 //! connection, not as errors of the call that caused them: that call just times out. So
 //! the event callback logs them and records refusals (permission violations, a bad
-//! password), and [`unless_refused`] turns the first one into an error at once, with the
-//! server's own words, instead of a timeout with no reason.
+//! password) in the caller's [`Signals`], and [`Signals::unless_refused`] turns the first
+//! one into an error at once, with the server's own words, instead of a timeout with no
+//! reason.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event, ServerError};
 use tokio::sync::watch;
 
-use crate::runtime::Backoff;
+use crate::retry::Backoff;
+use crate::subjects;
 
 /// Where and how to connect; parsed once by each binary.
 #[derive(Debug, Clone, clap::Args)]
@@ -138,59 +139,99 @@ pub struct Refused {
     pub reason: String,
 }
 
-/// Refusals reported on any connection of this process, first one kept.
-fn refusals() -> &'static watch::Sender<Option<Refused>> {
-    static REFUSALS: OnceLock<watch::Sender<Option<Refused>>> = OnceLock::new();
-    REFUSALS.get_or_init(|| watch::channel(None).0)
+/// What the server said to the connections made with one [`Signals`]: the first refusal,
+/// and how many times they have connected. Each binary makes its own (the CLI one per
+/// command, a service one for its life), so one client's refusal never fails another's work.
+#[derive(Debug, Clone)]
+pub struct Signals {
+    refusal: watch::Sender<Option<Refused>>,
 }
 
-fn record_refusal(who: &str, reason: String) {
-    refusals().send_if_modified(|slot| {
-        if slot.is_some() {
-            return false;
+impl Default for Signals {
+    fn default() -> Self {
+        Self {
+            refusal: watch::channel(None).0,
         }
-        *slot = Some(Refused {
-            who: who.to_string(),
-            reason,
-        });
-        true
-    });
+    }
 }
 
-/// How many times a connection of this process has (re)connected.
-fn connections() -> &'static watch::Sender<u64> {
-    static CONNECTIONS: OnceLock<watch::Sender<u64>> = OnceLock::new();
-    CONNECTIONS.get_or_init(|| watch::channel(0).0)
-}
-
-/// Changes each time a connection of this process connects again, e.g. after a server
-/// restart: a reader can then re-create its consumer at once instead of waiting to miss
-/// heartbeats.
-pub fn reconnects() -> watch::Receiver<u64> {
-    connections().subscribe()
-}
-
-/// The first refusal reported on a connection of this process, if any.
-pub fn refusal() -> Option<Refused> {
-    refusals().borrow().clone()
-}
-
-/// Runs `work`, unless the server refuses this process something first (a permission
-/// violation, a rejected password on reconnect): then fails at once with what the server
-/// said, instead of letting the refused call time out.
-pub async fn unless_refused<T, E>(work: impl Future<Output = Result<T, E>>) -> Result<T, E>
-where
-    E: From<Refused>,
-{
-    let mut seen = refusals().subscribe();
-    tokio::select! {
-        result = work => result,
-        refused = seen.wait_for(Option::is_some) => {
-            // The sender is a static, so waiting ends only with a refusal.
-            match refused.ok().and_then(|refusal| refusal.clone()) {
-                Some(refusal) => Err(refusal.into()),
-                None => std::future::pending().await,
+impl Signals {
+    fn record_refusal(&self, who: &str, reason: String) {
+        self.refusal.send_if_modified(|slot| {
+            if slot.is_some() {
+                return false;
             }
+            *slot = Some(Refused {
+                who: who.to_string(),
+                reason,
+            });
+            true
+        });
+    }
+
+    /// The first refusal reported, if any.
+    pub fn refusal(&self) -> Option<Refused> {
+        self.refusal.borrow().clone()
+    }
+
+    /// Runs `work`, unless the server refuses one of these connections something first (a
+    /// permission violation, a rejected password on reconnect): then fails at once with
+    /// what the server said, instead of letting the refused call time out.
+    pub async fn unless_refused<T, E>(
+        &self,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E>
+    where
+        E: From<Refused>,
+    {
+        let mut seen = self.refusal.subscribe();
+        tokio::select! {
+            result = work => result,
+            refused = seen.wait_for(Option::is_some) => {
+                // `self` holds the sender, so waiting ends only with a refusal.
+                match refused.ok().and_then(|refusal| refusal.clone()) {
+                    Some(refusal) => Err(refusal.into()),
+                    None => std::future::pending().await,
+                }
+            }
+        }
+    }
+}
+
+/// Notices that a client connected again (after a server restart, say), so a reader can
+/// re-create its consumer at once instead of waiting to miss heartbeats.
+pub struct Reconnects {
+    client: Client,
+    seen: u64,
+}
+
+impl Reconnects {
+    /// How often the client's connection count is looked at.
+    const EVERY: Duration = Duration::from_millis(100);
+
+    pub fn new(client: &Client) -> Self {
+        Self {
+            client: client.clone(),
+            seen: Self::count(client),
+        }
+    }
+
+    fn count(client: &Client) -> u64 {
+        client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Resolves once the client has connected again since the last call.
+    pub async fn changed(&mut self) {
+        loop {
+            let now = Self::count(&self.client);
+            if now != self.seen {
+                self.seen = now;
+                return;
+            }
+            tokio::time::sleep(Self::EVERY).await;
         }
     }
 }
@@ -201,6 +242,16 @@ pub async fn connect(
     name: &str,
     startup: Startup,
 ) -> Result<Client, ConnectError> {
+    connect_with(args, name, startup, &Signals::default()).await
+}
+
+/// Connects like [`connect`], reporting what the server refuses to `signals`.
+pub async fn connect_with(
+    args: &ConnectArgs,
+    name: &str,
+    startup: Startup,
+    signals: &Signals,
+) -> Result<Client, ConnectError> {
     let as_user = args
         .user
         .as_deref()
@@ -208,7 +259,7 @@ pub async fn connect(
         .unwrap_or_default();
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     loop {
-        let options = options(args, name).await?;
+        let options = options(args, name, signals.clone()).await?;
         match options.connect(args.nats_url.as_str()).await {
             Ok(client) => return Ok(client),
             Err(source) => {
@@ -237,7 +288,11 @@ fn worth_retrying(error: &ConnectError) -> bool {
     )
 }
 
-async fn options(args: &ConnectArgs, name: &str) -> Result<ConnectOptions, ConnectError> {
+async fn options(
+    args: &ConnectArgs,
+    name: &str,
+    signals: Signals,
+) -> Result<ConnectOptions, ConnectError> {
     let mut options = match (&args.creds, &args.user, &args.password) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => return Err(ConnectError::Conflicting),
         (Some(path), None, None) => {
@@ -282,32 +337,36 @@ async fn options(args: &ConnectArgs, name: &str) -> Result<ConnectOptions, Conne
         .request_timeout(Some(args.request_timeout()))
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {
-            let who = who.clone();
-            async move { on_event(&who, event) }
+            let (who, signals) = (who.clone(), signals.clone());
+            async move { on_event(&who, &signals, event) }
         }))
 }
 
 /// Logs what happens to the connection. Refusals are only recorded here: the binaries
-/// report them as their error, through [`unless_refused`].
-fn on_event(who: &str, event: Event) {
+/// report them as their error, through [`Signals::unless_refused`].
+fn on_event(who: &str, signals: &Signals, event: Event) {
     match event {
         Event::ServerError(ServerError::AuthorizationViolation) => {
             tracing::debug!("NATS server: authorization violation");
-            record_refusal(who, "authorization violation".to_string());
+            signals.record_refusal(who, "authorization violation".to_string());
         }
         Event::ServerError(ServerError::Other(message))
             if message.to_lowercase().contains("permissions violation") =>
         {
+            if message.contains(subjects::CONSUMER_DELETE_API) {
+                // async-nats deletes an ordered consumer when it re-creates it; a user
+                // without that grant is refused, and the server removes the idle
+                // consumer by itself. Nothing this process needs was refused.
+                tracing::debug!(%message, "NATS server kept a consumer this client left");
+                return;
+            }
             tracing::debug!(%message, "NATS server refused");
-            record_refusal(who, message);
+            signals.record_refusal(who, message);
         }
         Event::ServerError(err) => tracing::error!(%err, "NATS server error"),
         Event::ClientError(err) => tracing::error!(%err, "NATS client error"),
         Event::Disconnected => tracing::warn!("disconnected from NATS"),
-        Event::Connected => {
-            tracing::info!("connected to NATS");
-            connections().send_modify(|n| *n += 1);
-        }
+        Event::Connected => tracing::info!("connected to NATS"),
         Event::SlowConsumer(sid) => tracing::warn!(sid, "slow consumer"),
         other => tracing::debug!(event = %other, "NATS connection event"),
     }

@@ -19,7 +19,10 @@
 //! - [`watch`]: following a KV bucket for ever (history first, re-created on failure).
 //! - [`announce`]: derived events announced exactly once per change of state.
 //! - [`watcher`]: a watcher's inputs (thresholds first, then views) and announcing a change.
-//! - [`runtime`]: tracing, the shutdown signal, backoff.
+//! - [`error`]: one error shape (`Error<Kind>`, a kind to branch on and a source).
+//! - [`retry`]: every retry rule: what the server's answer to a write means, and backoff.
+//! - [`telemetry`]: logs; [`shutdown`]: ctrl-c and SIGTERM as a token, pauses that end on it;
+//!   [`service`]: a service's life from connect to drain; [`clock`]: where time comes from.
 //! - `testing` (feature `testing`): a real nats-server on a free port for tests.
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
@@ -27,17 +30,22 @@
 pub mod aggregate;
 pub mod announce;
 pub mod batch;
+pub mod clock;
 pub mod connect;
 pub mod deadletter;
 pub mod domain;
 pub mod envelope;
+pub mod error;
 pub mod projector;
 pub mod provision;
 pub mod read;
 pub mod rebuild;
 pub mod replay;
-pub mod runtime;
+pub mod retry;
+pub mod service;
+pub mod shutdown;
 pub mod subjects;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod view;

@@ -30,7 +30,8 @@ use crate::deadletter;
 use crate::domain::Event;
 use crate::envelope::{DecodeError, Envelope, Recorded};
 use crate::rebuild;
-use crate::runtime::Backoff;
+use crate::retry::Backoff;
+use crate::shutdown::pause;
 use crate::subjects;
 use crate::view::{Change, ViewError, ViewStore};
 
@@ -97,7 +98,7 @@ pub async fn run<P: Projection>(
     let mut store: ViewStore<P::View> =
         ViewStore::open(client.clone(), bucket, config.commit_timeout).await?;
     let mut rebuilds = rebuild::Listener::new(&client, bucket).await;
-    let mut reconnects = crate::connect::reconnects();
+    let mut reconnects = crate::connect::Reconnects::new(&client);
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     tracing::info!(view = bucket, "projector started");
 
@@ -343,13 +344,6 @@ fn spawn_reader(
         }
     });
     (task, rx)
-}
-
-async fn pause(shutdown: &CancellationToken, delay: Duration) {
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = tokio::time::sleep(delay) => {}
-    }
 }
 
 /// An ordered consumer on `INVENTORY` from `start` on.

@@ -45,6 +45,9 @@ pub const NATS_EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subjec
 pub const NATS_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
     "Nats-Expected-Last-Subject-Sequence-Subject";
 
+/// The JetStream API request that deletes a consumer (`.{stream}.{consumer}` follows).
+pub const CONSUMER_DELETE_API: &str = "$JS.API.CONSUMER.DELETE.";
+
 /// KV's operation header, and its value for a delete marker.
 pub const KV_OPERATION: &str = "KV-Operation";
 pub const KV_OPERATION_DELETE: &str = "DEL";

@@ -262,7 +262,7 @@ impl ManualClock {
     }
 }
 
-impl crate::runtime::Clock for ManualClock {
+impl crate::clock::Clock for ManualClock {
     fn now_ms(&self) -> i64 {
         self.0.load(std::sync::atomic::Ordering::SeqCst)
     }

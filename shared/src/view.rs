@@ -23,15 +23,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv::{self, Operation};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{self, err_code, BatchError, MAX_BATCH};
+use crate::batch::{self, MAX_BATCH};
 use crate::envelope::Outbound;
+use crate::retry::{AppendError, Next};
 use crate::subjects;
 
 /// The value of a view's `_checkpoint` key: every event up to `last_seq` is applied.
@@ -348,11 +348,7 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
                     ack.first_sequence() - 1
                 ),
             )),
-            Err(BatchError::Refused { err_code, .. })
-                if err_code == err_code::WRONG_LAST_SEQUENCE =>
-            {
-                Err(self.conflict())
-            }
+            Err(e) if e.kind().next() == Next::Decide => Err(self.conflict()),
             Err(other) => Err(self.nats_error("committing", other)),
         }
     }
@@ -401,8 +397,10 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
     ) -> Result<u64, ViewError> {
         match ack.await {
             Ok(ack) => Ok(ack.sequence),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(self.conflict()),
-            Err(e) => Err(self.nats_error("committing", e)),
+            Err(e) => match AppendError::from(e) {
+                e if e.kind().next() == Next::Decide => Err(self.conflict()),
+                e => Err(self.nats_error("committing", e)),
+            },
         }
     }
 

@@ -14,7 +14,8 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::Backoff;
+use crate::retry::Backoff;
+use crate::shutdown::pause;
 use crate::subjects;
 
 /// What a follower sends.
@@ -107,12 +108,5 @@ async fn is_empty(js: &async_nats::jetstream::Context, bucket: &str) -> bool {
             .map(|i| i.state.messages == 0)
             .unwrap_or(false),
         Err(_) => false,
-    }
-}
-
-async fn pause(shutdown: &CancellationToken, delay: Duration) {
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = tokio::time::sleep(delay) => {}
     }
 }

@@ -8,7 +8,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::announce::{Announced, Announcer, Last};
-use crate::runtime::Backoff;
+use crate::retry::Backoff;
+use crate::shutdown::pause;
 use crate::subjects;
 use crate::watch::{follow, Followed};
 
@@ -120,11 +121,4 @@ pub async fn announce_change<T: Serialize>(
         }
     }
     None
-}
-
-async fn pause(shutdown: &CancellationToken, delay: Duration) {
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = tokio::time::sleep(delay) => {}
-    }
 }

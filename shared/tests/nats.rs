@@ -3,12 +3,13 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use stockwire::batch::{self, err_code};
+use stockwire::batch;
 use stockwire::connect::{connect, ConnectArgs, Startup};
 use stockwire::domain::{Event, Location, Quantity, Sku, WarehouseId};
 use stockwire::envelope::{Envelope, EventMeta, Outbound};
 use stockwire::provision::{self, Outcome};
 use stockwire::read::Reader;
+use stockwire::retry::AppendErrorKind;
 use stockwire::subjects;
 use stockwire::testing::NatsServer;
 
@@ -89,7 +90,7 @@ async fn an_atomic_batch_is_stored_whole_or_not_at_all() {
     let err = batch::publish_atomic(&client, again, Duration::from_secs(5))
         .await
         .unwrap_err();
-    assert_eq!(err.err_code(), Some(err_code::BATCH_DUPLICATE), "{err}");
+    assert_eq!(err.kind(), AppendErrorKind::BatchDuplicate, "{err}");
     let mut stream = js.get_stream(subjects::INVENTORY_STREAM).await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 1000);
 

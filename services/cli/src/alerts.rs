@@ -56,7 +56,7 @@ pub(crate) async fn run(ctx: &Ctx, args: AlertsArgs) -> Outcome {
         .messages()
         .await
         .map_err(|e| anyhow::anyhow!("following ALERTS: {e}"))?;
-    let interrupted = stockwire::runtime::shutdown_signal();
+    let interrupted = stockwire::shutdown::shutdown_signal();
     tokio::pin!(interrupted);
     loop {
         tokio::select! {

@@ -14,7 +14,7 @@ use async_nats::jetstream::context::PublishErrorKind;
 use stockwire::aggregate::{self, expect_at};
 use stockwire::domain::{decide, Command, DomainError};
 use stockwire::envelope::EventMeta;
-use stockwire::runtime::Backoff;
+use stockwire::retry::Backoff;
 
 use crate::failure::{Failure, Kind};
 use crate::publish::explain_publish;

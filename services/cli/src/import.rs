@@ -17,9 +17,10 @@ use anyhow::Context as _;
 use futures::future::try_join_all;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use stockwire::batch::{self, err_code, MAX_BATCH};
+use stockwire::batch::{self, MAX_BATCH};
 use stockwire::domain::{check_not_in_future, Event, EventKind, InvalidField};
 use stockwire::envelope::{check_msg_id, Envelope, EventMeta, Outbound};
+use stockwire::retry::AppendErrorKind;
 
 use crate::failure::{Failure, Outcome};
 use crate::publish::{explain_publish, now_ms};
@@ -349,8 +350,8 @@ async fn publish_all(
             }
             Err(e)
                 if matches!(
-                    e.err_code(),
-                    Some(err_code::BATCH_DUPLICATE | err_code::WRONG_LAST_SEQUENCE)
+                    e.kind(),
+                    AppendErrorKind::BatchDuplicate | AppendErrorKind::WrongLastSequence
                 ) =>
             {
                 // The batches sent after this one expected it to be stored: they are refused.
@@ -420,7 +421,7 @@ async fn publish_chunk(
             summary.last_seq = Some(ack.sequence);
             Ok(())
         }
-        Err(e) if e.err_code() == Some(err_code::BATCH_DUPLICATE) => {
+        Err(e) if e.kind() == AppendErrorKind::BatchDuplicate => {
             tracing::debug!(
                 lines = count,
                 "batch holds a stored msg id; publishing one by one"

@@ -35,7 +35,7 @@ mod verify;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use stockwire::connect::{connect, ConnectArgs, Startup};
+use stockwire::connect::{connect_with, ConnectArgs, Signals, Startup};
 use stockwire::envelope::Envelope;
 
 pub use alerts::AlertsArgs;
@@ -113,14 +113,21 @@ pub(crate) struct Ctx {
     pub(crate) envelope: Envelope,
     pub(crate) json: bool,
     pub(crate) wait_timeout: std::time::Duration,
+    /// What the server refuses any of this command's connections.
+    pub(crate) signals: Signals,
 }
 
 impl Ctx {
     /// Connects, failing at once with the reason when the server is not there.
     pub(crate) async fn client(&self) -> Result<async_nats::Client, Failure> {
-        connect(&self.connect, "stockwire-cli", Startup::FailFast)
-            .await
-            .map_err(|e| Failure::from(anyhow::Error::new(e)))
+        connect_with(
+            &self.connect,
+            "stockwire-cli",
+            Startup::FailFast,
+            &self.signals,
+        )
+        .await
+        .map_err(|e| Failure::from(anyhow::Error::new(e)))
     }
 
     pub(crate) async fn jetstream(&self) -> Result<async_nats::jetstream::Context, Failure> {
@@ -139,9 +146,13 @@ pub async fn run(cli: Cli) -> ExitCode {
         envelope,
         json: cli.json,
         wait_timeout: std::time::Duration::from_secs(cli.wait_timeout_s),
+        signals: Signals::default(),
     };
     // A permission violation would otherwise surface as a timeout with no reason.
-    let outcome = stockwire::connect::unless_refused(dispatch(&ctx, cli.command)).await;
+    let outcome = ctx
+        .signals
+        .unless_refused(dispatch(&ctx, cli.command))
+        .await;
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => report(failure),

@@ -5,6 +5,6 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = stockwire_cli::Cli::parse();
-    stockwire::runtime::init_tracing("warn");
+    stockwire::telemetry::init_tracing("warn");
     stockwire_cli::run(cli).await
 }

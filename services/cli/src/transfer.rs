@@ -9,9 +9,10 @@
 use clap::Args;
 use serde::Serialize;
 use stockwire::aggregate::{self, expect_at};
-use stockwire::batch::{self, err_code};
+use stockwire::batch;
 use stockwire::domain::{decide, Command, Location, Quantity, Sku, TransferId, WarehouseId};
 use stockwire::envelope::EventMeta;
+use stockwire::retry::Next;
 
 use crate::args::EventOpts;
 use crate::checked::{refused, until_decided, Attempt, Stored};
@@ -112,7 +113,7 @@ pub(crate) async fn run(ctx: &Ctx, args: TransferArgs) -> Outcome {
                 seq: ack.sequence,
                 earlier: false,
             })),
-            Err(e) if e.err_code() == Some(err_code::WRONG_LAST_SEQUENCE) => Ok(Attempt::Conflict),
+            Err(e) if e.kind().next() == Next::Decide => Ok(Attempt::Conflict),
             Err(e) => Err(anyhow::Error::new(e)
                 .context("publishing the transfer")
                 .into()),

@@ -168,7 +168,7 @@ impl Stack {
             linger_ms: 100,
         };
         tokio::spawn(async move {
-            let clock = std::sync::Arc::new(stockwire::runtime::SystemClock);
+            let clock = std::sync::Arc::new(stockwire::clock::SystemClock);
             if let Err(e) = velocity_projector::run(client, &config, clock, stop).await {
                 panic!("velocity-projector failed: {e:#}");
             }

@@ -2,7 +2,8 @@
 
 use clap::Parser;
 use low_stock_watcher::{run, Config};
-use stockwire::runtime::{init_tracing, serve};
+use stockwire::service::serve;
+use stockwire::telemetry::init_tracing;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

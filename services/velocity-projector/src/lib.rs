@@ -15,11 +15,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use stockwire::clock::Clock;
 use stockwire::connect::ConnectArgs;
 use stockwire::domain::{Event, EventKind, VelocityView};
 use stockwire::envelope::{Envelope, Recorded};
 use stockwire::projector::{self, Projection};
-use stockwire::runtime::Clock;
 use stockwire::subjects;
 use tokio_util::sync::CancellationToken;
 

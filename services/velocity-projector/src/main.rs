@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use stockwire::runtime::{init_tracing, serve, SystemClock};
+use stockwire::clock::SystemClock;
+use stockwire::service::serve;
+use stockwire::telemetry::init_tracing;
 use velocity_projector::{run, Config};
 
 #[tokio::main]

@@ -1,7 +1,8 @@
 //! `velocity-watcher`: sales velocity + stock -> band changes and stockout forecasts.
 
 use clap::Parser;
-use stockwire::runtime::{init_tracing, serve};
+use stockwire::service::serve;
+use stockwire::telemetry::init_tracing;
 use velocity_watcher::{run, Config};
 
 #[tokio::main]

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use serde_json::{json, Value};
+use stockwire::clock::SystemClock;
 use stockwire::domain::{Event, Location, Quantity, Sku, WarehouseId, DAY_MS, HOUR_MS};
 use stockwire::envelope::{Envelope, EventMeta};
 use stockwire::read::Reader;
-use stockwire::runtime::SystemClock;
 use stockwire::testing::{wait_until, NatsServer};
 use stockwire::{provision, subjects};
 use tokio_util::sync::CancellationToken;

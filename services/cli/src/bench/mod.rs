@@ -417,7 +417,7 @@ pub(super) async fn send_batches(
     client: &async_nats::Client,
     batches: impl IntoIterator<Item = Vec<Outbound>>,
     timeout: Duration,
-) -> Result<Option<(u64, u64)>, stockwire::batch::BatchError> {
+) -> Result<Option<(u64, u64)>, stockwire::retry::AppendError> {
     use stockwire::batch::{send_atomic, BatchAck, SentBatch};
     let mut stored: Option<(u64, u64)> = None;
     let mut note = |ack: BatchAck| {

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
 use stockwire::aggregate::{self, expect_at};
-use stockwire::batch::{self, err_code};
+use stockwire::batch;
 use stockwire::domain::{Event, Location, Quantity, Sku, TransferId, WarehouseId};
 use stockwire::envelope::{Envelope, EventMeta};
+use stockwire::retry::AppendErrorKind;
 use stockwire::testing::wait_until;
 
 use super::*;
@@ -350,6 +351,6 @@ async fn a_transfer_whose_second_half_is_stale_stores_neither() {
     let err = batch::publish_atomic(&js.client(), vec![first, second], Duration::from_secs(5))
         .await
         .unwrap_err();
-    assert_eq!(err.err_code(), Some(err_code::WRONG_LAST_SEQUENCE), "{err}");
+    assert_eq!(err.kind(), AppendErrorKind::WrongLastSequence, "{err}");
     assert_eq!(stack.events().await.len(), 2, "neither half stored");
 }
