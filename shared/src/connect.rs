@@ -382,3 +382,33 @@ fn readable(flag: &'static str, path: &Path) -> Result<(), ConnectError> {
             source,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn violation(subject: &str) -> Event {
+        Event::ServerError(ServerError::Other(format!(
+            "Permissions Violation for Publish to \"{subject}\""
+        )))
+    }
+
+    #[test]
+    fn a_refused_consumer_delete_is_harmless_and_other_refusals_are_kept() {
+        let signals = Signals::default();
+        on_event(
+            "cli",
+            &signals,
+            violation("$JS.API.CONSUMER.DELETE.ALERTS.abc"),
+        );
+        assert!(signals.refusal().is_none());
+        on_event("cli", &signals, violation("stockwire.rebuild.stock"));
+        let refused = signals.refusal().expect("a refusal");
+        assert!(
+            refused.reason.contains("stockwire.rebuild.stock"),
+            "{refused}"
+        );
+        // Each caller's signals are its own.
+        assert!(Signals::default().refusal().is_none());
+    }
+}

@@ -8,7 +8,9 @@
 //! - [`envelope`]: a typed event <-> subject, standard headers and JSON payload; decode errors; upcasting.
 //! - [`subjects`]: every subject, stream, bucket, key and header name, built in one place.
 //! - [`provision`]: idempotent creation and update of streams and buckets.
-//! - [`aggregate`]: the command side: one aggregate loaded from its events; conditional publish.
+//! - [`aggregate`]: the command side's read: a product from its stock view value and the
+//!   events after it; the expectation that makes an append conditional.
+//! - [`execute`]: the command executor: load, decide, append with expectations, retry.
 //! - [`batch`]: atomic batch publish (all of up to 1,000 messages stored, or none).
 //! - [`connect`]: connection flags (URL, user/password, creds) and `connect`.
 //! - [`read`]: reading a filtered slice of a stream in order, to its end.
@@ -36,6 +38,7 @@ pub mod deadletter;
 pub mod domain;
 pub mod envelope;
 pub mod error;
+pub mod execute;
 pub mod projector;
 pub mod provision;
 pub mod read;

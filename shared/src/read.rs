@@ -75,7 +75,7 @@ impl Reader {
             filter: filter.to_string(),
             message: e.to_string(),
         };
-        let handle = js.get_stream(stream).await.map_err(|e| fail(&e))?;
+        let handle = js.get_stream_no_info(stream).await.map_err(|e| fail(&e))?;
         let consumer = handle
             .create_consumer(OrderedConfig {
                 filter_subject: filter.to_string(),
@@ -131,6 +131,114 @@ impl Reader {
             filter: self.filter.clone(),
             message,
         }))
+    }
+}
+
+/// Follows a stream from a sequence on, for ever: every message once, in stream order,
+/// across errors and server restarts. The consumer is opened again from the next sequence
+/// when it fails or the connection comes back (dropped, never deleted: the server removes
+/// an idle ordered consumer by itself, and a user may lack the right to delete one).
+pub struct Follower {
+    js: Context,
+    stream: String,
+    filter: String,
+    next_seq: u64,
+    messages: Option<jetstream::consumer::pull::Ordered>,
+    reconnects: crate::connect::Reconnects,
+    backoff: crate::retry::Backoff,
+}
+
+impl Follower {
+    /// Follows `stream` (subjects matching `filter`) from `start_sequence` (1: the beginning).
+    pub fn new(js: &Context, stream: &str, filter: &str, start_sequence: u64) -> Self {
+        Self {
+            js: js.clone(),
+            stream: stream.to_string(),
+            filter: filter.to_string(),
+            next_seq: start_sequence.max(1),
+            messages: None,
+            reconnects: crate::connect::Reconnects::new(&js.client()),
+            backoff: crate::retry::Backoff::new(
+                std::time::Duration::from_millis(100),
+                std::time::Duration::from_secs(5),
+            ),
+        }
+    }
+
+    /// The next message; waits for it as long as it takes (select on a shutdown signal).
+    pub async fn next(&mut self) -> Stored {
+        loop {
+            let Some(messages) = self.messages.as_mut() else {
+                match self.open().await {
+                    Ok(messages) => self.messages = Some(messages),
+                    Err(e) => {
+                        tracing::warn!(stream = %self.stream, error = %e, "cannot follow the stream yet; retrying");
+                        tokio::time::sleep(self.backoff.next_delay()).await;
+                    }
+                }
+                continue;
+            };
+            let msg = tokio::select! {
+                msg = messages.next() => msg,
+                _ = self.reconnects.changed() => {
+                    tracing::debug!(stream = %self.stream, "reconnected; following from #{}", self.next_seq);
+                    self.messages = None;
+                    continue;
+                }
+            };
+            let info = match &msg {
+                Some(Ok(msg)) => msg.info().map(|i| (i.stream_sequence, stored_ms(&i))),
+                _ => Err("no message".into()),
+            };
+            match (msg, info) {
+                (Some(Ok(msg)), Ok((sequence, stored_ms))) if sequence >= self.next_seq => {
+                    self.backoff.reset();
+                    self.next_seq = sequence + 1;
+                    return Stored {
+                        sequence,
+                        stored_ms,
+                        subject: msg.subject.to_string(),
+                        headers: msg.headers.clone(),
+                        payload: msg.payload.clone(),
+                    };
+                }
+                (Some(Ok(_)), Ok(_)) => continue,
+                (msg, _) => {
+                    let why = match msg {
+                        Some(Err(e)) => e.to_string(),
+                        None => "the consumer ended".to_string(),
+                        Some(Ok(_)) => "a message without its metadata".to_string(),
+                    };
+                    tracing::warn!(stream = %self.stream, error = %why, "following again from #{}", self.next_seq);
+                    self.messages = None;
+                    tokio::time::sleep(self.backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<jetstream::consumer::pull::Ordered, ReadError> {
+        let fail = |e: &dyn std::fmt::Display| ReadError {
+            stream: self.stream.clone(),
+            filter: self.filter.clone(),
+            message: e.to_string(),
+        };
+        let handle = self
+            .js
+            .get_stream_no_info(&self.stream)
+            .await
+            .map_err(|e| fail(&e))?;
+        let consumer = handle
+            .create_consumer(OrderedConfig {
+                filter_subject: self.filter.clone(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: self.next_seq,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| fail(&e))?;
+        consumer.messages().await.map_err(|e| fail(&e))
     }
 }
 

@@ -45,6 +45,12 @@ pub const NATS_EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subjec
 pub const NATS_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
     "Nats-Expected-Last-Subject-Sequence-Subject";
 
+/// The JetStream API request for a stream's info (its answer carries the server's time),
+/// after the context's `$JS.API.` prefix.
+pub fn stream_info_api(stream: &str) -> String {
+    format!("STREAM.INFO.{stream}")
+}
+
 /// The JetStream API request that deletes a consumer (`.{stream}.{consumer}` follows).
 pub const CONSUMER_DELETE_API: &str = "$JS.API.CONSUMER.DELETE.";
 

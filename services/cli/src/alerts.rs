@@ -1,12 +1,10 @@
 //! `stockwire alerts [--follow]`: the derived events in `ALERTS`, oldest first; with
 //! `--follow`, then every new one as it arrives, until interrupted.
 
-use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
 use clap::Args;
-use futures::StreamExt;
 use serde_json::{json, Value};
 use stockwire::domain::format_ms;
-use stockwire::read::{Reader, Stored};
+use stockwire::read::{Follower, Reader, Stored};
 use stockwire::subjects;
 
 use crate::failure::Outcome;
@@ -38,44 +36,18 @@ pub(crate) async fn run(ctx: &Ctx, args: AlertsArgs) -> Outcome {
         }
         return Ok(());
     }
-    let stream = js
-        .get_stream(subjects::ALERTS_STREAM)
-        .await
-        .map_err(|e| anyhow::anyhow!("finding stream ALERTS: {e}"))?;
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: subjects::ALERTS_SUBJECTS.to_string(),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: last + 1,
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("following ALERTS: {e}"))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| anyhow::anyhow!("following ALERTS: {e}"))?;
+    let mut follower = Follower::new(
+        &js,
+        subjects::ALERTS_STREAM,
+        subjects::ALERTS_SUBJECTS,
+        last + 1,
+    );
     let interrupted = stockwire::shutdown::shutdown_signal();
     tokio::pin!(interrupted);
     loop {
         tokio::select! {
             _ = &mut interrupted => return Ok(()),
-            msg = messages.next() => {
-                let Some(msg) = msg else { return Ok(()) };
-                let msg = msg.map_err(|e| anyhow::anyhow!("following ALERTS: {e}"))?;
-                let (sequence, stored_ms) = msg
-                    .info()
-                    .map(|i| (i.stream_sequence, stockwire::read::stored_ms(&i)))
-                    .unwrap_or_default();
-                print(ctx, &Stored {
-                    sequence,
-                    stored_ms,
-                    subject: msg.subject.to_string(),
-                    headers: msg.headers.clone(),
-                    payload: msg.payload.clone(),
-                });
-            }
+            stored = follower.next() => print(ctx, &stored),
         }
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use stockwire::domain::{
-    parse_count_text, parse_time_ms, Event, InvalidField, Location, Quantity, Reason, Sku,
+    parse_count_text, parse_time_ms, Command, Event, InvalidField, Location, Quantity, Reason, Sku,
     WarehouseId,
 };
 
@@ -128,16 +128,31 @@ pub enum PublishKind {
 }
 
 impl PublishKind {
-    /// The event these arguments describe, and its options.
-    pub fn into_event(self) -> Result<(Event, EventOpts), InvalidField> {
-        Ok(match self {
+    /// The command these arguments ask for, and its options. `--force` turns a checked
+    /// kind into a fact recorded as given; on the others it is an error.
+    pub fn into_command(self) -> Result<(Command, EventOpts), InvalidField> {
+        let (command, opts) = match self {
             PublishKind::Received {
                 product,
                 location,
                 quantity,
                 opts,
             } => (
-                Event::Received {
+                Command::Receive {
+                    warehouse: product.warehouse,
+                    sku: product.sku,
+                    location,
+                    quantity,
+                },
+                opts,
+            ),
+            PublishKind::Corrected {
+                product,
+                location,
+                quantity,
+                opts,
+            } => (
+                Command::Correct {
                     warehouse: product.warehouse,
                     sku: product.sku,
                     location,
@@ -151,7 +166,7 @@ impl PublishKind {
                 quantity,
                 opts,
             } => (
-                Event::Sold {
+                Command::Sell {
                     warehouse: product.warehouse,
                     sku: product.sku,
                     location,
@@ -166,7 +181,7 @@ impl PublishKind {
                 reason,
                 opts,
             } => (
-                Event::Destroyed {
+                Command::Destroy {
                     warehouse: product.warehouse,
                     sku: product.sku,
                     location,
@@ -181,24 +196,36 @@ impl PublishKind {
                 to,
                 quantity,
                 opts,
-            } => (
-                Event::moved(product.warehouse, product.sku, from, to, quantity)?,
-                opts,
-            ),
-            PublishKind::Corrected {
-                product,
-                location,
-                quantity,
-                opts,
-            } => (
-                Event::Corrected {
-                    warehouse: product.warehouse,
-                    sku: product.sku,
-                    location,
+            } => {
+                // Refused here, as bad input, rather than by the rule after a read.
+                Event::moved(
+                    product.warehouse.clone(),
+                    product.sku.clone(),
+                    from.clone(),
+                    to.clone(),
                     quantity,
-                },
-                opts,
-            ),
-        })
+                )?;
+                (
+                    Command::Move {
+                        warehouse: product.warehouse,
+                        sku: product.sku,
+                        from,
+                        to,
+                        quantity,
+                    },
+                    opts,
+                )
+            }
+        };
+        if !opts.force {
+            return Ok((command, opts));
+        }
+        match command.forced() {
+            Some(forced) => Ok((forced, opts)),
+            None => Err(InvalidField::new(
+                "--force",
+                "only sold, moved and destroyed are checked; the others are always recorded",
+            )),
+        }
     }
 }

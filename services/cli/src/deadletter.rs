@@ -19,11 +19,12 @@ use futures::StreamExt;
 use serde::Serialize;
 use stockwire::domain::format_ms;
 use stockwire::envelope::Outbound;
+use stockwire::retry::AppendError;
 use stockwire::subjects;
 
 use crate::failure::{Failure, Outcome};
 use crate::status::find_stream;
-use crate::{output, publish, Ctx};
+use crate::{output, Ctx};
 
 #[derive(Debug, Args)]
 pub struct DeadletterArgs {
@@ -251,7 +252,17 @@ async fn replay(ctx: &Ctx, js: &Context, stream: &Stream, seq: u64) -> Outcome {
         headers,
         payload: letter.payload.clone(),
     };
-    let ack = publish::publish_acked(js, &out).await?;
+    let ack = async {
+        js.publish_with_headers(
+            out.subject.clone(),
+            out.headers.clone(),
+            out.payload.clone(),
+        )
+        .await?
+        .await
+    }
+    .await
+    .map_err(|e| AppendError::from(e).context(format!("publishing to {}", out.subject)))?;
     if ctx.json {
         output::json_line(&Replayed {
             dead_letter: seq,

@@ -23,9 +23,10 @@ use stockwire::envelope::{check_msg_id, Envelope, EventMeta, Outbound};
 use stockwire::retry::AppendErrorKind;
 
 use crate::failure::{Failure, Outcome};
-use crate::publish::{explain_publish, now_ms};
+use crate::meta::{check_server_clock, now_ms, server_now_ms};
 use crate::{output, Ctx};
-use stockwire::connect::{connect, Startup};
+use stockwire::connect::{connect_with, Startup};
+use stockwire::retry::AppendError;
 
 /// Namespace of the msg ids derived from a line's number and content.
 const LINE_ID_NAMESPACE: uuid::Uuid =
@@ -68,8 +69,10 @@ pub(crate) async fn run(ctx: &Ctx, file: &Path) -> Result<Option<u64>, Failure> 
     let started = Instant::now();
     // Connect while the file is read and checked; nothing is sent before every line is valid.
     let connecting = {
-        let args = ctx.connect.clone();
-        tokio::spawn(async move { connect(&args, "stockwire-cli", Startup::FailFast).await })
+        let (args, signals) = (ctx.connect.clone(), ctx.signals.clone());
+        tokio::spawn(async move {
+            connect_with(&args, "stockwire-cli", Startup::FailFast, &signals).await
+        })
     };
     let text = read_input(file)?;
     let lines = parse_all(&text, file)?;
@@ -81,6 +84,15 @@ pub(crate) async fn run(ctx: &Ctx, file: &Path) -> Result<Option<u64>, Failure> 
         .map_err(anyhow::Error::new)?;
     let js = async_nats::jetstream::new(client.clone());
     let timeout = ctx.connect.request_timeout();
+    let latest = lines
+        .events
+        .iter()
+        .zip(&lines.numbers)
+        .max_by_key(|((_, meta), _)| meta.timestamp_ms);
+    if let Some(((_, meta), number)) = latest {
+        let server_now = server_now_ms(&js).await?;
+        check_server_clock(&format!("line {number}"), meta.timestamp_ms, server_now)?;
+    }
 
     let mut summary = Summary {
         lines: lines.numbers.len(),
@@ -449,7 +461,11 @@ async fn publish_singly(
             let ack = js
                 .publish_with_headers(out.subject.clone(), out.headers, out.payload)
                 .await
-                .map_err(|e| explain_publish(e, &out.subject))?;
+                .map_err(|e| {
+                    Failure::from(
+                        AppendError::from(e).context(format!("publishing to {}", out.subject)),
+                    )
+                })?;
             pending.push(ack.into_future());
         }
         let acks = try_join_all(pending).await.context("waiting for PubAcks")?;

@@ -4,8 +4,11 @@
 //! command line into [`Cli`] and calls [`run`]; each command lives in its own module.
 //!
 //! ## Layout
-//! - `failure`: failure kinds and their exit codes (0 ok, 1 NATS, 2 invalid input, 3 rejected).
-//! - `args`: the event arguments shared by the `publish` kinds.
+//! - `failure`: failure kinds and their exit codes (0 ok, 1 NATS, 2 invalid input, 3 rejected,
+//!   4 clock); every error of the command side is mapped to its code there.
+//! - `args`: the `publish` kinds' arguments, parsed straight into a `Command`.
+//! - `meta`: a new event's msg id and time, checked against this machine's and the server's clock.
+//! - `wait`: `--wait`, until the stock view has applied an event.
 //! - `setup`, `publish` (+ `import`), `stock`, `velocity`, `history`, `threshold`, `alerts`, `rebuild`,
 //!   `verify`, `status`,
 //!   `deadletter`, `bench`: one command each.
@@ -16,11 +19,11 @@
 mod alerts;
 mod args;
 mod bench;
-mod checked;
 mod deadletter;
 mod failure;
 mod history;
 mod import;
+mod meta;
 mod output;
 mod publish;
 mod rebuild;
@@ -31,6 +34,7 @@ mod threshold;
 mod transfer;
 mod velocity;
 mod verify;
+mod wait;
 
 use std::process::ExitCode;
 

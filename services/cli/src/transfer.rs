@@ -4,20 +4,18 @@
 //! `stock.transferred_out` in the source and `stock.transferred_in` in the destination
 //! share a transfer id; each carries the expected last sequence of its own aggregate, so a
 //! change to either refuses both. Decided against the source like a sale, and retried
-//! the same way (see `checked`).
+//! the same way, by the same executor (`stockwire::execute`).
 
 use clap::Args;
 use serde::Serialize;
-use stockwire::aggregate::{self, expect_at};
-use stockwire::batch;
-use stockwire::domain::{decide, Command, Location, Quantity, Sku, TransferId, WarehouseId};
-use stockwire::envelope::EventMeta;
-use stockwire::retry::Next;
+use stockwire::domain::{Command, Location, Quantity, Sku, TransferId, WarehouseId};
+use stockwire::execute::Outcome as CommandOutcome;
 
 use crate::args::EventOpts;
-use crate::checked::{refused, until_decided, Attempt, Stored};
 use crate::failure::{Failure, Outcome};
-use crate::publish::{event_meta, wait_applied};
+use crate::meta::event_meta;
+use crate::publish::execute;
+use crate::wait::wait_applied;
 use crate::{output, Ctx};
 
 #[derive(Debug, Args)]
@@ -49,6 +47,7 @@ pub struct TransferArgs {
 
 #[derive(Serialize)]
 struct Transferred<'a> {
+    outcome: CommandOutcome,
     transfer_id: &'a str,
     out_seq: u64,
     in_seq: u64,
@@ -66,16 +65,6 @@ pub(crate) async fn run(ctx: &Ctx, args: TransferArgs) -> Outcome {
         None => TransferId::parse(&uuid::Uuid::new_v4().to_string())?,
     };
     let meta = event_meta(&args.opts)?;
-    let (out_meta, in_meta) = (
-        EventMeta {
-            msg_id: format!("{transfer_id}-out"),
-            timestamp_ms: meta.timestamp_ms,
-        },
-        EventMeta {
-            msg_id: format!("{transfer_id}-in"),
-            timestamp_ms: meta.timestamp_ms,
-        },
-    );
     let command = Command::Transfer {
         sku: args.sku.clone(),
         from_warehouse: args.from_warehouse.clone(),
@@ -85,58 +74,27 @@ pub(crate) async fn run(ctx: &Ctx, args: TransferArgs) -> Outcome {
         quantity: args.quantity,
         transfer_id: transfer_id.clone(),
     };
-    let js = ctx.jetstream().await?;
-    let client = js.client();
-    let timeout = ctx.connect.request_timeout();
-    let stored = until_decided("transfer", || async {
-        let source = aggregate::load(&js, &ctx.envelope, &args.from_warehouse, &args.sku)
-            .await
-            .map_err(anyhow::Error::new)?;
-        if let Some(seq) = source.stored(&out_meta.msg_id) {
-            return Ok(Attempt::Done(Stored { seq, earlier: true }));
-        }
-        let target = aggregate::load(&js, &ctx.envelope, &args.to_warehouse, &args.sku)
-            .await
-            .map_err(anyhow::Error::new)?;
-        let events = decide(&command, &source.locations).map_err(refused)?;
-        let [out_event, in_event] = events.as_slice() else {
-            return Err(
-                anyhow::anyhow!("a transfer decided {} events, not 2", events.len()).into(),
-            );
-        };
-        let mut first = ctx.envelope.encode(out_event, &out_meta);
-        expect_at(&mut first, &args.from_warehouse, &args.sku, source.last_seq);
-        let mut second = ctx.envelope.encode(in_event, &in_meta);
-        expect_at(&mut second, &args.to_warehouse, &args.sku, target.last_seq);
-        match batch::publish_atomic(&client, vec![first, second], timeout).await {
-            Ok(ack) => Ok(Attempt::Done(Stored {
-                seq: ack.sequence,
-                earlier: false,
-            })),
-            Err(e) if e.kind().next() == Next::Decide => Ok(Attempt::Conflict),
-            Err(e) => Err(anyhow::Error::new(e)
-                .context("publishing the transfer")
-                .into()),
-        }
-    })
-    .await?;
-    // The in-event is stored right after the out-event.
-    let (out_seq, in_seq) = if stored.earlier {
-        (stored.seq, stored.seq + 1)
-    } else {
-        (stored.seq - 1, stored.seq)
+    let executed = execute(ctx, "transfer", &command, &meta).await?;
+    let [out_seq, in_seq] = executed.sequences[..] else {
+        return Err(anyhow::anyhow!(
+            "a transfer recorded {} events, not 2",
+            executed.sequences.len()
+        )
+        .into());
     };
+    let earlier = executed.outcome == CommandOutcome::AlreadyStored;
     if args.opts.wait {
         wait_applied(ctx, in_seq).await?;
     }
     if ctx.json {
         output::json_line(&Transferred {
+            outcome: executed.outcome,
             transfer_id: transfer_id.as_str(),
             out_seq,
             in_seq,
-            already_stored: stored.earlier,
+            already_stored: earlier,
         });
-    } else if stored.earlier {
+    } else if earlier {
         output::line(format!(
             "transfer {transfer_id} was already stored (#{out_seq}): not stored again"
         ));

@@ -3,15 +3,29 @@
 //!
 //! A clerk asks; the aggregate's current state (its locations, folded from its own events
 //! with `evolve`) answers. Receiving and counting are always allowed; selling, destroying,
-//! moving and transferring out cannot take more than the location holds.
+//! moving and transferring out cannot take more than the location holds; a fact recorded
+//! as given (`--force`, an import) is not checked.
 
-use super::event::Event;
+use super::event::{Event, EventKind};
 use super::ids::{Location, Quantity, Reason, Sku, TransferId, WarehouseId};
 use super::stock::Locations;
 
 /// Something a person or a script asks to record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
+    Receive {
+        warehouse: WarehouseId,
+        sku: Sku,
+        location: Location,
+        quantity: Quantity,
+    },
+    /// A count: the location holds exactly `quantity` units.
+    Correct {
+        warehouse: WarehouseId,
+        sku: Sku,
+        location: Location,
+        quantity: u32,
+    },
     Sell {
         warehouse: WarehouseId,
         sku: Sku,
@@ -42,6 +56,8 @@ pub enum Command {
         quantity: Quantity,
         transfer_id: TransferId,
     },
+    /// A fact recorded as given, without looking at the stock (`--force`).
+    Record(Event),
 }
 
 /// Why a command is refused by a rule (not a technical failure, not a conflict).
@@ -68,7 +84,9 @@ impl Command {
     /// The aggregate the command is decided on (the source, for a transfer).
     pub fn aggregate(&self) -> (&WarehouseId, &Sku) {
         match self {
-            Command::Sell { warehouse, sku, .. }
+            Command::Receive { warehouse, sku, .. }
+            | Command::Correct { warehouse, sku, .. }
+            | Command::Sell { warehouse, sku, .. }
             | Command::Destroy { warehouse, sku, .. }
             | Command::Move { warehouse, sku, .. } => (warehouse, sku),
             Command::Transfer {
@@ -76,6 +94,90 @@ impl Command {
                 sku,
                 ..
             } => (from_warehouse, sku),
+            Command::Record(event) => (event.warehouse(), event.sku()),
+        }
+    }
+
+    /// The kind of the (first) event the command records.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Command::Receive { .. } => EventKind::Received,
+            Command::Correct { .. } => EventKind::Corrected,
+            Command::Sell { .. } => EventKind::Sold,
+            Command::Destroy { .. } => EventKind::Destroyed,
+            Command::Move { .. } => EventKind::Moved,
+            Command::Transfer { .. } => EventKind::TransferredOut,
+            Command::Record(event) => event.kind(),
+        }
+    }
+
+    /// Whether the decision depends on what the product holds (and so must be made
+    /// against its latest event, and refused if another event came first).
+    pub fn is_checked(&self) -> bool {
+        matches!(
+            self,
+            Command::Sell { .. }
+                | Command::Destroy { .. }
+                | Command::Move { .. }
+                | Command::Transfer { .. }
+        )
+    }
+
+    /// The same sale, breakage or move recorded as a fact, without looking at the stock
+    /// (`--force`: it happened, whatever the books say). `None` for the other commands,
+    /// which are recorded as given anyway (or, for a transfer, never unchecked).
+    pub fn forced(self) -> Option<Command> {
+        let event = match self {
+            Command::Sell {
+                warehouse,
+                sku,
+                location,
+                quantity,
+            } => Event::Sold {
+                warehouse,
+                sku,
+                location,
+                quantity,
+            },
+            Command::Destroy {
+                warehouse,
+                sku,
+                location,
+                quantity,
+                reason,
+            } => Event::Destroyed {
+                warehouse,
+                sku,
+                location,
+                quantity,
+                reason,
+            },
+            Command::Move {
+                warehouse,
+                sku,
+                from,
+                to,
+                quantity,
+            } => Event::Moved {
+                warehouse,
+                sku,
+                from,
+                to,
+                quantity,
+            },
+            _ => return None,
+        };
+        Some(Command::Record(event))
+    }
+
+    /// The msg ids of the events the command records, given the one asked for: a
+    /// transfer's are `{transfer_id}-out` and `{transfer_id}-in`, others keep `msg_id`.
+    pub fn msg_ids(&self, msg_id: &str) -> Vec<String> {
+        match self {
+            Command::Transfer { transfer_id, .. } => {
+                vec![format!("{transfer_id}-out"), format!("{transfer_id}-in")]
+            }
+            _ => vec![msg_id.to_string()],
         }
     }
 }
@@ -105,6 +207,29 @@ fn take(
 /// The events that record `command`, if the aggregate's `state` allows it.
 pub fn decide(command: &Command, state: &Locations) -> Result<Vec<Event>, DomainError> {
     match command.clone() {
+        Command::Receive {
+            warehouse,
+            sku,
+            location,
+            quantity,
+        } => Ok(vec![Event::Received {
+            warehouse,
+            sku,
+            location,
+            quantity,
+        }]),
+        Command::Correct {
+            warehouse,
+            sku,
+            location,
+            quantity,
+        } => Ok(vec![Event::Corrected {
+            warehouse,
+            sku,
+            location,
+            quantity,
+        }]),
+        Command::Record(event) => Ok(vec![event]),
         Command::Sell {
             warehouse,
             sku,
@@ -299,6 +424,35 @@ mod tests {
     }
 
     #[test]
+    fn receiving_counting_and_recorded_facts_are_never_refused() {
+        let empty = Locations::default();
+        let receive = Command::Receive {
+            warehouse: w("ams1"),
+            sku: apple(),
+            location: loc("A43"),
+            quantity: q(3),
+        };
+        assert_eq!(decide(&receive, &empty).unwrap(), vec![received(3)]);
+        assert!(!receive.is_checked());
+        let count = Command::Correct {
+            warehouse: w("ams1"),
+            sku: apple(),
+            location: loc("A43"),
+            quantity: 0,
+        };
+        assert_eq!(
+            given(&decide(&count, &given(&[received(4)])).unwrap()).on_hand(),
+            0
+        );
+        let forced = sell(9).forced().unwrap();
+        assert!(receive.clone().forced().is_none());
+        assert!(!forced.is_checked());
+        assert_eq!(given(&decide(&forced, &empty).unwrap()).on_hand(), -9);
+        assert!(sell(1).is_checked());
+        assert_eq!(sell(1).msg_ids("m1"), vec!["m1".to_string()]);
+    }
+
+    #[test]
     fn a_transfer_is_two_events_decided_on_the_source() {
         let state = given(&[received(10)]);
         let transfer = |n| Command::Transfer {
@@ -317,5 +471,6 @@ mod tests {
         assert_eq!(given(&events[..1]).at(&loc("A43")), -4);
         assert_eq!(given(&events[1..]).at(&loc("B2")), 4);
         assert!(decide(&transfer(11), &state).is_err());
+        assert_eq!(transfer(1).msg_ids("ignored"), vec!["t1-out", "t1-in"]);
     }
 }

@@ -10,7 +10,7 @@ use stockwire::envelope::Outbound;
 
 use super::{encode_all, same_connection, send_batches, WINDOW};
 use crate::failure::Failure;
-use crate::publish::now_ms;
+use crate::meta::now_ms;
 use crate::Ctx;
 
 /// Plain async-nats: publish, keep up to WINDOW acks outstanding, await them in order.

@@ -112,7 +112,7 @@ async fn run(
     let publish = |event: &Event| {
         let meta = EventMeta {
             msg_id: uuid::Uuid::new_v4().to_string(),
-            timestamp_ms: crate::publish::now_ms(),
+            timestamp_ms: crate::meta::now_ms(),
         };
         ctx.envelope.encode(event, &meta)
     };

@@ -29,7 +29,7 @@ mod latency;
 mod projection;
 mod rebuild;
 mod services;
-use crate::publish::now_ms;
+use crate::meta::now_ms;
 use crate::{output, Ctx};
 
 /// Unacknowledged publishes in flight in the pipelined loop.

@@ -354,3 +354,141 @@ async fn a_transfer_whose_second_half_is_stale_stores_neither() {
     assert_eq!(err.kind(), AppendErrorKind::WrongLastSequence, "{err}");
     assert_eq!(stack.events().await.len(), 2, "neither half stored");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_is_decided_on_the_view_plus_the_events_after_it() {
+    let stack = Stack::start();
+    let (stop, projector) = stack.spawn_projector(stack.server.client().await);
+    stack.ok(&[
+        "publish", "received", "-w", "ams1", "-s", "apple", "-l", "A43", "-q", "5", "--wait",
+    ]);
+    stop.cancel();
+    projector.await.expect("projector stopped");
+    // The view holds 5; the log has 3 more that the view has not seen.
+    stack.ok(&[
+        "publish", "received", "-w", "ams1", "-s", "apple", "-l", "A43", "-q", "3",
+    ]);
+    let js = stack.js().await;
+    let current = aggregate::load(&js, &Envelope::default(), &w("ams1"), &apple())
+        .await
+        .expect("load");
+    assert_eq!(
+        (current.last_seq, current.locations.at(&loc("A43"))),
+        (2, 8)
+    );
+    let out = stack.run(&[
+        "publish", "sold", "-w", "ams1", "-s", "apple", "-l", "A43", "-q", "9", "--json",
+    ]);
+    assert_eq!(code(&out), Some(3), "{}", stderr(&out));
+    let refused: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
+        .expect("the refusal as JSON");
+    assert_eq!(refused["outcome"], "rejected", "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("only 8 on hand")),
+        "{refused}"
+    );
+    let sold: Value = serde_json::from_str(
+        stack
+            .ok(&[
+                "publish", "sold", "-w", "ams1", "-s", "apple", "-l", "A43", "-q", "8", "--json",
+            ])
+            .trim(),
+    )
+    .expect("JSON");
+    assert_eq!(
+        (sold["outcome"].as_str(), sold["seq"].as_u64()),
+        (Some("stored"), Some(3))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_msg_id_is_already_stored_even_when_the_view_has_applied_it() {
+    let stack = Stack::start();
+    let (stop, _projector) = stack.spawn_projector(stack.server.client().await);
+    let sell_all = [
+        "publish",
+        "sold",
+        "-w",
+        "ams1",
+        "-s",
+        "apple",
+        "-l",
+        "A43",
+        "-q",
+        "4",
+        "--msg-id",
+        "till-1-sale-9",
+        "--wait",
+        "--json",
+    ];
+    stack.ok(&[
+        "publish", "received", "-w", "ams1", "-s", "apple", "-l", "A43", "-q", "4", "--wait",
+    ]);
+    let first: Value = serde_json::from_str(stack.ok(&sell_all).trim()).expect("JSON");
+    assert_eq!(first["outcome"], "stored");
+    // The view now says 0 on hand: the rule alone would refuse the repeat.
+    let again: Value = serde_json::from_str(stack.ok(&sell_all).trim()).expect("JSON");
+    assert_eq!(
+        (again["outcome"].as_str(), again["seq"].as_u64()),
+        (Some("already_stored"), first["seq"].as_u64()),
+        "{again}"
+    );
+    assert_eq!(
+        stack.read("warehouse.ams1.product.apple.sold").await.len(),
+        1
+    );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn an_event_time_ahead_of_the_servers_clock_is_refused_before_it_is_stored() {
+    let stack = Stack::start();
+    let ahead = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_stockwire"))
+            .args(args)
+            .env("NATS_URL", stack.server.url())
+            // This machine's clock runs 10 minutes fast.
+            .env("STOCKWIRE_CLOCK_OFFSET_MS", "600000")
+            .output()
+            .expect("run stockwire")
+    };
+    let out = ahead(&[
+        "publish", "received", "-w", "ams1", "-s", "apple", "-l", "A43", "-q", "4",
+    ]);
+    assert_eq!(code(&out), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("more than 5 minutes ahead of the NATS server's clock"),
+        "{}",
+        stderr(&out)
+    );
+    let line = r#"{"type":"stock.received","warehouse":"ams1","sku":"apple","location":"A1","quantity":1}"#;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("events.ndjson");
+    std::fs::write(&file, format!("{line}\n")).expect("write file");
+    let out = ahead(&["publish", "--file", &file.to_string_lossy()]);
+    assert_eq!(code(&out), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("line 1"), "{}", stderr(&out));
+    // Backdated far enough, the same clock is no problem.
+    let out = ahead(&[
+        "publish",
+        "received",
+        "-w",
+        "ams1",
+        "-s",
+        "apple",
+        "-l",
+        "A43",
+        "-q",
+        "4",
+        "--at",
+        &(chrono::Utc::now().timestamp_millis() - 60_000).to_string(),
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stack.events().await.len(),
+        1,
+        "only the backdated event is stored"
+    );
+}

@@ -292,3 +292,103 @@ async fn a_wrong_password_fails_at_once_with_the_reason() {
         started.elapsed()
     );
 }
+
+/// Runs `stockwire alerts --follow --json` as cli; its lines arrive on the channel.
+fn follow_alerts(stack: &Stack) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stockwire"))
+        .args(["alerts", "--follow", "--json"])
+        .env("NATS_URL", stack.server.url())
+        .env("NATS_USER", "cli")
+        .env("NATS_PASSWORD", password("cli"))
+        .env("STOCKWIRE_REQUEST_TIMEOUT_MS", "2000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run stockwire alerts --follow");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Stores one low-stock alert as admin (as a watcher would), expecting nothing of the subject.
+async fn announce_as_admin(server: &NatsServer, sku: &str) {
+    let js = jetstream::new(client_as(server, "admin").await);
+    let meta = stockwire::envelope::EventMeta {
+        msg_id: format!("test-alert-{sku}"),
+        timestamp_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    let headers = stockwire::envelope::Envelope::default().headers("stock.low", &meta);
+    let payload = format!(r#"{{"warehouse":"ams1","sku":"{sku}","on_hand":1,"threshold":10}}"#);
+    let warehouse = stockwire::domain::WarehouseId::parse("ams1").expect("warehouse");
+    let sku = stockwire::domain::Sku::parse(sku).expect("sku");
+    js.publish_with_headers(
+        subjects::low_stock_alert(&warehouse, &sku),
+        headers,
+        payload.into(),
+    )
+    .await
+    .expect("publish alert")
+    .await
+    .expect("alert stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_may_not_delete_consumers_and_still_follows_alerts_across_a_restart() {
+    let mut stack = Stack::secured();
+    // A service's consumer is out of cli's reach.
+    let admin = jetstream::new(client_as(&stack.server, "admin").await);
+    let inventory = admin
+        .get_stream(subjects::INVENTORY_STREAM)
+        .await
+        .expect("INVENTORY");
+    inventory
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("a-service".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("a durable consumer");
+    let cli = jetstream::new(client_as(&stack.server, "cli").await);
+    assert!(
+        cli.delete_consumer_from_stream("a-service", subjects::INVENTORY_STREAM)
+            .await
+            .is_err(),
+        "cli deleted a service's consumer"
+    );
+    assert!(
+        inventory.consumer_info("a-service").await.is_ok(),
+        "the consumer is gone"
+    );
+
+    // `alerts --follow` goes on across a server restart, although async-nats's attempt to
+    // delete its old ordered consumer is refused.
+    let (mut child, lines) = follow_alerts(&stack);
+    announce_as_admin(&stack.server, "apple").await;
+    let first = lines
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the first alert followed");
+    assert!(first.contains("\"sku\":\"apple\""), "{first}");
+    stack.server.restart().expect("restart nats-server");
+    announce_as_admin(&stack.server, "pear").await;
+    let second = lines
+        .recv_timeout(Duration::from_secs(30))
+        .expect("an alert stored after the restart followed");
+    assert!(second.contains("\"sku\":\"pear\""), "{second}");
+    assert!(
+        child.try_wait().expect("child status").is_none(),
+        "alerts --follow stopped"
+    );
+    child.kill().expect("stop alerts --follow");
+    let _ = child.wait();
+}
