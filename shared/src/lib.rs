@@ -14,6 +14,7 @@
 //! - [`batch`]: atomic batch publish (all of up to 1,000 messages stored, or none).
 //! - [`connect`]: connection flags (URL, user/password, creds) and `connect`.
 //! - [`read`]: reading a filtered slice of a stream in order, to its end.
+//! - [`views`]: the list of views: bucket, events read, owning service.
 //! - [`view`]: a view bucket as its projector sees it: cached revisions, atomic commits, checkpoint.
 //! - [`projector`]: the loop every view's projector runs; [`rebuild`]: rebuilding a view on request.
 //! - [`deadletter`]: copies of events a projector could not apply, with the reason.
@@ -52,5 +53,6 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod view;
+pub mod views;
 pub mod watch;
 pub mod watcher;

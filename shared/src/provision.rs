@@ -14,6 +14,7 @@ use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, Stor
 use async_nats::jetstream::{Context, ErrorCode};
 
 use crate::subjects;
+use crate::views;
 
 /// Largest event: 64 KiB.
 pub const MAX_EVENT_SIZE: i32 = 64 * 1024;
@@ -77,7 +78,7 @@ pub struct ProvisionError {
 
 /// The streams Stockwire needs, with a word on what each is.
 pub fn desired(options: &Options) -> Vec<(String, Config)> {
-    vec![
+    let mut wanted = vec![
         (
             "events of record".into(),
             Config {
@@ -121,31 +122,22 @@ pub fn desired(options: &Options) -> Vec<(String, Config)> {
                 ..Default::default()
             },
         ),
-        (
-            format!("bucket {}", subjects::STOCK_BUCKET),
-            kv_config(
-                subjects::STOCK_BUCKET,
-                "Stockwire view: stock per product and location",
-                true,
-            ),
+    ];
+    for view in views::ALL {
+        wanted.push((
+            format!("bucket {}", view.bucket),
+            kv_config(view.bucket, view.description, true),
+        ));
+    }
+    wanted.push((
+        format!("bucket {}", subjects::THRESHOLDS_BUCKET),
+        kv_config(
+            subjects::THRESHOLDS_BUCKET,
+            "Stockwire low-stock and stockout thresholds",
+            false,
         ),
-        (
-            format!("bucket {}", subjects::VELOCITY_BUCKET),
-            kv_config(
-                subjects::VELOCITY_BUCKET,
-                "Stockwire view: units sold per hour, day, week",
-                true,
-            ),
-        ),
-        (
-            format!("bucket {}", subjects::THRESHOLDS_BUCKET),
-            kv_config(
-                subjects::THRESHOLDS_BUCKET,
-                "Stockwire low-stock and stockout thresholds",
-                false,
-            ),
-        ),
-    ]
+    ));
+    wanted
 }
 
 /// The backing stream of a KV bucket, as `create_key_value` would make it, one value per key.

@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use stockwire::rebuild::Progress;
-use stockwire::subjects;
+use stockwire::{subjects, views};
 
 use crate::failure::{Failure, Outcome};
 use crate::{output, Ctx};
@@ -34,10 +34,11 @@ pub struct RebuildArgs {
 }
 
 pub(crate) async fn run(ctx: &Ctx, args: RebuildArgs) -> Outcome {
-    let (bucket, owner) = match args.view {
-        ViewName::Stock => (subjects::STOCK_BUCKET, "stock-projector"),
-        ViewName::Velocity => (subjects::VELOCITY_BUCKET, "velocity-projector"),
+    let spec = match args.view {
+        ViewName::Stock => views::STOCK,
+        ViewName::Velocity => views::VELOCITY,
     };
+    let (bucket, owner) = (spec.bucket, spec.owner);
     let client = ctx.client().await?;
     let inbox = client.new_inbox();
     let mut replies = client

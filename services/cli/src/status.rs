@@ -17,8 +17,8 @@ use async_nats::jetstream::{Context, ErrorCode};
 use clap::Args;
 use futures::StreamExt;
 use serde::Serialize;
-use stockwire::domain::EventKind;
-use stockwire::{subjects, view};
+
+use stockwire::{subjects, view, views};
 
 use crate::failure::{Failure, Outcome};
 use crate::{output, Ctx};
@@ -51,24 +51,10 @@ const STREAMS: [&str; 3] = [
 
 /// The buckets shown, in order.
 const BUCKETS: [&str; 3] = [
-    subjects::STOCK_BUCKET,
-    subjects::VELOCITY_BUCKET,
+    views::STOCK.bucket,
+    views::VELOCITY.bucket,
     subjects::THRESHOLDS_BUCKET,
 ];
-
-/// The views a projector writes, with the `INVENTORY` subjects each one reads.
-fn projected_views() -> [(&'static str, String); 2] {
-    [
-        (
-            subjects::STOCK_BUCKET,
-            subjects::INVENTORY_SUBJECTS.to_string(),
-        ),
-        (
-            subjects::VELOCITY_BUCKET,
-            subjects::events_of_kind(EventKind::Sold),
-        ),
-    ]
-}
 
 #[derive(Debug, Serialize)]
 struct StreamStats {
@@ -175,7 +161,8 @@ async fn gather(js: &Context, max_lag: u64) -> Result<Report, Failure> {
     }
 
     let mut projectors = BTreeMap::new();
-    for (bucket, filter) in projected_views() {
+    for spec in views::ALL {
+        let (bucket, filter) = (spec.bucket, spec.filter());
         let stats = match stores.get(bucket) {
             Some(kv) => {
                 let checkpoint = view::read_checkpoint(kv)

@@ -11,7 +11,7 @@ use clap::Args;
 use serde::Serialize;
 use stockwire::domain::{StockBook, StockView};
 use stockwire::read::Reader;
-use stockwire::{subjects, view};
+use stockwire::{subjects, view, views};
 
 use crate::failure::{Failure, Kind, Outcome};
 use crate::{output, Ctx};
@@ -30,13 +30,13 @@ struct Difference {
 pub(crate) async fn run(ctx: &Ctx, _args: VerifyArgs) -> Outcome {
     let js = ctx.jetstream().await?;
     let kv = js
-        .get_key_value(subjects::STOCK_BUCKET)
+        .get_key_value(views::STOCK.bucket)
         .await
         .map_err(|e| anyhow::anyhow!("opening bucket stock (run `stockwire setup`?): {e}"))?;
     let checkpoint = view::read_checkpoint(&kv)
         .await
         .map_err(|e| anyhow::anyhow!("reading the stock view's checkpoint: {e}"))?;
-    let in_view: BTreeMap<String, StockView> = view::snapshot(&js, subjects::STOCK_BUCKET)
+    let in_view: BTreeMap<String, StockView> = view::snapshot(&js, views::STOCK.bucket)
         .await
         .map_err(anyhow::Error::new)?
         .into_iter()

@@ -14,7 +14,7 @@ use stockwire::connect::ConnectArgs;
 use stockwire::domain::{Event, StockView};
 use stockwire::envelope::{Envelope, Recorded};
 use stockwire::projector::{self, Projection};
-use stockwire::subjects;
+use stockwire::{subjects, views};
 use tokio_util::sync::CancellationToken;
 
 /// The `stock` view: every event of record changes its product's stock.
@@ -27,8 +27,8 @@ pub struct StockProjection {
 impl Default for StockProjection {
     fn default() -> Self {
         Self {
-            bucket: subjects::STOCK_BUCKET,
-            filter: subjects::INVENTORY_SUBJECTS.to_string(),
+            bucket: views::STOCK.bucket,
+            filter: views::STOCK.filter(),
         }
     }
 }

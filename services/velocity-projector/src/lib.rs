@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use stockwire::clock::Clock;
 use stockwire::connect::ConnectArgs;
-use stockwire::domain::{Event, EventKind, VelocityView};
+use stockwire::domain::{Event, VelocityView};
 use stockwire::envelope::{Envelope, Recorded};
 use stockwire::projector::{self, Projection};
-use stockwire::subjects;
+use stockwire::{subjects, views};
 use tokio_util::sync::CancellationToken;
 
 /// The `sales_velocity` view.
@@ -40,11 +40,11 @@ impl Projection for VelocityProjection {
     type View = VelocityView;
 
     fn bucket(&self) -> &'static str {
-        subjects::VELOCITY_BUCKET
+        views::VELOCITY.bucket
     }
 
     fn filter(&self) -> String {
-        subjects::events_of_kind(EventKind::Sold)
+        views::VELOCITY.filter()
     }
 
     fn key(&self, event: &Event) -> String {

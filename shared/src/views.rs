@@ -1,0 +1,66 @@
+//! The views Stockwire keeps, in one list: each one's bucket, the events of record it is
+//! made of, and the service that owns (and alone writes) it. Setup, status, rebuild,
+//! verify and the projectors all read it from here.
+
+use crate::domain::EventKind;
+use crate::subjects;
+
+/// One view: a KV bucket projected from `INVENTORY`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewSpec {
+    /// Its bucket, e.g. `stock`.
+    pub bucket: &'static str,
+    /// The service that projects it and answers its rebuild requests.
+    pub owner: &'static str,
+    /// What it holds, in a few words (the bucket's description).
+    pub description: &'static str,
+    /// The only kind of event it reads; `None`: every event of record.
+    pub reads: Option<EventKind>,
+}
+
+impl ViewSpec {
+    /// The `INVENTORY` subjects its projector reads.
+    pub fn filter(&self) -> String {
+        match self.reads {
+            Some(kind) => subjects::events_of_kind(kind),
+            None => subjects::INVENTORY_SUBJECTS.to_string(),
+        }
+    }
+}
+
+/// Stock per product and location.
+pub const STOCK: ViewSpec = ViewSpec {
+    bucket: subjects::STOCK_BUCKET,
+    owner: "stock-projector",
+    description: "Stockwire view: stock per product and location",
+    reads: None,
+};
+
+/// Units sold over the last hour, day and week.
+pub const VELOCITY: ViewSpec = ViewSpec {
+    bucket: subjects::VELOCITY_BUCKET,
+    owner: "velocity-projector",
+    description: "Stockwire view: units sold per hour, day, week",
+    reads: Some(EventKind::Sold),
+};
+
+/// Every view, in the order they are shown.
+pub const ALL: [ViewSpec; 2] = [STOCK, VELOCITY];
+
+/// The view kept in `bucket`, if it is one.
+pub fn by_bucket(bucket: &str) -> Option<ViewSpec> {
+    ALL.into_iter().find(|v| v.bucket == bucket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_view_reads_its_events_and_is_found_by_its_bucket() {
+        assert_eq!(STOCK.filter(), "warehouse.*.product.*.*");
+        assert_eq!(VELOCITY.filter(), "warehouse.*.product.*.sold");
+        assert_eq!(by_bucket("sales_velocity"), Some(VELOCITY));
+        assert_eq!(by_bucket("thresholds"), None);
+    }
+}
