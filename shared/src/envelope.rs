@@ -221,7 +221,10 @@ impl Envelope {
     }
 
     /// Decodes an event read from the log.
-    pub fn decode_stored(&self, stored: &crate::read::Stored) -> Result<Recorded, DecodeError> {
+    pub fn decode_stored(
+        &self,
+        stored: &crate::read::StoredMessage,
+    ) -> Result<Recorded, DecodeError> {
         self.decode(
             &stored.subject,
             stored.headers.as_ref(),

@@ -16,7 +16,8 @@
 //! - [`read`]: reading a filtered slice of a stream in order, to its end.
 //! - [`views`]: the list of views: bucket, events read, owning service.
 //! - [`view`]: a view bucket as its projector sees it: cached revisions, atomic commits, checkpoint.
-//! - [`projector`]: the loop every view's projector runs; [`rebuild`]: rebuilding a view on request.
+//! - [`projection`]: what a view is made of, and a projector's settings;
+//!   [`projector`]: the loop every view's projector runs; [`rebuild`]: rebuilding a view on request.
 //! - [`deadletter`]: copies of events a projector could not apply, with the reason.
 //! - [`replay`]: the log replayed in memory (verify, as-of).
 //! - [`watch`]: following a KV bucket for ever (history first, re-created on failure).
@@ -40,6 +41,7 @@ pub mod domain;
 pub mod envelope;
 pub mod error;
 pub mod execute;
+pub mod projection;
 pub mod projector;
 pub mod provision;
 pub mod read;

@@ -22,68 +22,16 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
 use async_nats::jetstream::{self, Context};
 use futures::StreamExt;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::deadletter;
-use crate::domain::Event;
 use crate::envelope::{DecodeError, Envelope, Recorded};
+use crate::projection::{Config, Projection};
 use crate::rebuild;
 use crate::retry::Backoff;
 use crate::shutdown::pause;
 use crate::subjects;
 use crate::view::{Change, ViewError, ViewStore};
-
-/// What a view is made of: which events, which key, and how an event changes a value.
-pub trait Projection: Send + Sync + 'static {
-    type View: Serialize + DeserializeOwned + Clone + PartialEq + Send + Sync + std::fmt::Debug;
-
-    /// The view's bucket, e.g. `stock`.
-    fn bucket(&self) -> &'static str;
-    /// The `INVENTORY` subjects it reads.
-    fn filter(&self) -> String;
-    /// The key of the view that `event` changes.
-    fn key(&self, event: &Event) -> String;
-    /// Applies the event stored at `seq` to the key's value (`None`: the key has none yet),
-    /// unless the value already holds it. Returns whether it changed the value.
-    fn apply(&self, view: &mut Option<Self::View>, recorded: &Recorded, seq: u64) -> bool;
-
-    /// How often values are re-evaluated as time passes (windows that slide); `None`: never.
-    fn tick_every(&self) -> Option<Duration> {
-        None
-    }
-
-    /// Re-evaluates a value as time passes. Returns whether it changed (then it is written).
-    fn tick(&self, _view: &mut Self::View) -> bool {
-        false
-    }
-}
-
-/// Settings of a projector.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub envelope: Envelope,
-    /// Events folded into one commit, at most (its keys are written 999 to an atomic batch).
-    pub max_batch: usize,
-    /// Time allowed for a commit's PubAck.
-    pub commit_timeout: Duration,
-    /// How long a live batch waits for more events before it commits (zero: commits what
-    /// it has at once). A view that nobody waits on can trade freshness for fewer,
-    /// larger commits: each small commit costs the server one fsync per key.
-    pub live_linger: Duration,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            envelope: Envelope::default(),
-            max_batch: 5000,
-            commit_timeout: Duration::from_secs(10),
-            live_linger: Duration::ZERO,
-        }
-    }
-}
 
 /// Runs the projector until `shutdown` is cancelled. Transient failures are retried
 /// with backoff; this returns an error only if the view's bucket cannot be opened.

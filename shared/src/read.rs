@@ -12,7 +12,7 @@ use futures::StreamExt;
 
 /// One stored message.
 #[derive(Debug, Clone)]
-pub struct Stored {
+pub struct StoredMessage {
     pub sequence: u64,
     /// When the server stored it, in milliseconds since the epoch.
     pub stored_ms: i64,
@@ -104,7 +104,7 @@ impl Reader {
     }
 
     /// The next message, or `None` at the end.
-    pub async fn next(&mut self) -> Option<Result<Stored, ReadError>> {
+    pub async fn next(&mut self) -> Option<Result<StoredMessage, ReadError>> {
         let messages = self.messages.as_mut()?;
         let result = match messages.next().await {
             None => Err("the consumer ended early".to_string()),
@@ -112,7 +112,7 @@ impl Reader {
             Some(Ok(msg)) => match msg.info() {
                 Ok(info) => {
                     self.remaining = info.pending;
-                    Ok(Stored {
+                    Ok(StoredMessage {
                         sequence: info.stream_sequence,
                         stored_ms: stored_ms(&info),
                         subject: msg.subject.to_string(),
@@ -166,7 +166,7 @@ impl Follower {
     }
 
     /// The next message; waits for it as long as it takes (select on a shutdown signal).
-    pub async fn next(&mut self) -> Stored {
+    pub async fn next(&mut self) -> StoredMessage {
         loop {
             let Some(messages) = self.messages.as_mut() else {
                 match self.open().await {
@@ -194,7 +194,7 @@ impl Follower {
                 (Some(Ok(msg)), Ok((sequence, stored_ms))) if sequence >= self.next_seq => {
                     self.backoff.reset();
                     self.next_seq = sequence + 1;
-                    return Stored {
+                    return StoredMessage {
                         sequence,
                         stored_ms,
                         subject: msg.subject.to_string(),

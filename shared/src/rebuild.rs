@@ -15,7 +15,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::deadletter;
-use crate::projector::{Config, Projection};
+use crate::projection::{Config, Projection};
 use crate::read::Reader;
 use crate::subjects;
 use crate::view::{Change, ViewStore};

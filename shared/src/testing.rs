@@ -206,11 +206,6 @@ impl NatsServer {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
-    /// The server's JetStream store directory.
-    pub fn store_dir(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-
     /// Connection settings for this server, with a short request timeout so failures are quick.
     pub fn connect_args(&self) -> ConnectArgs {
         ConnectArgs {

@@ -77,7 +77,7 @@ impl<V> Change<V> {
 }
 
 /// What a commit stored: each key with its value and revision, and the checkpoint's revision.
-struct Stored<V> {
+struct Committed<V> {
     keys: Vec<(String, Option<V>, u64)>,
     checkpoint_revision: u64,
 }
@@ -128,10 +128,6 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
             timeout,
             loaded: None,
         })
-    }
-
-    pub fn bucket(&self) -> &str {
-        &self.bucket
     }
 
     /// Forgets what it holds; the next read loads the whole bucket again.
@@ -244,17 +240,20 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         &mut self,
         changes: Vec<(String, Change<V>)>,
         checkpoint: u64,
-    ) -> Result<Stored<V>, ViewError> {
+    ) -> Result<Committed<V>, ViewError> {
         let loaded = self.loaded().await?;
         let checkpoint_revision = loaded.checkpoint_revision;
         let revisions: Vec<u64> = changes
             .iter()
             .map(|(key, _)| loaded.keys.get(key).map_or(0, |c| c.revision))
             .collect();
-        let messages = self.messages(&changes, checkpoint, checkpoint_revision)?;
-        let sequences = self.publish_one_by_one(messages, &revisions).await?;
+        let (messages, checkpoint_message) =
+            self.messages(&changes, checkpoint, checkpoint_revision)?;
+        let sequences = self
+            .publish_one_by_one(messages, checkpoint_message, &revisions)
+            .await?;
         let checkpoint_revision = sequences.last().copied().unwrap_or(checkpoint_revision);
-        Ok(Stored {
+        Ok(Committed {
             keys: changes
                 .into_iter()
                 .zip(sequences)
@@ -268,7 +267,7 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         &mut self,
         changes: Vec<(String, Change<V>)>,
         checkpoint: u64,
-    ) -> Result<Stored<V>, ViewError> {
+    ) -> Result<Committed<V>, ViewError> {
         let loaded = self.loaded().await?;
         let (mut expected, mut checkpoint_revision, unchanged) = (
             loaded.last_sequence,
@@ -282,7 +281,9 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         for part in 1..=parts {
             let keys: Vec<_> = changes.by_ref().take(MAX_KEYS_PER_COMMIT).collect();
             let cp = if part == parts { checkpoint } else { unchanged };
-            let messages = self.messages(&keys, cp, checkpoint_revision)?;
+            let (mut messages, checkpoint_message) =
+                self.messages(&keys, cp, checkpoint_revision)?;
+            messages.push(checkpoint_message);
             let count = messages.len() as u64;
             if let Some((sent, after)) = in_flight.take() {
                 self.stored_after(sent, after).await?;
@@ -300,19 +301,19 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         if let Some((sent, after)) = in_flight {
             self.stored_after(sent, after).await?;
         }
-        Ok(Stored {
+        Ok(Committed {
             keys: stored,
             checkpoint_revision,
         })
     }
 
-    /// The messages of `changes`, then the checkpoint expecting its revision.
+    /// The messages of `changes`, and the checkpoint's expecting its revision.
     fn messages(
         &self,
         changes: &[(String, Change<V>)],
         checkpoint: u64,
         checkpoint_revision: u64,
-    ) -> Result<Vec<Outbound>, ViewError> {
+    ) -> Result<(Vec<Outbound>, Outbound), ViewError> {
         let mut messages = Vec::with_capacity(changes.len() + 1);
         for (key, change) in changes {
             let payload = match change {
@@ -333,8 +334,7 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
             subjects::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
             checkpoint_revision.to_string(),
         );
-        messages.push(message);
-        Ok(messages)
+        Ok((messages, message))
     }
 
     /// Waits for a batch sent to land right after sequence `after`.
@@ -358,12 +358,10 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
     /// sequence each was stored at.
     async fn publish_one_by_one(
         &self,
-        mut messages: Vec<Outbound>,
+        messages: Vec<Outbound>,
+        checkpoint: Outbound,
         revisions: &[u64],
     ) -> Result<Vec<u64>, ViewError> {
-        let Some(checkpoint) = messages.pop() else {
-            return Ok(Vec::new());
-        };
         let mut acks = Vec::with_capacity(messages.len());
         for (mut msg, revision) in messages.into_iter().zip(revisions) {
             msg.headers.insert(

@@ -4,7 +4,7 @@
 use clap::Args;
 use serde_json::{json, Value};
 use stockwire::domain::format_ms;
-use stockwire::read::{Follower, Reader, Stored};
+use stockwire::read::{Follower, Reader, StoredMessage};
 use stockwire::subjects;
 
 use crate::failure::Outcome;
@@ -52,7 +52,7 @@ pub(crate) async fn run(ctx: &Ctx, args: AlertsArgs) -> Outcome {
     }
 }
 
-fn print(ctx: &Ctx, stored: &Stored) {
+fn print(ctx: &Ctx, stored: &StoredMessage) {
     let header = |name: &str| {
         stored
             .headers

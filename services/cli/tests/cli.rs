@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 
 use async_nats::jetstream;
 use serde_json::{json, Value};
-use stockwire::read::{Reader, Stored};
+use stockwire::read::{Reader, StoredMessage};
 use stockwire::subjects;
 use stockwire::testing::NatsServer;
 
@@ -179,11 +179,11 @@ impl Stack {
         jetstream::new(self.server.client().await)
     }
 
-    async fn events(&self) -> Vec<Stored> {
+    async fn events(&self) -> Vec<StoredMessage> {
         self.read(subjects::INVENTORY_SUBJECTS).await
     }
 
-    async fn read(&self, filter: &str) -> Vec<Stored> {
+    async fn read(&self, filter: &str) -> Vec<StoredMessage> {
         let js = self.js().await;
         let mut reader = Reader::open(&js, subjects::INVENTORY_STREAM, filter, 1)
             .await
@@ -196,7 +196,7 @@ impl Stack {
     }
 }
 
-fn header<'a>(msg: &'a Stored, name: &str) -> &'a str {
+fn header<'a>(msg: &'a StoredMessage, name: &str) -> &'a str {
     msg.headers
         .as_ref()
         .and_then(|h| h.get(name))
@@ -204,7 +204,7 @@ fn header<'a>(msg: &'a Stored, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("header {name} missing on {}", msg.subject))
 }
 
-fn payload(msg: &Stored) -> Value {
+fn payload(msg: &StoredMessage) -> Value {
     serde_json::from_slice(&msg.payload).expect("JSON payload")
 }
 

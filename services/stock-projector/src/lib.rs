@@ -13,7 +13,8 @@ use std::time::Duration;
 use stockwire::connect::ConnectArgs;
 use stockwire::domain::{Event, StockView};
 use stockwire::envelope::{Envelope, Recorded};
-use stockwire::projector::{self, Projection};
+use stockwire::projection::{self, Projection};
+use stockwire::projector;
 use stockwire::{subjects, views};
 use tokio_util::sync::CancellationToken;
 
@@ -88,7 +89,7 @@ pub async fn run(
     config: &Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let settings = projector::Config {
+    let settings = projection::Config {
         envelope: Envelope::new(&config.header_prefix)?,
         max_batch: config.batch as usize,
         commit_timeout: config.connect.request_timeout().max(Duration::from_secs(5)),

@@ -19,7 +19,8 @@ use stockwire::clock::Clock;
 use stockwire::connect::ConnectArgs;
 use stockwire::domain::{Event, VelocityView};
 use stockwire::envelope::{Envelope, Recorded};
-use stockwire::projector::{self, Projection};
+use stockwire::projection::{self, Projection};
+use stockwire::projector;
 use stockwire::{subjects, views};
 use tokio_util::sync::CancellationToken;
 
@@ -109,7 +110,7 @@ pub async fn run(
             config.tick_s
         );
     }
-    let settings = projector::Config {
+    let settings = projection::Config {
         envelope: Envelope::new(&config.header_prefix)?,
         max_batch: config.batch as usize,
         commit_timeout: config.connect.request_timeout().max(Duration::from_secs(5)),

@@ -145,14 +145,6 @@ impl StockBook {
     pub fn into_views(self) -> impl Iterator<Item = StockView> {
         self.0.into_values()
     }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -241,7 +241,7 @@ async fn projector(
 ) -> Result<Duration, Failure> {
     let kv = scratch_bucket(js, PROJECTOR_BUCKET).await?;
     let stop = CancellationToken::new();
-    let config = projector::Config {
+    let config = stockwire::projection::Config {
         envelope: ctx.envelope.clone(),
         ..Default::default()
     };

@@ -72,7 +72,7 @@ async fn publish_raw(js: &jetstream::Context, out: &Outbound) -> u64 {
     .sequence
 }
 
-fn header_of<'a>(msg: &'a Stored, name: &str) -> Option<&'a str> {
+fn header_of<'a>(msg: &'a StoredMessage, name: &str) -> Option<&'a str> {
     msg.headers
         .as_ref()
         .and_then(|h| h.get(name))
