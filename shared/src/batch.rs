@@ -197,3 +197,69 @@ impl SentBatch {
         }
     }
 }
+
+/// Atomic batches sent in order, up to `window` of them before the oldest is
+/// acknowledged. With a chain (`expected`), each batch expects the stream to end where the
+/// one before it ends, so they land in order and back to back, or not at all; a batch
+/// acknowledged anywhere else is an error. Each batch carries a tag of the caller's (which
+/// lines, which keys) that comes back with its acknowledgement.
+pub struct Pipeline<T> {
+    client: Client,
+    timeout: Duration,
+    window: usize,
+    expected: Option<u64>,
+    in_flight: std::collections::VecDeque<(T, SentBatch, Option<u64>)>,
+}
+
+impl<T> Pipeline<T> {
+    /// `window`: batches in flight at most (at least 1); `expected`: where the stream ends
+    /// now, to chain the batches, or `None` for no expectation.
+    pub fn new(client: &Client, timeout: Duration, window: usize, expected: Option<u64>) -> Self {
+        Self {
+            client: client.clone(),
+            timeout,
+            window: window.max(1),
+            expected,
+            in_flight: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Whether another batch may be sent before the oldest is acknowledged.
+    pub fn has_room(&self) -> bool {
+        self.in_flight.len() < self.window
+    }
+
+    /// Sends `messages` as the next batch, without waiting for its acknowledgement.
+    pub async fn send(&mut self, tag: T, messages: Vec<Outbound>) -> Result<(), AppendError> {
+        let count = messages.len() as u64;
+        let sent = send_atomic(&self.client, messages, self.expected, self.timeout).await?;
+        let after = self.expected;
+        if let Some(expected) = self.expected.as_mut() {
+            *expected += count;
+        }
+        self.in_flight.push_back((tag, sent, after));
+        Ok(())
+    }
+
+    /// The oldest batch's acknowledgement, or `None` when nothing is in flight.
+    pub async fn next(&mut self) -> Option<(T, Result<BatchAck, AppendError>)> {
+        let (tag, sent, after) = self.in_flight.pop_front()?;
+        let result = match (sent.ack().await, after) {
+            (Ok(ack), Some(after)) if ack.first_sequence() != after + 1 => Err(AppendError::new(
+                AppendErrorKind::BadAnswer,
+            )
+            .context(format!(
+                "batch stored after sequence {}, expected after {after}",
+                ack.first_sequence() - 1
+            ))),
+            (result, _) => result,
+        };
+        Some((tag, result))
+    }
+
+    /// Chains the batches sent from now on to `expected` (after a refusal, say: the
+    /// caller takes what is in flight first).
+    pub fn expect(&mut self, expected: Option<u64>) {
+        self.expected = expected;
+    }
+}

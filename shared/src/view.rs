@@ -277,7 +277,10 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         let parts = changes.len().div_ceil(MAX_KEYS_PER_COMMIT).max(1);
         let mut stored = Vec::with_capacity(changes.len());
         let mut changes = changes.into_iter();
-        let mut in_flight: Option<(batch::SentBatch, u64)> = None;
+        // One batch in flight: the next is encoded while the one before is stored, but
+        // sent only once that one is acknowledged where it was expected (a second writer
+        // must not be able to slip a later part in after a refused one).
+        let mut pipeline = batch::Pipeline::new(&self.client, self.timeout, 1, Some(expected));
         for part in 1..=parts {
             let keys: Vec<_> = changes.by_ref().take(MAX_KEYS_PER_COMMIT).collect();
             let cp = if part == parts { checkpoint } else { unchanged };
@@ -285,22 +288,20 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
                 self.messages(&keys, cp, checkpoint_revision)?;
             messages.push(checkpoint_message);
             let count = messages.len() as u64;
-            if let Some((sent, after)) = in_flight.take() {
-                self.stored_after(sent, after).await?;
+            if !pipeline.has_room() {
+                self.acked_in_turn(pipeline.next().await)?;
             }
-            let sent = batch::send_atomic(&self.client, messages, Some(expected), self.timeout)
+            pipeline
+                .send((), messages)
                 .await
                 .map_err(|e| self.nats_error("committing", e))?;
-            in_flight = Some((sent, expected));
             for (i, (key, change)) in keys.into_iter().enumerate() {
                 stored.push((key, change.into_value(), expected + 1 + i as u64));
             }
             expected += count;
             checkpoint_revision = expected;
         }
-        if let Some((sent, after)) = in_flight {
-            self.stored_after(sent, after).await?;
-        }
+        self.acked_in_turn(pipeline.next().await)?;
         Ok(Committed {
             keys: stored,
             checkpoint_revision,
@@ -337,19 +338,15 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         Ok((messages, message))
     }
 
-    /// Waits for a batch sent to land right after sequence `after`.
-    async fn stored_after(&self, sent: batch::SentBatch, after: u64) -> Result<(), ViewError> {
-        match sent.ack().await {
-            Ok(ack) if ack.first_sequence() == after + 1 => Ok(()),
-            Ok(ack) => Err(self.nats_error(
-                "committing",
-                format!(
-                    "stored after sequence {}, expected {after}",
-                    ack.first_sequence() - 1
-                ),
-            )),
-            Err(e) if e.kind().next() == Next::Decide => Err(self.conflict()),
-            Err(other) => Err(self.nats_error("committing", other)),
+    /// The acknowledgement of a batch of the chain: stored in turn, or a conflict.
+    fn acked_in_turn(
+        &self,
+        acked: Option<((), Result<batch::BatchAck, AppendError>)>,
+    ) -> Result<(), ViewError> {
+        match acked {
+            None | Some((_, Ok(_))) => Ok(()),
+            Some((_, Err(e))) if e.kind().next() == Next::Decide => Err(self.conflict()),
+            Some((_, Err(e))) => Err(self.nats_error("committing", e)),
         }
     }
 

@@ -7,7 +7,7 @@
 //! stores nothing twice: a batch that repeats a stored id is refused whole by the server,
 //! and is then published one event at a time (pipelined), each deduplicated on its own.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::IntoFuture;
 use std::io::Read;
 use std::path::Path;
@@ -335,25 +335,23 @@ async fn publish_all(
         .chunks(MAX_BATCH)
         .zip(lines.numbers.chunks(MAX_BATCH))
         .collect();
-    let mut expected = stream_end(js).await?;
-    let mut in_flight: VecDeque<(usize, batch::SentBatch)> = VecDeque::new();
+    let mut pipeline =
+        batch::Pipeline::new(client, timeout, IN_FLIGHT, Some(stream_end(js).await?));
     let mut next = 0;
     loop {
-        while in_flight.len() < IN_FLIGHT && next < chunks.len() {
+        while pipeline.has_room() && next < chunks.len() {
             let (events, _) = chunks[next];
-            let sent =
-                batch::send_atomic(client, encode(envelope, events), Some(expected), timeout)
-                    .await
-                    .context("sending a batch")?;
-            expected += events.len() as u64;
-            in_flight.push_back((next, sent));
+            pipeline
+                .send(next, encode(envelope, events))
+                .await
+                .context("sending a batch")?;
             next += 1;
         }
-        let Some((index, sent)) = in_flight.pop_front() else {
+        let Some((index, acked)) = pipeline.next().await else {
             return Ok(());
         };
         let (events, numbers) = chunks[index];
-        match sent.ack().await {
+        match acked {
             Ok(ack) => {
                 summary.stored += events.len();
                 summary.first_seq.get_or_insert(ack.first_sequence());
@@ -367,8 +365,8 @@ async fn publish_all(
                 ) =>
             {
                 // The batches sent after this one expected it to be stored: they are refused.
-                for (later, sent) in in_flight.drain(..) {
-                    if let Ok(ack) = sent.ack().await {
+                while let Some((later, acked)) = pipeline.next().await {
+                    if let Ok(ack) = acked {
                         tracing::warn!(
                             batch = later,
                             seq = ack.sequence,
@@ -381,7 +379,7 @@ async fn publish_all(
                 publish_chunk(client, js, messages, numbers, timeout, summary).await?;
                 *last_line_stored = numbers.last().copied();
                 next = index + 1;
-                expected = stream_end(js).await?;
+                pipeline.expect(Some(stream_end(js).await?));
             }
             Err(e) => {
                 return Err(Failure::from(anyhow::Error::new(e).context(format!(
