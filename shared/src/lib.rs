@@ -6,6 +6,7 @@
 //! ## Layout
 //! - [`domain`]: pure: ids, quantities, events of record, event time. No IO.
 //! - [`envelope`]: a typed event <-> subject, standard headers and JSON payload; decode errors; upcasting.
+//! - [`event_line`]: the NDJSON event line that import reads and history writes.
 //! - [`subjects`]: every subject, stream, bucket, key and header name, built in one place.
 //! - [`provision`]: idempotent creation and update of streams and buckets.
 //! - [`aggregate`]: the command side's read: a product from its stock view value and the
@@ -40,6 +41,7 @@ pub mod deadletter;
 pub mod domain;
 pub mod envelope;
 pub mod error;
+pub mod event_line;
 pub mod execute;
 pub mod projection;
 pub mod projector;

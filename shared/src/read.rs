@@ -29,6 +29,9 @@ pub struct ReadError {
     pub message: String,
 }
 
+/// How long a read to the end waits for the next message before it gives up.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Reads a stream in order from a start sequence to its end.
 pub struct Reader {
     messages: Option<jetstream::consumer::pull::Ordered>,
@@ -106,10 +109,17 @@ impl Reader {
     /// The next message, or `None` at the end.
     pub async fn next(&mut self) -> Option<Result<StoredMessage, ReadError>> {
         let messages = self.messages.as_mut()?;
-        let result = match messages.next().await {
-            None => Err("the consumer ended early".to_string()),
-            Some(Err(e)) => Err(e.to_string()),
-            Some(Ok(msg)) => match msg.info() {
+        let next = tokio::time::timeout(IDLE, messages.next()).await;
+        let result = match next {
+            Err(_) => Err(format!(
+                "no message arrived within {} s although {} were still to come \
+                 (purged or deleted meanwhile?)",
+                IDLE.as_secs(),
+                self.remaining
+            )),
+            Ok(None) => Err("the consumer ended early".to_string()),
+            Ok(Some(Err(e))) => Err(e.to_string()),
+            Ok(Some(Ok(msg))) => match msg.info() {
                 Ok(info) => {
                     self.remaining = info.pending;
                     Ok(StoredMessage {

@@ -4,8 +4,9 @@
 //! `msg_id`, `timestamp_ms`) plus `seq`, so a history can be fed back to `publish --file`.
 
 use clap::Args;
-use serde_json::{Map, Value};
+use serde_json::Map;
 use stockwire::domain::{format_ms, Event};
+use stockwire::event_line;
 use stockwire::read::Reader;
 use stockwire::subjects;
 
@@ -35,12 +36,7 @@ pub(crate) async fn run(ctx: &Ctx, args: HistoryArgs) -> Outcome {
             (Ok(rec), true) => {
                 let mut line = Map::new();
                 line.insert("seq".into(), stored.sequence.into());
-                line.insert("type".into(), rec.event.event_type().into());
-                if let Ok(Value::Object(payload)) = serde_json::to_value(&rec.event) {
-                    line.extend(payload);
-                }
-                line.insert("msg_id".into(), rec.meta.msg_id.into());
-                line.insert("timestamp_ms".into(), rec.meta.timestamp_ms.into());
+                line.extend(event_line::to_line(&rec.event, &rec.meta));
                 output::json_line(&line);
             }
             (Ok(rec), false) => {

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::future::try_join_all;
 use serde::Serialize;
-use serde_json::{Map, Value};
 use stockwire::batch::{self, MAX_BATCH};
-use stockwire::domain::{check_not_in_future, Event, EventKind, InvalidField};
-use stockwire::envelope::{check_msg_id, Envelope, EventMeta, Outbound};
+use stockwire::domain::Event;
+use stockwire::envelope::{Envelope, EventMeta, Outbound};
+use stockwire::event_line::{self, LineError};
 use stockwire::retry::AppendErrorKind;
 
 use crate::failure::{Failure, Outcome};
@@ -27,10 +27,6 @@ use crate::meta::{check_server_clock, now_ms, server_now_ms};
 use crate::{output, Ctx};
 use stockwire::connect::{connect_with, Startup};
 use stockwire::retry::AppendError;
-
-/// Namespace of the msg ids derived from a line's number and content.
-const LINE_ID_NAMESPACE: uuid::Uuid =
-    uuid::Uuid::from_u128(0x5f0c_6b1e_2d4a_4c8e_9a7b_3e1f_0d2c_8b61);
 
 /// At most this many bad lines are printed; the rest are counted.
 const MAX_REPORTED: usize = 50;
@@ -177,7 +173,7 @@ fn parse_all(text: &str, file: &Path) -> Result<Lines, Failure> {
                         .iter()
                         .map(|&(number, line)| Parsed {
                             number,
-                            result: parse_line(line, number, now),
+                            result: event_line::parse(line, number, now),
                         })
                         .collect()
                 })
@@ -241,78 +237,6 @@ fn parse_all(text: &str, file: &Path) -> Result<Lines, Failure> {
 struct Parsed {
     number: usize,
     result: Result<Checked, LineError>,
-}
-
-/// What is wrong with a line: its JSON, or one of its fields.
-#[derive(Debug, thiserror::Error)]
-enum LineError {
-    #[error("{0}")]
-    Json(String),
-    #[error(transparent)]
-    Field(#[from] InvalidField),
-}
-
-/// One NDJSON line: `{"type":"stock.sold", <payload fields>, "msg_id"?, "timestamp_ms"?}`.
-fn parse_line(raw: &str, number: usize, now: i64) -> Result<(Event, EventMeta), LineError> {
-    let fields: Map<String, Value> = match serde_json::from_str(raw) {
-        Ok(Value::Object(map)) => map,
-        Ok(_) => return Err(LineError::Json("a JSON object is expected".into())),
-        Err(e) => return Err(LineError::Json(format!("not valid JSON: {e}"))),
-    };
-    let kind = match fields.get("type") {
-        None | Some(Value::Null) => return Err(InvalidField::new("type", "is missing").into()),
-        Some(Value::String(t)) => EventKind::from_event_type(t).ok_or_else(|| {
-            let known: Vec<_> = EventKind::ALL.iter().map(|k| k.event_type()).collect();
-            InvalidField::new(
-                "type",
-                format!(
-                    "unknown event type {t:?}; expected one of {}",
-                    known.join(", ")
-                ),
-            )
-        })?,
-        Some(_) => return Err(InvalidField::new("type", "must be a string").into()),
-    };
-    let event = Event::from_fields(kind, &fields)?;
-    let timestamp_ms = match fields.get("timestamp_ms") {
-        None | Some(Value::Null) => now,
-        Some(Value::Number(n)) => match n.as_i64().filter(|ms| *ms >= 0) {
-            Some(ms) => ms,
-            None => {
-                return Err(InvalidField::new(
-                    "timestamp_ms",
-                    format!("{n} is not milliseconds since the epoch"),
-                )
-                .into())
-            }
-        },
-        Some(_) => {
-            return Err(InvalidField::new(
-                "timestamp_ms",
-                "must be a number (milliseconds since the epoch)",
-            )
-            .into())
-        }
-    };
-    check_not_in_future("timestamp_ms", timestamp_ms, now)?;
-    let msg_id = match fields.get("msg_id") {
-        None | Some(Value::Null) => {
-            let name = format!("{number}\n{}", raw.trim());
-            uuid::Uuid::new_v5(&LINE_ID_NAMESPACE, name.as_bytes()).to_string()
-        }
-        Some(Value::String(id)) => {
-            check_msg_id("msg_id", id)?;
-            id.clone()
-        }
-        Some(_) => return Err(InvalidField::new("msg_id", "must be a string").into()),
-    };
-    Ok((
-        event,
-        EventMeta {
-            msg_id,
-            timestamp_ms,
-        },
-    ))
 }
 
 /// Publishes every line in file order: atomic batches, up to [`IN_FLIGHT`] of them sent
