@@ -19,7 +19,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
 use async_nats::jetstream::{self, Context};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::deadletter;
 use crate::envelope::{DecodeError, Envelope, Recorded};
 use crate::projection::{Config, Projection};
+use crate::read;
 use crate::rebuild;
 use crate::retry::Backoff;
 use crate::shutdown::pause;
@@ -70,7 +70,14 @@ pub async fn run<P: Projection>(
                 continue;
             }
         };
-        let messages = match open_from(&js, &projection.filter(), checkpoint + 1).await {
+        let messages = match read::messages_from(
+            &js,
+            subjects::INVENTORY_STREAM,
+            &projection.filter(),
+            checkpoint + 1,
+        )
+        .await
+        {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(view = bucket, error = %e, "cannot read the log; retrying");
@@ -292,25 +299,6 @@ fn spawn_reader(
         }
     });
     (task, rx)
-}
-
-/// An ordered consumer on `INVENTORY` from `start` on.
-pub(crate) async fn open_from(
-    js: &Context,
-    filter: &str,
-    start: u64,
-) -> Result<jetstream::consumer::pull::Ordered, async_nats::Error> {
-    let stream = js.get_stream(subjects::INVENTORY_STREAM).await?;
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: filter.to_string(),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: start.max(1),
-            },
-            ..Default::default()
-        })
-        .await?;
-    Ok(consumer.messages().await?)
 }
 
 /// Folds a batch of events per key and commits it with the checkpoint.

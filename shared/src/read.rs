@@ -78,15 +78,7 @@ impl Reader {
             filter: filter.to_string(),
             message: e.to_string(),
         };
-        let handle = js.get_stream_no_info(stream).await.map_err(|e| fail(&e))?;
-        let consumer = handle
-            .create_consumer(OrderedConfig {
-                filter_subject: filter.to_string(),
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| fail(&e))?;
+        let consumer = ordered_consumer(js, stream, filter, deliver_policy).await?;
         let remaining = consumer.cached_info().num_pending;
         let messages = if remaining == 0 {
             None
@@ -228,28 +220,51 @@ impl Follower {
     }
 
     async fn open(&self) -> Result<jetstream::consumer::pull::Ordered, ReadError> {
-        let fail = |e: &dyn std::fmt::Display| ReadError {
-            stream: self.stream.clone(),
-            filter: self.filter.clone(),
-            message: e.to_string(),
-        };
-        let handle = self
-            .js
-            .get_stream_no_info(&self.stream)
-            .await
-            .map_err(|e| fail(&e))?;
-        let consumer = handle
-            .create_consumer(OrderedConfig {
-                filter_subject: self.filter.clone(),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: self.next_seq,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| fail(&e))?;
-        consumer.messages().await.map_err(|e| fail(&e))
+        messages_from(&self.js, &self.stream, &self.filter, self.next_seq).await
     }
+}
+
+/// An ordered consumer (no acks, no redelivery, re-created by the client on a gap) on
+/// `stream`, only subjects matching `filter` (empty: all), starting where `deliver_policy`
+/// says. Every reader of a stream opens its consumer here.
+pub async fn ordered_consumer(
+    js: &Context,
+    stream: &str,
+    filter: &str,
+    deliver_policy: DeliverPolicy,
+) -> Result<jetstream::consumer::Consumer<OrderedConfig>, ReadError> {
+    let fail = |e: &dyn std::fmt::Display| ReadError {
+        stream: stream.to_string(),
+        filter: filter.to_string(),
+        message: e.to_string(),
+    };
+    let handle = js.get_stream_no_info(stream).await.map_err(|e| fail(&e))?;
+    handle
+        .create_consumer(OrderedConfig {
+            filter_subject: filter.to_string(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| fail(&e))
+}
+
+/// The messages of `stream` under `filter` from `start_sequence` on, for ever.
+pub async fn messages_from(
+    js: &Context,
+    stream: &str,
+    filter: &str,
+    start_sequence: u64,
+) -> Result<jetstream::consumer::pull::Ordered, ReadError> {
+    let deliver_policy = DeliverPolicy::ByStartSequence {
+        start_sequence: start_sequence.max(1),
+    };
+    let consumer = ordered_consumer(js, stream, filter, deliver_policy).await?;
+    consumer.messages().await.map_err(|e| ReadError {
+        stream: stream.to_string(),
+        filter: filter.to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// A message's stored time in milliseconds since the epoch.
