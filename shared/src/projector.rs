@@ -31,7 +31,7 @@ use crate::rebuild;
 use crate::retry::Backoff;
 use crate::shutdown::pause;
 use crate::subjects;
-use crate::view::{Change, ViewError, ViewStore};
+use crate::view::{view_error, Change, ViewError, ViewErrorKind, ViewStore};
 
 /// Runs the projector until `shutdown` is cancelled. Transient failures are retried
 /// with backoff; this returns an error only if the view's bucket cannot be opened.
@@ -128,9 +128,9 @@ pub async fn run<P: Projection>(
                     match apply_chunk(&js, &projection, &mut store, chunk).await {
                         Ok(()) => backoff.reset(),
                         Err(e) => {
-                            match &e {
-                                ViewError::Conflict { .. } => tracing::info!(view = bucket, "another writer moved the view; reloading"),
-                                other => tracing::warn!(view = bucket, error = %other, "batch not committed; redoing from the checkpoint"),
+                            match e.kind() {
+                                ViewErrorKind::Conflict => tracing::info!(view = bucket, "another writer moved the view; reloading"),
+                                _ => tracing::warn!(view = bucket, error = %e, "batch not committed; redoing from the checkpoint"),
                             }
                             store.invalidate();
                             pause(&shutdown, backoff.next_delay()).await;
@@ -328,10 +328,8 @@ async fn apply_chunk<P: Projection>(
         }
     }
     for item in chunk {
-        let msg = item.map_err(|message| ViewError::Nats {
-            bucket: bucket.to_string(),
-            message,
-        })?;
+        let msg =
+            item.map_err(|why| view_error(ViewErrorKind::Read, bucket, "reading the log", why))?;
         let seq = msg.seq;
         match &msg.decoded {
             Err(poison) => {
@@ -344,9 +342,13 @@ async fn apply_chunk<P: Projection>(
                 tracing::warn!(view = bucket, stream_seq = seq, %subject, %error, "dead-lettering an event");
                 deadletter::publish(js, bucket, seq, subject, headers.as_ref(), payload, error)
                     .await
-                    .map_err(|e| ViewError::Nats {
-                        bucket: bucket.to_string(),
-                        message: format!("dead-lettering event {seq}: {e}"),
+                    .map_err(|e| {
+                        view_error(
+                            ViewErrorKind::Write,
+                            bucket,
+                            &format!("dead-lettering event {seq}"),
+                            e,
+                        )
                     })?;
             }
             Ok(recorded) => {

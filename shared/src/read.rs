@@ -10,6 +10,8 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
 
+use crate::error::Error;
+
 /// One stored message.
 #[derive(Debug, Clone)]
 pub struct StoredMessage {
@@ -21,12 +23,37 @@ pub struct StoredMessage {
     pub payload: Bytes,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("reading stream {stream} ({filter}): {message}")]
-pub struct ReadError {
-    pub stream: String,
-    pub filter: String,
-    pub message: String,
+/// Why a read of a stream failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadErrorKind {
+    /// The consumer could not be made (no such stream, no permission, no answer).
+    Open,
+    /// No message came for a while although more were to come (purged meanwhile?).
+    Stalled,
+    /// The consumer ended or failed before the end.
+    Broken,
+}
+
+impl std::fmt::Display for ReadErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Open => "cannot open a consumer",
+            Self::Stalled => "no message arrived in time",
+            Self::Broken => "the consumer failed",
+        })
+    }
+}
+
+pub type ReadError = Error<ReadErrorKind>;
+
+fn read_error(
+    kind: ReadErrorKind,
+    stream: &str,
+    filter: &str,
+    source: impl std::fmt::Display,
+) -> ReadError {
+    ReadError::with_source(kind, source.to_string())
+        .context(format!("reading stream {stream} ({filter})"))
 }
 
 /// How long a read to the end waits for the next message before it gives up.
@@ -73,11 +100,7 @@ impl Reader {
         filter: &str,
         deliver_policy: DeliverPolicy,
     ) -> Result<Self, ReadError> {
-        let fail = |e: &dyn std::fmt::Display| ReadError {
-            stream: stream.to_string(),
-            filter: filter.to_string(),
-            message: e.to_string(),
-        };
+        let fail = |e: &dyn std::fmt::Display| read_error(ReadErrorKind::Open, stream, filter, e);
         let consumer = ordered_consumer(js, stream, filter, deliver_policy).await?;
         let remaining = consumer.cached_info().num_pending;
         let messages = if remaining == 0 {
@@ -103,14 +126,16 @@ impl Reader {
         let messages = self.messages.as_mut()?;
         let next = tokio::time::timeout(IDLE, messages.next()).await;
         let result = match next {
-            Err(_) => Err(format!(
-                "no message arrived within {} s although {} were still to come \
-                 (purged or deleted meanwhile?)",
-                IDLE.as_secs(),
-                self.remaining
+            Err(_) => Err((
+                ReadErrorKind::Stalled,
+                format!(
+                    "none within {} s although {} were still to come (purged or deleted meanwhile?)",
+                    IDLE.as_secs(),
+                    self.remaining
+                ),
             )),
-            Ok(None) => Err("the consumer ended early".to_string()),
-            Ok(Some(Err(e))) => Err(e.to_string()),
+            Ok(None) => Err((ReadErrorKind::Broken, "it ended early".to_string())),
+            Ok(Some(Err(e))) => Err((ReadErrorKind::Broken, e.to_string())),
             Ok(Some(Ok(msg))) => match msg.info() {
                 Ok(info) => {
                     self.remaining = info.pending;
@@ -122,17 +147,13 @@ impl Reader {
                         payload: msg.payload.clone(),
                     })
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err((ReadErrorKind::Broken, e.to_string())),
             },
         };
         if result.is_err() || self.remaining == 0 {
             self.messages = None;
         }
-        Some(result.map_err(|message| ReadError {
-            stream: self.stream.clone(),
-            filter: self.filter.clone(),
-            message,
-        }))
+        Some(result.map_err(|(kind, why)| read_error(kind, &self.stream, &self.filter, why)))
     }
 }
 
@@ -233,11 +254,7 @@ pub async fn ordered_consumer(
     filter: &str,
     deliver_policy: DeliverPolicy,
 ) -> Result<jetstream::consumer::Consumer<OrderedConfig>, ReadError> {
-    let fail = |e: &dyn std::fmt::Display| ReadError {
-        stream: stream.to_string(),
-        filter: filter.to_string(),
-        message: e.to_string(),
-    };
+    let fail = |e: &dyn std::fmt::Display| read_error(ReadErrorKind::Open, stream, filter, e);
     let handle = js.get_stream_no_info(stream).await.map_err(|e| fail(&e))?;
     handle
         .create_consumer(OrderedConfig {
@@ -260,11 +277,10 @@ pub async fn messages_from(
         start_sequence: start_sequence.max(1),
     };
     let consumer = ordered_consumer(js, stream, filter, deliver_policy).await?;
-    consumer.messages().await.map_err(|e| ReadError {
-        stream: stream.to_string(),
-        filter: filter.to_string(),
-        message: e.to_string(),
-    })
+    consumer
+        .messages()
+        .await
+        .map_err(|e| read_error(ReadErrorKind::Open, stream, filter, e))
 }
 
 /// A message's stored time in milliseconds since the epoch.

@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::deadletter;
 use crate::projection::{Config, Projection};
-use crate::read::Reader;
+use crate::read::{ReadError, Reader};
 use crate::subjects;
-use crate::view::{Change, ViewStore};
+use crate::view::{Change, ViewError, ViewStore};
 
 /// What a rebuilding projector reports to the requester.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +100,21 @@ impl Listener {
     }
 }
 
+/// Why a rebuild stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("dead-lettering event {seq}: {source}")]
+    DeadLetter {
+        seq: u64,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error(transparent)]
+    View(#[from] ViewError),
+}
+
 /// Rebuilds the view and reports how it went; the caller goes on from the new checkpoint.
 pub async fn run<P: Projection>(
     js: &Context,
@@ -119,7 +134,11 @@ pub async fn run<P: Projection>(
         }
         Err(error) => {
             tracing::error!(view = bucket, %error, "rebuild failed");
-            request.report(&Progress::Failed { error }).await;
+            request
+                .report(&Progress::Failed {
+                    error: error.to_string(),
+                })
+                .await;
         }
     }
 }
@@ -130,12 +149,10 @@ async fn rebuild<P: Projection>(
     config: &Config,
     store: &mut ViewStore<P::View>,
     request: &Request,
-) -> Result<Progress, String> {
+) -> Result<Progress, RebuildError> {
     let started = Instant::now();
     let bucket = projection.bucket();
-    let mut reader = Reader::open(js, subjects::INVENTORY_STREAM, &projection.filter(), 1)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut reader = Reader::open(js, subjects::INVENTORY_STREAM, &projection.filter(), 1).await?;
     let total = reader.remaining();
     let mut book: HashMap<String, Option<P::View>> = HashMap::new();
     let (mut events, mut last_seq) = (0u64, 0u64);
@@ -144,7 +161,7 @@ async fn rebuild<P: Projection>(
         .report(&Progress::Replaying { done: 0, total })
         .await;
     while let Some(stored) = reader.next().await {
-        let stored = stored.map_err(|e| e.to_string())?;
+        let stored = stored?;
         match config.envelope.decode_stored(&stored) {
             Ok(recorded) => {
                 let key = projection.key(&recorded.event);
@@ -161,7 +178,10 @@ async fn rebuild<P: Projection>(
                 &error,
             )
             .await
-            .map_err(|e| format!("dead-lettering event {}: {e}", stored.sequence))?,
+            .map_err(|source| RebuildError::DeadLetter {
+                seq: stored.sequence,
+                source,
+            })?,
         }
         events += 1;
         last_seq = stored.sequence;
@@ -178,12 +198,8 @@ async fn rebuild<P: Projection>(
     }
 
     // What is there now, with revisions, to write only what differs.
-    let current = store.load_all().await.map_err(|e| e.to_string())?;
-    let checkpoint = store
-        .checkpoint()
-        .await
-        .map_err(|e| e.to_string())?
-        .max(last_seq);
+    let current = store.load_all().await?;
+    let checkpoint = store.checkpoint().await?.max(last_seq);
     let mut changes: Vec<(String, Change<P::View>)> = Vec::new();
     let mut deleted = 0u64;
     let mut in_view = HashMap::with_capacity(current.len());
@@ -212,10 +228,7 @@ async fn rebuild<P: Projection>(
         .await;
     // The checkpoint moves only with the last part of the commit, so a crash in
     // between leaves a view that the projector completes from its old checkpoint.
-    store
-        .commit(changes, checkpoint)
-        .await
-        .map_err(|e| e.to_string())?;
+    store.commit(changes, checkpoint).await?;
     Ok(Progress::Done {
         events,
         written,

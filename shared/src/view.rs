@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{self, MAX_BATCH};
 use crate::envelope::Outbound;
+use crate::error::Error;
 use crate::retry::{AppendError, Next};
 use crate::subjects;
 
@@ -50,13 +51,37 @@ pub const MAX_KEYS_PER_COMMIT: usize = MAX_BATCH - 1;
 /// into atomic batches and stays there.
 pub const SINGLE_PUBLISHES_UP_TO: usize = 8;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ViewError {
+/// Why a view could not be read or written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewErrorKind {
     /// Something else changed the bucket since this writer read it: reload, redo.
-    #[error("view {bucket}: the bucket changed since it was read (another writer?)")]
-    Conflict { bucket: String },
-    #[error("view {bucket}: {message}")]
-    Nats { bucket: String, message: String },
+    Conflict,
+    /// Reading the bucket or the log failed.
+    Read,
+    /// A commit failed for another reason (the source says which).
+    Write,
+}
+
+impl std::fmt::Display for ViewErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Conflict => "the bucket changed since it was read (another writer?)",
+            Self::Read => "reading",
+            Self::Write => "writing",
+        })
+    }
+}
+
+pub type ViewError = Error<ViewErrorKind>;
+
+/// A view error of `kind` in `bucket`, doing `what`.
+pub(crate) fn view_error(
+    kind: ViewErrorKind,
+    bucket: &str,
+    what: &str,
+    source: impl std::fmt::Display,
+) -> ViewError {
+    ViewError::with_source(kind, source.to_string()).context(format!("view {bucket}: {what}"))
 }
 
 /// A change to one key.
@@ -149,23 +174,15 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
     }
 
     fn nats_error(&self, what: &str, e: impl std::fmt::Display) -> ViewError {
-        ViewError::Nats {
-            bucket: self.bucket.clone(),
-            message: format!("{what}: {e}"),
-        }
+        view_error(ViewErrorKind::Write, &self.bucket, what, e)
     }
 
     async fn loaded(&mut self) -> Result<&mut Loaded<V>, ViewError> {
-        if self.loaded.is_none() {
-            self.load_all().await?;
-        }
-        match self.loaded.as_mut() {
-            Some(loaded) => Ok(loaded),
-            None => Err(ViewError::Nats {
-                bucket: self.bucket.clone(),
-                message: "the bucket is not loaded".into(),
-            }),
-        }
+        let loaded = match self.loaded.take() {
+            Some(loaded) => loaded,
+            None => self.fetch().await?,
+        };
+        Ok(self.loaded.insert(loaded))
     }
 
     /// The view's checkpoint: every event up to it is applied.
@@ -400,15 +417,25 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
     }
 
     fn conflict(&self) -> ViewError {
-        ViewError::Conflict {
-            bucket: self.bucket.clone(),
-        }
+        ViewError::new(ViewErrorKind::Conflict).context(format!("view {}", self.bucket))
     }
 
     /// Reads every key of the bucket (checkpoint included); returns the keys that hold a
     /// value, with it, the checkpoint left out.
     pub async fn load_all(&mut self) -> Result<Vec<(String, V)>, ViewError> {
         self.loaded = None;
+        let loaded = self.fetch().await?;
+        let values = loaded
+            .keys
+            .iter()
+            .filter_map(|(k, c)| c.value.as_ref().map(|v| (k.clone(), v.clone())))
+            .collect();
+        self.loaded = Some(loaded);
+        Ok(values)
+    }
+
+    /// Every key of the bucket with its revision, and the checkpoint.
+    async fn fetch(&self) -> Result<Loaded<V>, ViewError> {
         let (entries, last_sequence) = snapshot_entries(&self.js, &self.kv, &self.bucket).await?;
         let mut loaded: Loaded<V> = Loaded {
             keys: HashMap::with_capacity(entries.len()),
@@ -439,13 +466,7 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
             let revision = entry.revision;
             loaded.keys.insert(entry.key, Cached { value, revision });
         }
-        let values = loaded
-            .keys
-            .iter()
-            .filter_map(|(k, c)| c.value.as_ref().map(|v| (k.clone(), v.clone())))
-            .collect();
-        self.loaded = Some(loaded);
-        Ok(values)
+        Ok(loaded)
     }
 }
 
@@ -464,10 +485,8 @@ async fn snapshot_entries(
     bucket: &str,
 ) -> Result<(Vec<RawEntry>, u64), ViewError> {
     use futures::StreamExt;
-    let fail = |e: &dyn std::fmt::Display| ViewError::Nats {
-        bucket: bucket.to_string(),
-        message: format!("reading every key: {e}"),
-    };
+    let fail =
+        |e: &dyn std::fmt::Display| view_error(ViewErrorKind::Read, bucket, "reading every key", e);
     let mut stream = js
         .get_stream(subjects::kv_stream(bucket))
         .await
@@ -501,9 +520,13 @@ async fn open_bucket(
     js: &async_nats::jetstream::Context,
     bucket: &str,
 ) -> Result<kv::Store, ViewError> {
-    js.get_key_value(bucket).await.map_err(|e| ViewError::Nats {
-        bucket: bucket.to_string(),
-        message: format!("opening bucket (run `stockwire setup`?): {e}"),
+    js.get_key_value(bucket).await.map_err(|e| {
+        view_error(
+            ViewErrorKind::Read,
+            bucket,
+            "opening the bucket (run `stockwire setup`?)",
+            e,
+        )
     })
 }
 
