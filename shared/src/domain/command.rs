@@ -127,47 +127,104 @@ impl Command {
     /// (`--force`: it happened, whatever the books say). `None` for the other commands,
     /// which are recorded as given anyway (or, for a transfer, never unchecked).
     pub fn forced(self) -> Option<Command> {
-        let event = match self {
+        match self {
+            Command::Sell { .. } | Command::Destroy { .. } | Command::Move { .. } => {
+                self.into_events().pop().map(Command::Record)
+            }
+            _ => None,
+        }
+    }
+
+    /// The events that record the command as asked, nothing checked.
+    fn into_events(self) -> Vec<Event> {
+        match self {
+            Command::Receive {
+                warehouse,
+                sku,
+                location,
+                quantity,
+            } => vec![Event::Received {
+                warehouse,
+                sku,
+                location,
+                quantity,
+            }],
+            Command::Correct {
+                warehouse,
+                sku,
+                location,
+                quantity,
+            } => vec![Event::Corrected {
+                warehouse,
+                sku,
+                location,
+                quantity,
+            }],
             Command::Sell {
                 warehouse,
                 sku,
                 location,
                 quantity,
-            } => Event::Sold {
+            } => vec![Event::Sold {
                 warehouse,
                 sku,
                 location,
                 quantity,
-            },
+            }],
             Command::Destroy {
                 warehouse,
                 sku,
                 location,
                 quantity,
                 reason,
-            } => Event::Destroyed {
+            } => vec![Event::Destroyed {
                 warehouse,
                 sku,
                 location,
                 quantity,
                 reason,
-            },
+            }],
             Command::Move {
                 warehouse,
                 sku,
                 from,
                 to,
                 quantity,
-            } => Event::Moved {
+            } => vec![Event::Moved {
                 warehouse,
                 sku,
                 from,
                 to,
                 quantity,
-            },
-            _ => return None,
-        };
-        Some(Command::Record(event))
+            }],
+            Command::Transfer {
+                sku,
+                from_warehouse,
+                from,
+                to_warehouse,
+                to,
+                quantity,
+                transfer_id,
+            } => vec![
+                Event::TransferredOut {
+                    warehouse: from_warehouse.clone(),
+                    sku: sku.clone(),
+                    location: from,
+                    quantity,
+                    to_warehouse: to_warehouse.clone(),
+                    transfer_id: transfer_id.clone(),
+                },
+                Event::TransferredIn {
+                    warehouse: to_warehouse,
+                    sku,
+                    location: to,
+                    quantity,
+                    from_warehouse,
+                    transfer_id,
+                },
+            ],
+            Command::Record(event) => vec![event],
+        }
     }
 
     /// The msg ids of the events the command records, given the one asked for: a
@@ -206,60 +263,20 @@ fn take(
 
 /// The events that record `command`, if the aggregate's `state` allows it.
 pub fn decide(command: &Command, state: &Locations) -> Result<Vec<Event>, DomainError> {
-    match command.clone() {
-        Command::Receive {
-            warehouse,
-            sku,
-            location,
-            quantity,
-        } => Ok(vec![Event::Received {
-            warehouse,
-            sku,
-            location,
-            quantity,
-        }]),
-        Command::Correct {
-            warehouse,
-            sku,
-            location,
-            quantity,
-        } => Ok(vec![Event::Corrected {
-            warehouse,
-            sku,
-            location,
-            quantity,
-        }]),
-        Command::Record(event) => Ok(vec![event]),
+    match command {
         Command::Sell {
             warehouse,
             sku,
             location,
             quantity,
-        } => {
-            take("sell", state, &warehouse, &sku, &location, quantity)?;
-            Ok(vec![Event::Sold {
-                warehouse,
-                sku,
-                location,
-                quantity,
-            }])
-        }
+        } => take("sell", state, warehouse, sku, location, *quantity)?,
         Command::Destroy {
             warehouse,
             sku,
             location,
             quantity,
-            reason,
-        } => {
-            take("destroy", state, &warehouse, &sku, &location, quantity)?;
-            Ok(vec![Event::Destroyed {
-                warehouse,
-                sku,
-                location,
-                quantity,
-                reason,
-            }])
-        }
+            ..
+        } => take("destroy", state, warehouse, sku, location, *quantity)?,
         Command::Move {
             warehouse,
             sku,
@@ -269,55 +286,31 @@ pub fn decide(command: &Command, state: &Locations) -> Result<Vec<Event>, Domain
         } => {
             if from == to {
                 return Err(DomainError::SameLocation {
-                    sku,
-                    location: from,
+                    sku: sku.clone(),
+                    location: from.clone(),
                 });
             }
-            take("move", state, &warehouse, &sku, &from, quantity)?;
-            Ok(vec![Event::Moved {
-                warehouse,
-                sku,
-                from,
-                to,
-                quantity,
-            }])
+            take("move", state, warehouse, sku, from, *quantity)?
         }
         Command::Transfer {
             sku,
             from_warehouse,
             from,
             to_warehouse,
-            to,
             quantity,
-            transfer_id,
+            ..
         } => {
             if from_warehouse == to_warehouse {
                 return Err(DomainError::SameWarehouse {
-                    sku,
-                    warehouse: from_warehouse,
+                    sku: sku.clone(),
+                    warehouse: from_warehouse.clone(),
                 });
             }
-            take("transfer", state, &from_warehouse, &sku, &from, quantity)?;
-            Ok(vec![
-                Event::TransferredOut {
-                    warehouse: from_warehouse.clone(),
-                    sku: sku.clone(),
-                    location: from,
-                    quantity,
-                    to_warehouse: to_warehouse.clone(),
-                    transfer_id: transfer_id.clone(),
-                },
-                Event::TransferredIn {
-                    warehouse: to_warehouse,
-                    sku,
-                    location: to,
-                    quantity,
-                    from_warehouse,
-                    transfer_id,
-                },
-            ])
+            take("transfer", state, from_warehouse, sku, from, *quantity)?
         }
+        Command::Receive { .. } | Command::Correct { .. } | Command::Record(_) => {}
     }
+    Ok(command.clone().into_events())
 }
 
 #[cfg(test)]
