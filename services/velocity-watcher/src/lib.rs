@@ -171,11 +171,10 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn on_hand(known: &Known, key: &str) -> (i64, u64) {
-    known
-        .stock
-        .get(key)
-        .map_or((0, 0), |s| (s.on_hand, s.last_seq))
+/// The product's stock and its `last_seq`; `None` while its stock is not known (not seen
+/// yet, or its key deleted): a product is never judged as if it had none.
+fn on_hand(known: &Known, key: &str) -> Option<(i64, u64)> {
+    known.stock.get(key).map(|s| (s.on_hand, s.last_seq))
 }
 
 async fn evaluate_band(
@@ -188,7 +187,9 @@ async fn evaluate_band(
     let Some(v) = known.velocity.get(key) else {
         return;
     };
-    let (on_hand, stock_seq) = on_hand(known, key);
+    let Some((on_hand, stock_seq)) = on_hand(known, key) else {
+        return;
+    };
     let band = Band::of(v.sold_last_day, on_hand, limits);
     let subject = subjects::velocity_alert(&v.warehouse, &v.sku);
     watcher::announce_change(announcer, &subject, now, shutdown, |last| {
@@ -229,7 +230,9 @@ async fn evaluate_stockout(
     let Some(v) = known.velocity.get(key) else {
         return;
     };
-    let (on_hand, stock_seq) = on_hand(known, key);
+    let Some((on_hand, stock_seq)) = on_hand(known, key) else {
+        return;
+    };
     let days = days_of_cover(on_hand, v.units_per_day);
     let stockout_days = Thresholds::stockout_days(
         known.thresholds.get(key),
