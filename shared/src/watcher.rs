@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::announce::{Announced, Announcer, Last};
+use crate::announce::{Announced, Announcer};
+use crate::domain::{Alert, LastAlert};
 use crate::retry::Backoff;
 use crate::shutdown::pause;
 use crate::subjects;
@@ -64,23 +64,16 @@ pub async fn inputs(
     Some(out_rx)
 }
 
-/// An alert to publish, if the last one allows it.
-pub struct Announcement<T> {
-    pub event_type: &'static str,
-    pub payload: T,
-    pub msg_id: String,
-}
-
 /// Decides against the subject's last announcement and publishes the outcome, expecting
 /// that last announcement; when another watcher got there first, decides again against
 /// what it said. Transient failures are retried with backoff until done or shut down.
 /// Returns the new alert's sequence, if one was stored.
-pub async fn announce_change<T: Serialize>(
+pub async fn announce_change(
     announcer: &mut Announcer,
     subject: &str,
     now_ms: impl Fn() -> i64,
     shutdown: &CancellationToken,
-    mut decide: impl FnMut(Option<&Last>) -> Option<Announcement<T>>,
+    mut decide: impl FnMut(Option<&LastAlert>) -> Option<Alert>,
 ) -> Option<u64> {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     while !shutdown.is_cancelled() {
@@ -93,21 +86,20 @@ pub async fn announce_change<T: Serialize>(
             }
         };
         let next = decide(last.as_ref())?;
-        match announcer
-            .announce(
+        if next.subject() != subject {
+            // It would not expect the last alert of its own subject: never announce it.
+            tracing::error!(
                 subject,
-                next.event_type,
-                &next.payload,
-                last.as_ref(),
-                next.msg_id,
-                now_ms(),
-            )
-            .await
-        {
+                alert_subject = next.subject(),
+                "an alert decided for another subject; dropped"
+            );
+            return None;
+        }
+        match announcer.announce(&next, now_ms()).await {
             Ok(Announced::Stored(seq)) => {
                 tracing::info!(
                     subject,
-                    event_type = next.event_type,
+                    event_type = next.event_type(),
                     alert_seq = seq,
                     "announced"
                 );

@@ -8,7 +8,7 @@
 //! Exactly once per crossing, across restarts and concurrent watchers: what was last
 //! announced for a product is the last message on its alert subject, and the next one is
 //! published expecting that message's sequence (`stockwire::announce`). The decision itself
-//! is the pure `stockwire::domain::react`.
+//! is the pure `stockwire::domain::react_low_stock`.
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
 
@@ -17,11 +17,11 @@ use std::collections::HashMap;
 use async_nats::jetstream::kv::{self, Operation};
 use stockwire::announce::Announcer;
 use stockwire::connect::ConnectArgs;
-use stockwire::domain::{react, LowStock, LowStockAlert, StockView, Thresholds};
+use stockwire::domain::{react_low_stock, StockView, Thresholds};
 use stockwire::envelope::Envelope;
 use stockwire::subjects;
 use stockwire::watch::Followed;
-use stockwire::watcher::{self, Announcement};
+use stockwire::watcher;
 use tokio_util::sync::CancellationToken;
 
 /// The service's settings.
@@ -154,25 +154,7 @@ async fn evaluate(
     let subject = subjects::low_stock_alert(&view.warehouse, &view.sku);
     let now = || chrono::Utc::now().timestamp_millis();
     watcher::announce_change(announcer, &subject, now, shutdown, |last| {
-        let state = match last {
-            Some(l) if l.event_type == LowStockAlert::LOW => LowStock::Low,
-            _ => LowStock::Fine,
-        };
-        let (event_type, _) = react(state, view.on_hand, threshold)?;
-        Some(Announcement {
-            event_type,
-            payload: LowStockAlert {
-                warehouse: view.warehouse.clone(),
-                sku: view.sku.clone(),
-                on_hand: view.on_hand,
-                threshold,
-            },
-            msg_id: format!(
-                "{event_type}:{key}:{}:{}",
-                view.last_seq,
-                last.map_or(0, |l| l.sequence)
-            ),
-        })
+        react_low_stock(last, view, threshold)
     })
     .await;
 }

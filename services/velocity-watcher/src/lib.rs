@@ -18,13 +18,12 @@ use async_nats::jetstream::kv::{self, Operation};
 use stockwire::announce::Announcer;
 use stockwire::connect::ConnectArgs;
 use stockwire::domain::{
-    days_of_cover, react_stockout, Band, BandLimits, StockView, StockoutAlert, Thresholds,
-    VelocityAlert, VelocityView,
+    react_band, react_stockout, BandLimits, StockView, Thresholds, VelocityView,
 };
 use stockwire::envelope::Envelope;
 use stockwire::subjects;
 use stockwire::watch::Followed;
-use stockwire::watcher::{self, Announcement};
+use stockwire::watcher;
 use tokio_util::sync::CancellationToken;
 
 /// The service's settings.
@@ -171,12 +170,6 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// The product's stock and its `last_seq`; `None` while its stock is not known (not seen
-/// yet, or its key deleted): a product is never judged as if it had none.
-fn on_hand(known: &Known, key: &str) -> Option<(i64, u64)> {
-    known.stock.get(key).map(|s| (s.on_hand, s.last_seq))
-}
-
 async fn evaluate_band(
     announcer: &mut Announcer,
     known: &Known,
@@ -184,39 +177,13 @@ async fn evaluate_band(
     limits: BandLimits,
     shutdown: &CancellationToken,
 ) {
-    let Some(v) = known.velocity.get(key) else {
+    // A product whose stock is not known (not seen yet, or its key deleted) is not judged.
+    let (Some(velocity), Some(stock)) = (known.velocity.get(key), known.stock.get(key)) else {
         return;
     };
-    let Some((on_hand, stock_seq)) = on_hand(known, key) else {
-        return;
-    };
-    let band = Band::of(v.sold_last_day, on_hand, limits);
-    let subject = subjects::velocity_alert(&v.warehouse, &v.sku);
+    let subject = subjects::velocity_alert(&velocity.warehouse, &velocity.sku);
     watcher::announce_change(announcer, &subject, now, shutdown, |last| {
-        let previous = last.and_then(|l| serde_json::from_slice::<VelocityAlert>(&l.payload).ok());
-        let previous_band = previous.map(|p| p.band);
-        if previous_band == Some(band) {
-            return None;
-        }
-        Some(Announcement {
-            event_type: VelocityAlert::TYPE,
-            payload: VelocityAlert {
-                warehouse: v.warehouse.clone(),
-                sku: v.sku.clone(),
-                band,
-                previous_band,
-                sold_last_hour: v.sold_last_hour,
-                sold_last_day: v.sold_last_day,
-                sold_last_week: v.sold_last_week,
-            },
-            msg_id: format!(
-                "{}:{key}:{}:{stock_seq}:{}:{}",
-                VelocityAlert::TYPE,
-                v.last_seq,
-                v.as_of_ms,
-                last.map_or(0, |l| l.sequence)
-            ),
-        })
+        react_band(last, velocity, stock, limits)
     })
     .await;
 }
@@ -227,37 +194,16 @@ async fn evaluate_stockout(
     key: &str,
     shutdown: &CancellationToken,
 ) {
-    let Some(v) = known.velocity.get(key) else {
+    let (Some(velocity), Some(stock)) = (known.velocity.get(key), known.stock.get(key)) else {
         return;
     };
-    let Some((on_hand, stock_seq)) = on_hand(known, key) else {
-        return;
-    };
-    let days = days_of_cover(on_hand, v.units_per_day);
     let stockout_days = Thresholds::stockout_days(
         known.thresholds.get(key),
         known.thresholds.get(subjects::DEFAULT_THRESHOLD_KEY),
     );
-    let subject = subjects::stockout_alert(&v.warehouse, &v.sku);
+    let subject = subjects::stockout_alert(&velocity.warehouse, &velocity.sku);
     watcher::announce_change(announcer, &subject, now, shutdown, |last| {
-        let announced = last.is_some_and(|l| l.event_type == StockoutAlert::FORECAST);
-        let event_type = react_stockout(announced, days, stockout_days)?;
-        Some(Announcement {
-            event_type,
-            payload: StockoutAlert {
-                warehouse: v.warehouse.clone(),
-                sku: v.sku.clone(),
-                on_hand,
-                units_per_day: v.units_per_day,
-                days_of_cover: days.map(|d| (d * 100.0).round() / 100.0),
-            },
-            msg_id: format!(
-                "{event_type}:{key}:{}:{stock_seq}:{}:{}",
-                v.last_seq,
-                v.as_of_ms,
-                last.map_or(0, |l| l.sequence)
-            ),
-        })
+        react_stockout(last, velocity, stock, stockout_days)
     })
     .await;
 }
