@@ -6,10 +6,14 @@
 //! and a restarted or second watcher cannot say the same thing twice, whatever the
 //! duplicate window. The last announcement of every subject under a filter is read once at
 //! start (one pass, last per subject) and kept up to date in memory.
+//!
+//! A refusal that means "someone else wrote first" (`retry::Next::Decide`: a wrong last
+//! sequence, or on a replicated stream another checked write still in flight) is not an
+//! error: the subject is read again and the caller decides again.
 
 use std::collections::HashMap;
+use std::fmt;
 
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::Context;
 use async_nats::HeaderMap;
@@ -17,7 +21,9 @@ use bytes::Bytes;
 
 use crate::domain::{Alert, AlertBody, LastAlert};
 use crate::envelope::{Envelope, EventMeta};
+use crate::error::Error;
 use crate::read::Reader;
+use crate::retry::{AppendError, AppendErrorKind, Next};
 use crate::subjects;
 
 /// What [`Announcer::announce`] did.
@@ -29,12 +35,29 @@ pub enum Announced {
     Superseded,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("alerts {filter}: {message}")]
-pub struct AnnounceError {
-    pub filter: String,
-    pub message: String,
+/// Why an announcement could not be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnnounceErrorKind {
+    /// The last alerts could not be read from `ALERTS`.
+    Read,
+    /// The alert's payload could not be encoded; trying again will not help.
+    Encode,
+    /// The server did not store it, for this reason (its `next()` says what to do).
+    Append(AppendErrorKind),
 }
+
+impl fmt::Display for AnnounceErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Read => f.write_str("cannot read the last alerts"),
+            Self::Encode => f.write_str("cannot encode the alert"),
+            Self::Append(_) => f.write_str("not stored"),
+        }
+    }
+}
+
+/// An announcement not made: a kind to branch on, where, and the cause.
+pub type AnnounceError = Error<AnnounceErrorKind>;
 
 /// The last announcement of every subject under one filter, and the way to add the next.
 pub struct Announcer {
@@ -57,21 +80,16 @@ impl Announcer {
         }
     }
 
-    fn error(&self, message: impl std::fmt::Display) -> AnnounceError {
-        AnnounceError {
-            filter: self.filter.clone(),
-            message: message.to_string(),
-        }
-    }
-
     /// Reads the last announcement of every subject under the filter.
     pub async fn load(&mut self) -> Result<(), AnnounceError> {
+        let unreadable =
+            |e| AnnounceError::with_source(AnnounceErrorKind::Read, e).context(self.filter.clone());
         let mut reader = Reader::last_per_subject(&self.js, subjects::ALERTS_STREAM, &self.filter)
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(unreadable)?;
         let mut last = HashMap::new();
         while let Some(msg) = reader.next().await {
-            let msg = msg.map_err(|e| self.error(e))?;
+            let msg = msg.map_err(unreadable)?;
             let alert = self.read(
                 &msg.subject,
                 msg.sequence,
@@ -85,19 +103,16 @@ impl Announcer {
         Ok(())
     }
 
-    /// Forgets what it knows; the next [`last`](Self::last) reads from `ALERTS`.
-    pub fn invalidate(&mut self) {
-        self.last.clear();
-        self.complete = false;
-    }
-
     /// Re-reads the last announcement of one subject from `ALERTS`.
     async fn refresh(&mut self, subject: &str) -> Result<(), AnnounceError> {
+        let unreadable = |e: Box<dyn std::error::Error + Send + Sync>| {
+            AnnounceError::with_source(AnnounceErrorKind::Read, e).context(subject)
+        };
         let stream = self
             .js
             .get_stream(subjects::ALERTS_STREAM)
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| unreadable(e.into()))?;
         match stream.get_last_raw_message_by_subject(subject).await {
             Ok(msg) => {
                 let alert = self.read(subject, msg.sequence, Some(&msg.headers), &msg.payload);
@@ -106,7 +121,7 @@ impl Announcer {
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
                 self.last.remove(subject);
             }
-            Err(e) => return Err(self.error(format!("reading the last alert on {subject}: {e}"))),
+            Err(e) => return Err(unreadable(e.into())),
         }
         Ok(())
     }
@@ -147,7 +162,9 @@ impl Announcer {
         timestamp_ms: i64,
     ) -> Result<Announced, AnnounceError> {
         let subject = alert.subject();
-        let body = Bytes::from(alert.payload().map_err(|e| self.error(e))?);
+        let body = alert.payload().map_err(|e| {
+            AnnounceError::with_source(AnnounceErrorKind::Encode, e).context(subject.clone())
+        })?;
         let meta = EventMeta {
             msg_id: alert.msg_id(),
             timestamp_ms,
@@ -159,7 +176,7 @@ impl Announcer {
         );
         let result = async {
             self.js
-                .publish_with_headers(subject.clone(), headers, body)
+                .publish_with_headers(subject.clone(), headers, Bytes::from(body))
                 .await?
                 .await
         }
@@ -175,11 +192,15 @@ impl Announcer {
                     .insert(subject, alert.clone().stored_at(ack.sequence));
                 Ok(Announced::Stored(ack.sequence))
             }
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                self.refresh(&subject).await?;
-                Ok(Announced::Superseded)
+            Err(e) => {
+                let e = AppendError::from(e);
+                if e.kind().next() == Next::Decide {
+                    self.refresh(&subject).await?;
+                    return Ok(Announced::Superseded);
+                }
+                let kind = AnnounceErrorKind::Append(e.kind());
+                Err(AnnounceError::with_source(kind, e).context(subject))
             }
-            Err(e) => Err(self.error(format!("publishing to {subject}: {e}"))),
         }
     }
 }

@@ -24,7 +24,7 @@ use async_nats::jetstream::kv::Operation;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::announce::{Announced, Announcer};
+use crate::announce::{AnnounceErrorKind, Announced, Announcer};
 use crate::clock::Clock;
 use crate::domain::{Alert, AlertTopic, LastAlert};
 use crate::envelope::Envelope;
@@ -245,6 +245,10 @@ async fn announce_change(
                 return Some(seq);
             }
             Ok(Announced::Superseded) => continue,
+            Err(e) if e.kind() == AnnounceErrorKind::Encode => {
+                tracing::error!(subject, error = %e, "an alert that cannot be encoded; dropped");
+                return None;
+            }
             Err(e) => {
                 tracing::warn!(subject, error = %e, "cannot announce yet; retrying");
                 pause(shutdown, backoff.next_delay()).await;
