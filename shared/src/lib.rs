@@ -4,7 +4,8 @@
 //! Stockwire binary shares.
 //!
 //! ## Layout
-//! - [`domain`]: pure: ids, quantities, events of record, event time. No IO.
+//! - [`domain`]: pure: ids, quantities, events of record, stock, velocity, event time,
+//!   alerts and the watchers' decisions (`react_*`). No IO.
 //! - [`envelope`]: a typed event <-> subject, standard headers and JSON payload; decode errors; upcasting.
 //! - [`event_line`]: the NDJSON event line that import reads and history writes.
 //! - [`subjects`]: every subject, stream, bucket, key and header name, built in one place.
@@ -23,7 +24,8 @@
 //! - [`replay`]: the log replayed in memory (verify, as-of).
 //! - [`watch`]: following a KV bucket for ever (history first, re-created on failure).
 //! - [`announce`]: derived events announced exactly once per change of state.
-//! - [`watcher`]: a watcher's inputs (thresholds first, then views) and announcing a change.
+//! - [`watcher`]: the loop every watcher runs: thresholds then views followed, what is known
+//!   of each product, its rules judged on change, each change of state announced once.
 //! - [`error`]: one error shape (`Error<Kind>`, a kind to branch on and a source).
 //! - [`retry`]: every retry rule: what the server's answer to a write means, and backoff.
 //! - [`telemetry`]: logs; [`shutdown`]: ctrl-c and SIGTERM as a token, pauses that end on it;

@@ -1,23 +1,162 @@
-//! What every watcher shares: its inputs (the thresholds, then the views it reacts to,
-//! each followed for ever) and announcing a change of state exactly once.
+//! The loop every watcher runs: follow the thresholds and the views, keep what they say
+//! of every product, judge a product again when something it depends on changes, and
+//! announce each change of state exactly once.
+//!
+//! A watcher says what it is ([`Watcher`]: the views it judges on, and its [`Rule`]s, each
+//! a pure `react` of `stockwire::domain` on one line of alerts); the rest is here:
+//! - Inputs: the thresholds first, then the views once every threshold is known, each
+//!   followed for ever in its own task (`watch`).
+//! - Nothing is judged until every view has delivered its current values: a product's
+//!   velocity without its stock is not its state. Then every product is judged once (after
+//!   a restart, that compares it with its last alert: at most one alert), and after that a
+//!   product is judged again when one of its values changes, or a threshold covering it.
+//! - Announcing: a rule decides against the last alert on the product's subject and the
+//!   alert is published expecting that one (`announce`); when another watcher got there
+//!   first, it decides again against what that one said.
+//! - Time (the alerts' timestamp) comes from the [`Clock`] passed in.
 
+mod known;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use async_nats::jetstream::kv::Operation;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::announce::{Announced, Announcer, Last};
+use crate::announce::{AnnounceErrorKind, Announced, Announcer};
+use crate::clock::Clock;
+use crate::domain::{Alert, AlertTopic, LastAlert};
+use crate::envelope::Envelope;
 use crate::retry::Backoff;
 use crate::shutdown::pause;
 use crate::subjects;
 use crate::watch::{follow, Followed};
 
+use known::Known;
+pub use known::Product;
+
+type React = dyn Fn(Option<&LastAlert>, &Product<'_>) -> Option<Alert> + Send + Sync;
+
+/// One decision a watcher makes about every product, on one line of alerts: given the
+/// last alert there and what is known of the product, the alert to announce, if any.
+pub struct Rule {
+    topic: AlertTopic,
+    react: Box<React>,
+}
+
+impl Rule {
+    /// A rule announcing on `topic`. `react` returns `None` for nothing to announce, and
+    /// for a product it cannot judge (a value it needs is not known).
+    pub fn new(
+        topic: AlertTopic,
+        react: impl Fn(Option<&LastAlert>, &Product<'_>) -> Option<Alert> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            topic,
+            react: Box::new(react),
+        }
+    }
+}
+
+/// What a watcher is: which views it judges products on, and by which rules (one per
+/// line of alerts).
+pub struct Watcher {
+    /// Its name in logs.
+    pub name: &'static str,
+    /// The view buckets it follows (the thresholds are always followed, first).
+    pub views: Vec<&'static str>,
+    pub rules: Vec<Rule>,
+}
+
+/// Runs `watcher` until `shutdown` is cancelled. Transient failures are retried with
+/// backoff; the buckets are waited for if they do not exist yet.
+pub async fn run(
+    client: async_nats::Client,
+    watcher: Watcher,
+    envelope: Envelope,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) {
+    let Watcher { name, views, rules } = watcher;
+    let js = async_nats::jetstream::new(client);
+    let mut lines: Vec<(Rule, Announcer)> = rules
+        .into_iter()
+        .map(|rule| {
+            let filter = rule.topic.every_subject();
+            (rule, Announcer::new(js.clone(), envelope.clone(), filter))
+        })
+        .collect();
+    let followers = shutdown.child_token();
+    let Some(mut inputs) = inputs(&js, &views, &followers).await else {
+        return;
+    };
+    let mut known = Known::default();
+    let mut waiting = views;
+    tracing::info!(watcher = name, "watcher started");
+    loop {
+        let item = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            item = inputs.recv() => item,
+        };
+        let Some(item) = item else { break };
+        let keys = match item {
+            Followed::CaughtUp { bucket } => {
+                let was_waiting = !waiting.is_empty();
+                waiting.retain(|b| *b != bucket);
+                if was_waiting && waiting.is_empty() {
+                    tracing::info!(watcher = name, "every view read: judging every product");
+                    known.products()
+                } else {
+                    vec![]
+                }
+            }
+            Followed::Entry { entry, .. } if entry.key.starts_with('_') => vec![],
+            Followed::Entry { bucket, entry } => {
+                let value = (entry.operation == Operation::Put).then_some(&entry.value[..]);
+                match known.update(bucket, &entry.key, value) {
+                    Ok(keys) if waiting.is_empty() => keys,
+                    Ok(_) => vec![],
+                    Err(e) => {
+                        tracing::error!(bucket, key = entry.key, error = %e, "unreadable value; skipped");
+                        vec![]
+                    }
+                }
+            }
+        };
+        for key in keys {
+            judge(&mut lines, &known, &key, clock.as_ref(), &shutdown).await;
+        }
+    }
+    followers.cancel();
+    tracing::info!(watcher = name, "watcher stopped");
+}
+
+/// Runs every rule on the product `key`, announcing what they decide.
+async fn judge(
+    lines: &mut [(Rule, Announcer)],
+    known: &Known,
+    key: &str,
+    clock: &dyn Clock,
+    shutdown: &CancellationToken,
+) {
+    let Some(product) = known.product(key) else {
+        return;
+    };
+    for (rule, announcer) in lines.iter_mut() {
+        let subject = rule.topic.subject(product.warehouse, product.sku);
+        announce_change(announcer, &subject, clock, shutdown, |last| {
+            (rule.react)(last, &product)
+        })
+        .await;
+    }
+}
+
 /// Opens the thresholds bucket and `views`, and follows them: the thresholds first, and
 /// the views once every threshold has been read, so that no product is judged against a
 /// threshold not yet known. Waits (with backoff) until the buckets exist; `None` if shut
 /// down first.
-pub async fn inputs(
+async fn inputs(
     js: &async_nats::jetstream::Context,
     views: &[&'static str],
     shutdown: &CancellationToken,
@@ -30,9 +169,9 @@ pub async fn inputs(
                 Ok(kv) => break buckets.push((bucket, kv)),
                 Err(e) => {
                     tracing::warn!(bucket, error = %e, "cannot open the bucket (run `stockwire setup`?); retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return None,
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    pause(shutdown, backoff.next_delay()).await;
+                    if shutdown.is_cancelled() {
+                        return None;
                     }
                 }
             }
@@ -64,23 +203,16 @@ pub async fn inputs(
     Some(out_rx)
 }
 
-/// An alert to publish, if the last one allows it.
-pub struct Announcement<T> {
-    pub event_type: &'static str,
-    pub payload: T,
-    pub msg_id: String,
-}
-
 /// Decides against the subject's last announcement and publishes the outcome, expecting
 /// that last announcement; when another watcher got there first, decides again against
 /// what it said. Transient failures are retried with backoff until done or shut down.
 /// Returns the new alert's sequence, if one was stored.
-pub async fn announce_change<T: Serialize>(
+async fn announce_change(
     announcer: &mut Announcer,
     subject: &str,
-    now_ms: impl Fn() -> i64,
+    clock: &dyn Clock,
     shutdown: &CancellationToken,
-    mut decide: impl FnMut(Option<&Last>) -> Option<Announcement<T>>,
+    decide: impl Fn(Option<&LastAlert>) -> Option<Alert>,
 ) -> Option<u64> {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     while !shutdown.is_cancelled() {
@@ -93,27 +225,30 @@ pub async fn announce_change<T: Serialize>(
             }
         };
         let next = decide(last.as_ref())?;
-        match announcer
-            .announce(
+        if next.subject() != subject {
+            // It would not expect the last alert of its own subject: never announce it.
+            tracing::error!(
                 subject,
-                next.event_type,
-                &next.payload,
-                last.as_ref(),
-                next.msg_id,
-                now_ms(),
-            )
-            .await
-        {
+                alert_subject = next.subject(),
+                "an alert decided for another subject; dropped"
+            );
+            return None;
+        }
+        match announcer.announce(&next, clock.now_ms()).await {
             Ok(Announced::Stored(seq)) => {
                 tracing::info!(
                     subject,
-                    event_type = next.event_type,
+                    event_type = next.event_type(),
                     alert_seq = seq,
                     "announced"
                 );
                 return Some(seq);
             }
             Ok(Announced::Superseded) => continue,
+            Err(e) if e.kind() == AnnounceErrorKind::Encode => {
+                tracing::error!(subject, error = %e, "an alert that cannot be encoded; dropped");
+                return None;
+            }
             Err(e) => {
                 tracing::warn!(subject, error = %e, "cannot announce yet; retrying");
                 pause(shutdown, backoff.next_delay()).await;

@@ -1,27 +1,24 @@
 //! # low-stock-watcher
 //!
-//! Watches the `stock` view (every key's current value first, then every change) and the
-//! `thresholds` bucket, and announces `stock.low` when a product's `on_hand` falls below its
-//! threshold and `stock.recovered` when it is back at or above it, on
-//! `alerts.low_stock.{warehouse}.{sku}` in `ALERTS`.
+//! Watches the `stock` view (and the thresholds) and announces `stock.low` when a
+//! product's `on_hand` falls below its threshold and `stock.recovered` when it is back at
+//! or above it, on `alerts.low_stock.{warehouse}.{sku}` in `ALERTS`, once per crossing.
 //!
-//! Exactly once per crossing, across restarts and concurrent watchers: what was last
-//! announced for a product is the last message on its alert subject, and the next one is
-//! published expecting that message's sequence (`stockwire::announce`). The decision itself
-//! is the pure `stockwire::domain::react`.
+//! This crate says what the watcher is ([`watcher`]: the stock view, judged by the pure
+//! `stockwire::domain::react_low_stock`) and how it is configured; the loop (inputs,
+//! what is known, announcing exactly once across restarts and concurrent watchers) is
+//! `stockwire::watcher`.
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
-use async_nats::jetstream::kv::{self, Operation};
-use stockwire::announce::Announcer;
+use stockwire::clock::{Clock, SystemClock};
 use stockwire::connect::ConnectArgs;
-use stockwire::domain::{react, LowStock, LowStockAlert, StockView, Thresholds};
+use stockwire::domain::{react_low_stock, AlertTopic};
 use stockwire::envelope::Envelope;
 use stockwire::subjects;
-use stockwire::watch::Followed;
-use stockwire::watcher::{self, Announcement};
+use stockwire::watcher::{self, Rule, Watcher};
 use tokio_util::sync::CancellationToken;
 
 /// The service's settings.
@@ -39,19 +36,15 @@ pub struct Config {
     pub header_prefix: String,
 }
 
-/// What the watcher knows: the latest stock of every product, and every threshold.
-#[derive(Default)]
-struct Known {
-    stock: HashMap<String, StockView>,
-    thresholds: HashMap<String, Thresholds>,
-}
-
-impl Known {
-    fn threshold(&self, key: &str) -> i64 {
-        Thresholds::low_stock_below(
-            self.thresholds.get(key),
-            self.thresholds.get(subjects::DEFAULT_THRESHOLD_KEY),
-        )
+/// The low-stock watcher: every product's stock against its low-stock threshold. A
+/// product whose stock key was deleted is not judged.
+pub fn watcher() -> Watcher {
+    Watcher {
+        name: "low-stock",
+        views: vec![subjects::STOCK_BUCKET],
+        rules: vec![Rule::new(AlertTopic::LowStock, |last, product| {
+            react_low_stock(last, product.stock?, product.low_stock_below())
+        })],
     }
 }
 
@@ -61,118 +54,17 @@ pub async fn run(
     config: &Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let js = async_nats::jetstream::new(client.clone());
-    let mut announcer = Announcer::new(
-        js.clone(),
-        Envelope::new(&config.header_prefix)?,
-        subjects::LOW_STOCK_ALERTS,
-    );
-    let followers = shutdown.child_token();
-    let Some(mut inputs) = watcher::inputs(&js, &[subjects::STOCK_BUCKET], &followers).await else {
-        return Ok(());
-    };
-    let mut known = Known::default();
-    tracing::info!("low-stock watcher started");
-    loop {
-        let item = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            item = inputs.recv() => item,
-        };
-        let Some(item) = item else { break };
-        let Followed::Entry { bucket, entry } = item else {
-            continue;
-        };
-        if entry.key.starts_with('_') {
-            continue;
-        }
-        for key in known.update(bucket, entry) {
-            evaluate(&mut announcer, &known, &key, &shutdown).await;
-        }
-    }
-    followers.cancel();
-    tracing::info!("low-stock watcher stopped");
+    run_with_clock(client, config, Arc::new(SystemClock), shutdown).await
+}
+
+/// [`run`], with the alerts stamped by `clock`.
+pub async fn run_with_clock(
+    client: async_nats::Client,
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let envelope = Envelope::new(&config.header_prefix)?;
+    watcher::run(client, watcher(), envelope, clock, shutdown).await;
     Ok(())
-}
-
-impl Known {
-    /// Takes in a change of the stock view or of a threshold; returns the products to
-    /// evaluate again.
-    fn update(&mut self, bucket: &str, entry: kv::Entry) -> Vec<String> {
-        let key = entry.key;
-        let put = entry.operation == Operation::Put;
-        if bucket == subjects::STOCK_BUCKET {
-            if !put {
-                self.stock.remove(&key);
-                return vec![];
-            }
-            match serde_json::from_slice::<StockView>(&entry.value) {
-                Ok(view) => {
-                    self.stock.insert(key.clone(), view);
-                    vec![key]
-                }
-                Err(e) => {
-                    tracing::error!(key, error = %e, "unreadable stock value; skipped");
-                    vec![]
-                }
-            }
-        } else {
-            if put {
-                match serde_json::from_slice::<Thresholds>(&entry.value) {
-                    Ok(t) => {
-                        self.thresholds.insert(key.clone(), t);
-                    }
-                    Err(e) => {
-                        tracing::error!(key, error = %e, "unreadable threshold; ignored");
-                        return vec![];
-                    }
-                }
-            } else {
-                self.thresholds.remove(&key);
-            }
-            if key == subjects::DEFAULT_THRESHOLD_KEY {
-                self.stock.keys().cloned().collect()
-            } else if self.stock.contains_key(&key) {
-                vec![key]
-            } else {
-                vec![]
-            }
-        }
-    }
-}
-
-/// Announces the product's crossing, if it made one since the last announcement.
-async fn evaluate(
-    announcer: &mut Announcer,
-    known: &Known,
-    key: &str,
-    shutdown: &CancellationToken,
-) {
-    let Some(view) = known.stock.get(key) else {
-        return;
-    };
-    let threshold = known.threshold(key);
-    let subject = subjects::low_stock_alert(&view.warehouse, &view.sku);
-    let now = || chrono::Utc::now().timestamp_millis();
-    watcher::announce_change(announcer, &subject, now, shutdown, |last| {
-        let state = match last {
-            Some(l) if l.event_type == LowStockAlert::LOW => LowStock::Low,
-            _ => LowStock::Fine,
-        };
-        let (event_type, _) = react(state, view.on_hand, threshold)?;
-        Some(Announcement {
-            event_type,
-            payload: LowStockAlert {
-                warehouse: view.warehouse.clone(),
-                sku: view.sku.clone(),
-                on_hand: view.on_hand,
-                threshold,
-            },
-            msg_id: format!(
-                "{event_type}:{key}:{}:{}",
-                view.last_seq,
-                last.map_or(0, |l| l.sequence)
-            ),
-        })
-    })
-    .await;
 }

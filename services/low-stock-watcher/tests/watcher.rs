@@ -4,6 +4,7 @@
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
@@ -11,7 +12,7 @@ use serde_json::{json, Value};
 use stockwire::domain::{Event, Location, Quantity, Sku, StockView, WarehouseId};
 use stockwire::envelope::{Envelope, EventMeta, Outbound};
 use stockwire::read::Reader;
-use stockwire::testing::{wait_until, NatsServer};
+use stockwire::testing::{wait_until, ManualClock, NatsServer};
 use stockwire::{batch, provision, subjects};
 use tokio_util::sync::CancellationToken;
 
@@ -401,4 +402,26 @@ async fn a_deleted_or_purged_stock_key_raises_nothing() {
         .alerts_for("alerts.low_stock.ams1.pear")
         .await
         .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_are_stamped_by_the_watchers_clock() {
+    const AT: i64 = 1_795_176_000_000; // 2026-11-20T12:00:00Z
+    let stack = Stack::start().await;
+    let (client, config) = (stack.client.clone(), stack.config());
+    let (clock, token) = (Arc::new(ManualClock::new(AT)), stack.stop.child_token());
+    tokio::spawn(async move {
+        if let Err(e) = low_stock_watcher::run_with_clock(client, &config, clock, token).await {
+            panic!("low-stock-watcher failed: {e:#}");
+        }
+    });
+    stack.record(received("ams1", "apple", 3)).await;
+    wait_until("the low-stock alert", WAIT, || async {
+        !stack.alerts_for(APPLE).await.is_empty()
+    })
+    .await;
+    let stream = stack.js.get_stream(subjects::ALERTS_STREAM).await.unwrap();
+    let msg = stream.get_last_raw_message_by_subject(APPLE).await.unwrap();
+    let stamp = msg.headers.get("myorg_timestamp_ms").map(|v| v.to_string());
+    assert_eq!(stamp, Some(AT.to_string()));
 }

@@ -8,23 +8,22 @@
 //!   cover (on hand / units per day) fall below its `stockout_days`, and
 //!   `stock.stockout_cleared` when they are back at or above it.
 //!
-//! Inputs and exactly-once announcing are `stockwire::watcher`, as for low stock.
+//! A product is judged only when both its velocity and its stock are known: one whose
+//! stock key is not written yet (stock-projector behind) or was deleted is not taken as
+//! out of stock. This crate says what the watcher is ([`watcher`]: the two views, judged
+//! by the pure `stockwire::domain::react_band` and `react_stockout`); the loop is
+//! `stockwire::watcher`, as for low stock.
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
-use async_nats::jetstream::kv::{self, Operation};
-use stockwire::announce::Announcer;
+use stockwire::clock::{Clock, SystemClock};
 use stockwire::connect::ConnectArgs;
-use stockwire::domain::{
-    days_of_cover, react_stockout, Band, BandLimits, StockView, StockoutAlert, Thresholds,
-    VelocityAlert, VelocityView,
-};
+use stockwire::domain::{react_band, react_stockout, AlertTopic, BandLimits};
 use stockwire::envelope::Envelope;
 use stockwire::subjects;
-use stockwire::watch::Followed;
-use stockwire::watcher::{self, Announcement};
+use stockwire::watcher::{self, Rule, Watcher};
 use tokio_util::sync::CancellationToken;
 
 /// The service's settings.
@@ -48,56 +47,21 @@ pub struct Config {
     pub fast_from: u64,
 }
 
-/// What the watcher knows of every product.
-#[derive(Default)]
-struct Known {
-    velocity: HashMap<String, VelocityView>,
-    stock: HashMap<String, StockView>,
-    thresholds: HashMap<String, Thresholds>,
-}
-
-impl Known {
-    /// Takes in a change of a view or a threshold; returns the products to evaluate again.
-    fn update(&mut self, bucket: &str, entry: kv::Entry) -> Vec<String> {
-        let key = entry.key;
-        let value = (entry.operation == Operation::Put).then_some(entry.value);
-        let parse_error = |e: serde_json::Error| tracing::error!(bucket, key, error = %e, "unreadable value; skipped");
-        if bucket == subjects::VELOCITY_BUCKET {
-            match value.map(|v| serde_json::from_slice::<VelocityView>(&v)) {
-                Some(Ok(v)) => self.velocity.insert(key.clone(), v),
-                Some(Err(e)) => {
-                    parse_error(e);
-                    return vec![];
-                }
-                None => self.velocity.remove(&key),
-            };
-        } else if bucket == subjects::STOCK_BUCKET {
-            match value.map(|v| serde_json::from_slice::<StockView>(&v)) {
-                Some(Ok(v)) => self.stock.insert(key.clone(), v),
-                Some(Err(e)) => {
-                    parse_error(e);
-                    return vec![];
-                }
-                None => self.stock.remove(&key),
-            };
-        } else {
-            match value.map(|v| serde_json::from_slice::<Thresholds>(&v)) {
-                Some(Ok(t)) => self.thresholds.insert(key.clone(), t),
-                Some(Err(e)) => {
-                    parse_error(e);
-                    return vec![];
-                }
-                None => self.thresholds.remove(&key),
-            };
-            if key == subjects::DEFAULT_THRESHOLD_KEY {
-                return self.velocity.keys().cloned().collect();
-            }
-        }
-        if self.velocity.contains_key(&key) {
-            vec![key]
-        } else {
-            vec![]
-        }
+/// The velocity watcher: every product's band and days of cover, from its velocity and
+/// its stock (both needed).
+pub fn watcher(limits: BandLimits) -> Watcher {
+    Watcher {
+        name: "velocity",
+        views: vec![subjects::STOCK_BUCKET, subjects::VELOCITY_BUCKET],
+        rules: vec![
+            Rule::new(AlertTopic::Velocity, move |last, product| {
+                react_band(last, product.velocity?, product.stock?, limits)
+            }),
+            Rule::new(AlertTopic::Stockout, |last, product| {
+                let days = product.stockout_days();
+                react_stockout(last, product.velocity?, product.stock?, days)
+            }),
+        ],
     }
 }
 
@@ -105,6 +69,16 @@ impl Known {
 pub async fn run(
     client: async_nats::Client,
     config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    run_with_clock(client, config, Arc::new(SystemClock), shutdown).await
+}
+
+/// [`run`], with the alerts stamped by `clock`.
+pub async fn run_with_clock(
+    client: async_nats::Client,
+    config: &Config,
+    clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     if config.fast_from <= config.normal_from {
@@ -118,143 +92,7 @@ pub async fn run(
         normal_from: config.normal_from,
         fast_from: config.fast_from,
     };
-    let js = async_nats::jetstream::new(client.clone());
     let envelope = Envelope::new(&config.header_prefix)?;
-    let mut bands = Announcer::new(js.clone(), envelope.clone(), subjects::VELOCITY_ALERTS);
-    let mut stockouts = Announcer::new(js.clone(), envelope, subjects::STOCKOUT_ALERTS);
-    let followers = shutdown.child_token();
-    let views = [subjects::STOCK_BUCKET, subjects::VELOCITY_BUCKET];
-    let Some(mut inputs) = watcher::inputs(&js, &views, &followers).await else {
-        return Ok(());
-    };
-    let mut known = Known::default();
-    let mut waiting = views.to_vec();
-    tracing::info!("velocity watcher started");
-    loop {
-        let item = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            item = inputs.recv() => item,
-        };
-        let Some(item) = item else { break };
-        let keys = match item {
-            // Judge nothing until both views' current values are in: a product's velocity
-            // without its stock (or the other way round) is not its state.
-            Followed::CaughtUp { bucket } => {
-                waiting.retain(|b| *b != bucket);
-                if waiting.is_empty() {
-                    known.velocity.keys().cloned().collect()
-                } else {
-                    vec![]
-                }
-            }
-            Followed::Entry { entry, .. } if entry.key.starts_with('_') => vec![],
-            Followed::Entry { bucket, entry } => {
-                let keys = known.update(bucket, entry);
-                if waiting.is_empty() {
-                    keys
-                } else {
-                    vec![]
-                }
-            }
-        };
-        for key in keys {
-            evaluate_band(&mut bands, &known, &key, limits, &shutdown).await;
-            evaluate_stockout(&mut stockouts, &known, &key, &shutdown).await;
-        }
-    }
-    followers.cancel();
-    tracing::info!("velocity watcher stopped");
+    watcher::run(client, watcher(limits), envelope, clock, shutdown).await;
     Ok(())
-}
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-fn on_hand(known: &Known, key: &str) -> (i64, u64) {
-    known
-        .stock
-        .get(key)
-        .map_or((0, 0), |s| (s.on_hand, s.last_seq))
-}
-
-async fn evaluate_band(
-    announcer: &mut Announcer,
-    known: &Known,
-    key: &str,
-    limits: BandLimits,
-    shutdown: &CancellationToken,
-) {
-    let Some(v) = known.velocity.get(key) else {
-        return;
-    };
-    let (on_hand, stock_seq) = on_hand(known, key);
-    let band = Band::of(v.sold_last_day, on_hand, limits);
-    let subject = subjects::velocity_alert(&v.warehouse, &v.sku);
-    watcher::announce_change(announcer, &subject, now, shutdown, |last| {
-        let previous = last.and_then(|l| serde_json::from_slice::<VelocityAlert>(&l.payload).ok());
-        let previous_band = previous.map(|p| p.band);
-        if previous_band == Some(band) {
-            return None;
-        }
-        Some(Announcement {
-            event_type: VelocityAlert::TYPE,
-            payload: VelocityAlert {
-                warehouse: v.warehouse.clone(),
-                sku: v.sku.clone(),
-                band,
-                previous_band,
-                sold_last_hour: v.sold_last_hour,
-                sold_last_day: v.sold_last_day,
-                sold_last_week: v.sold_last_week,
-            },
-            msg_id: format!(
-                "{}:{key}:{}:{stock_seq}:{}:{}",
-                VelocityAlert::TYPE,
-                v.last_seq,
-                v.as_of_ms,
-                last.map_or(0, |l| l.sequence)
-            ),
-        })
-    })
-    .await;
-}
-
-async fn evaluate_stockout(
-    announcer: &mut Announcer,
-    known: &Known,
-    key: &str,
-    shutdown: &CancellationToken,
-) {
-    let Some(v) = known.velocity.get(key) else {
-        return;
-    };
-    let (on_hand, stock_seq) = on_hand(known, key);
-    let days = days_of_cover(on_hand, v.units_per_day);
-    let stockout_days = Thresholds::stockout_days(
-        known.thresholds.get(key),
-        known.thresholds.get(subjects::DEFAULT_THRESHOLD_KEY),
-    );
-    let subject = subjects::stockout_alert(&v.warehouse, &v.sku);
-    watcher::announce_change(announcer, &subject, now, shutdown, |last| {
-        let announced = last.is_some_and(|l| l.event_type == StockoutAlert::FORECAST);
-        let event_type = react_stockout(announced, days, stockout_days)?;
-        Some(Announcement {
-            event_type,
-            payload: StockoutAlert {
-                warehouse: v.warehouse.clone(),
-                sku: v.sku.clone(),
-                on_hand,
-                units_per_day: v.units_per_day,
-                days_of_cover: days.map(|d| (d * 100.0).round() / 100.0),
-            },
-            msg_id: format!(
-                "{event_type}:{key}:{}:{stock_seq}:{}:{}",
-                v.last_seq,
-                v.as_of_ms,
-                last.map_or(0, |l| l.sequence)
-            ),
-        })
-    })
-    .await;
 }

@@ -1,5 +1,6 @@
 //! velocity-watcher against a real nats-server, with stock-projector and
-//! velocity-projector keeping the views: stockout forecasts and band changes, once each.
+//! velocity-projector keeping the views: stockout forecasts and band changes, once each,
+//! and nothing said about a product whose stock is not known.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,8 @@ struct Stack {
     client: async_nats::Client,
     js: jetstream::Context,
     stop: CancellationToken,
+    /// Stops stock-projector alone (a view that falls behind).
+    stock_projector: CancellationToken,
 }
 
 impl Stack {
@@ -33,11 +36,6 @@ impl Stack {
             .await
             .expect("provision");
         let stop = CancellationToken::new();
-        let stock = stock_projector::Config {
-            connect: server.connect_args(),
-            header_prefix: "myorg".into(),
-            batch: 5000,
-        };
         let velocity = velocity_projector::Config {
             connect: server.connect_args(),
             header_prefix: "myorg".into(),
@@ -47,22 +45,34 @@ impl Stack {
         };
         let (c, t) = (client.clone(), stop.clone());
         tokio::spawn(async move {
-            if let Err(e) = stock_projector::run(c, &stock, t).await {
-                panic!("stock-projector failed: {e:#}");
-            }
-        });
-        let (c, t) = (client.clone(), stop.clone());
-        tokio::spawn(async move {
             if let Err(e) = velocity_projector::run(c, &velocity, Arc::new(SystemClock), t).await {
                 panic!("velocity-projector failed: {e:#}");
             }
         });
-        Self {
+        let stock_projector = stop.child_token();
+        let stack = Self {
             server,
             client,
             js,
             stop,
-        }
+            stock_projector,
+        };
+        stack.spawn_stock_projector(stack.stock_projector.clone());
+        stack
+    }
+
+    fn spawn_stock_projector(&self, token: CancellationToken) {
+        let config = stock_projector::Config {
+            connect: self.server.connect_args(),
+            header_prefix: "myorg".into(),
+            batch: 5000,
+        };
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = stock_projector::run(client, &config, token).await {
+                panic!("stock-projector failed: {e:#}");
+            }
+        });
     }
 
     fn spawn_watcher(&self) -> CancellationToken {
@@ -124,32 +134,24 @@ impl Stack {
         all
     }
 
-    /// Waits until the views show apple with `on_hand` and `units_per_day`.
-    async fn wait_for_views(&self, on_hand: i64, per_day: f64) {
-        let stock = self
-            .js
-            .get_key_value(subjects::STOCK_BUCKET)
+    /// A product's value in a view (`Null` when it has none).
+    async fn view(&self, bucket: &str, sku: &str) -> Value {
+        let Ok(kv) = self.js.get_key_value(bucket).await else {
+            return Value::Null;
+        };
+        kv.get(format!("ams1.{sku}"))
             .await
-            .expect("stock");
-        let velocity = self
-            .js
-            .get_key_value(subjects::VELOCITY_BUCKET)
-            .await
-            .expect("velocity");
-        wait_until("the views", WAIT, || async {
-            let get = |kv: &async_nats::jetstream::kv::Store| {
-                let kv = kv.clone();
-                async move {
-                    kv.get("ams1.apple")
-                        .await
-                        .ok()
-                        .flatten()
-                        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                        .unwrap_or(Value::Null)
-                }
-            };
-            get(&stock).await["on_hand"] == on_hand
-                && get(&velocity).await["units_per_day"] == per_day
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Waits until the views show `sku` with `on_hand` and `units_per_day`.
+    async fn wait_for_views(&self, sku: &str, on_hand: i64, per_day: f64) {
+        wait_until(&format!("the views of {sku}"), WAIT, || async {
+            self.view(subjects::STOCK_BUCKET, sku).await["on_hand"] == on_hand
+                && self.view(subjects::VELOCITY_BUCKET, sku).await["units_per_day"] == per_day
         })
         .await;
     }
@@ -169,9 +171,13 @@ impl Drop for Stack {
 }
 
 fn event(kind: &str, n: u64) -> Event {
+    event_of("apple", kind, n)
+}
+
+fn event_of(sku: &str, kind: &str, n: u64) -> Event {
     let (warehouse, sku, location, quantity) = (
         WarehouseId::parse("ams1").unwrap(),
-        Sku::parse("apple").unwrap(),
+        Sku::parse(sku).unwrap(),
         Location::parse("A1").unwrap(),
         Quantity::new(n).unwrap(),
     );
@@ -203,10 +209,8 @@ async fn a_stockout_is_forecast_once_and_cleared_once() {
     let stack = Stack::start().await;
     let t = now();
     // 20 sold on each of the last 7 days: 20 a day, 30 left, 1.5 days of cover < 3.
-    let mut history = vec![(event("received", 170), t - 8 * DAY_MS)];
-    history.extend((0..7).map(|day| (event("sold", 20), t - day * DAY_MS - HOUR_MS)));
-    stack.publish_all(history).await;
-    stack.wait_for_views(30, 20.0).await;
+    stack.publish_all(a_week_of_sales("apple", 170, t)).await;
+    stack.wait_for_views("apple", 30, 20.0).await;
     stack.spawn_watcher();
     stack.wait_for(STOCKOUT, 1).await;
     stack.publish(event("received", 100), now()).await;
@@ -260,4 +264,76 @@ async fn a_band_change_is_announced_once_and_a_restart_adds_nothing() {
     );
     assert!(alerts.iter().all(|(kind, _)| kind == "sales.velocity"));
     assert_eq!(alerts[1].1["sold_last_day"], 60);
+}
+
+/// 20 sold on each of the last 7 days (20 a day), after `received` units 8 days ago.
+fn a_week_of_sales(sku: &str, received: u64, t: i64) -> Vec<(Event, i64)> {
+    let mut events = Vec::new();
+    if received > 0 {
+        events.push((event_of(sku, "received", received), t - 8 * DAY_MS));
+    }
+    events.extend((0..7).map(|day| (event_of(sku, "sold", 20), t - day * DAY_MS - HOUR_MS)));
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_whose_stock_is_unknown_is_not_judged() {
+    let stack = Stack::start().await;
+    let t = now();
+    // apple and pear: 30 left, 20 sold a day: 1.5 days of cover.
+    let mut history = a_week_of_sales("apple", 170, t);
+    history.extend(a_week_of_sales("pear", 170, t));
+    stack.publish_all(history).await;
+    stack.wait_for_views("apple", 30, 20.0).await;
+    stack.wait_for_views("pear", 30, 20.0).await;
+    // apple's stock key is deleted; then stock-projector falls behind while kiwi sells.
+    let stock = stack
+        .js
+        .get_key_value(subjects::STOCK_BUCKET)
+        .await
+        .expect("stock");
+    stock.delete("ams1.apple").await.expect("delete");
+    stack.stock_projector.cancel();
+    stack.publish_all(a_week_of_sales("kiwi", 0, t)).await;
+    wait_until("kiwi's velocity", WAIT, || async {
+        stack.view(subjects::VELOCITY_BUCKET, "kiwi").await["units_per_day"] == 20.0
+    })
+    .await;
+    assert_eq!(
+        stack.view(subjects::STOCK_BUCKET, "kiwi").await,
+        Value::Null
+    );
+
+    stack.spawn_watcher();
+    // pear is judged; a threshold set after the start is taken in after every product
+    // present at the start was judged.
+    stack.wait_for("alerts.stockout.ams1.pear", 1).await;
+    let thresholds = stack
+        .js
+        .get_key_value(subjects::THRESHOLDS_BUCKET)
+        .await
+        .expect("thresholds");
+    thresholds
+        .put(
+            "ams1.pear",
+            json!({"stockout_days": 1.0}).to_string().into(),
+        )
+        .await
+        .expect("set threshold");
+    stack.wait_for("alerts.stockout.ams1.pear", 2).await;
+    for sku in ["apple", "kiwi"] {
+        for kind in ["velocity", "stockout"] {
+            let subject = format!("alerts.{kind}.ams1.{sku}");
+            assert_eq!(stack.alerts(&subject).await, vec![], "{subject}");
+        }
+    }
+
+    // Once stock-projector catches up, kiwi's stock is known, and kiwi is judged.
+    stack.spawn_stock_projector(stack.stop.child_token());
+    stack.wait_for("alerts.stockout.ams1.kiwi", 1).await;
+    let alerts = stack.alerts("alerts.stockout.ams1.kiwi").await;
+    assert_eq!(alerts[0].0, "stock.stockout_forecast");
+    assert_eq!(alerts[0].1["on_hand"], -140);
+    assert_eq!(alerts[0].1["days_of_cover"], 0.0);
+    assert!(stack.alerts("alerts.stockout.ams1.apple").await.is_empty());
 }

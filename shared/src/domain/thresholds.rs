@@ -1,9 +1,7 @@
-//! Thresholds people set, and the pure decision of the low-stock watcher: given what was
-//! last announced for a product and what it holds now, what (if anything) to announce.
+//! Thresholds people set (the `thresholds` bucket), and how a product's setting falls
+//! back to the default's, then to the built-in value.
 
 use serde::{Deserialize, Serialize};
-
-use super::ids::{Sku, WarehouseId};
 
 /// Low-stock threshold when none is set.
 pub const DEFAULT_LOW_STOCK_BELOW: i64 = 10;
@@ -38,80 +36,9 @@ impl Thresholds {
     }
 }
 
-/// What the last low-stock alert of a product said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LowStock {
-    /// `stock.low`: below the threshold.
-    Low,
-    /// `stock.recovered` (or nothing announced yet): at or above it.
-    Fine,
-}
-
-/// A low-stock alert to announce.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LowStockAlert {
-    pub warehouse: WarehouseId,
-    pub sku: Sku,
-    pub on_hand: i64,
-    pub threshold: i64,
-}
-
-impl LowStockAlert {
-    pub const LOW: &'static str = "stock.low";
-    pub const RECOVERED: &'static str = "stock.recovered";
-}
-
-/// Edge-triggered: announce `stock.low` when the product is below the threshold and the
-/// last announcement was not `stock.low`, and `stock.recovered` when it is back at or above
-/// it after a `stock.low`. Nothing announced yet counts as fine, so a product first seen
-/// below its threshold is announced once. Returns the alert's type and the new state.
-pub fn react(last: LowStock, on_hand: i64, threshold: i64) -> Option<(&'static str, LowStock)> {
-    match (last, on_hand < threshold) {
-        (LowStock::Fine, true) => Some((LowStockAlert::LOW, LowStock::Low)),
-        (LowStock::Low, false) => Some((LowStockAlert::RECOVERED, LowStock::Fine)),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn crossing_down_then_up_announces_twice() {
-        // Threshold 10: 12 -> 11 -> 9 (low) -> 8 -> 7 -> 17 (recovered).
-        let mut state = LowStock::Fine;
-        let mut said = Vec::new();
-        for on_hand in [12, 11, 9, 8, 7, 17] {
-            if let Some((kind, next)) = react(state, on_hand, 10) {
-                said.push((kind, on_hand));
-                state = next;
-            }
-        }
-        assert_eq!(said, vec![("stock.low", 9), ("stock.recovered", 17)]);
-    }
-
-    #[test]
-    fn exactly_at_the_threshold_is_not_low() {
-        assert_eq!(react(LowStock::Fine, 10, 10), None);
-        assert_eq!(
-            react(LowStock::Low, 10, 10),
-            Some(("stock.recovered", LowStock::Fine))
-        );
-    }
-
-    #[test]
-    fn first_seen_below_and_negative_stock_are_low() {
-        assert_eq!(
-            react(LowStock::Fine, 3, 10),
-            Some(("stock.low", LowStock::Low))
-        );
-        assert_eq!(
-            react(LowStock::Fine, -4, 1),
-            Some(("stock.low", LowStock::Low))
-        );
-        assert_eq!(react(LowStock::Low, -4, 1), None);
-    }
 
     #[test]
     fn thresholds_fall_back_level_by_level() {

@@ -162,55 +162,6 @@ impl Band {
     }
 }
 
-/// A `sales.velocity` alert: the product moved to another band.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VelocityAlert {
-    pub warehouse: WarehouseId,
-    pub sku: Sku,
-    pub band: Band,
-    /// `None` for the first band announced for the product.
-    pub previous_band: Option<Band>,
-    pub sold_last_hour: u64,
-    pub sold_last_day: u64,
-    pub sold_last_week: u64,
-}
-
-impl VelocityAlert {
-    pub const TYPE: &'static str = "sales.velocity";
-}
-
-/// A stockout forecast, or its all-clear.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StockoutAlert {
-    pub warehouse: WarehouseId,
-    pub sku: Sku,
-    pub on_hand: i64,
-    pub units_per_day: f64,
-    /// `None` when nothing sells.
-    pub days_of_cover: Option<f64>,
-}
-
-impl StockoutAlert {
-    pub const FORECAST: &'static str = "stock.stockout_forecast";
-    pub const CLEARED: &'static str = "stock.stockout_cleared";
-}
-
-/// Edge-triggered stockout forecast: announce when the days of cover fall below
-/// `stockout_days` and the last announcement was not a forecast; announce the all-clear
-/// when they are back at or above it (or nothing sells) after a forecast.
-pub fn react_stockout(
-    forecast_announced: bool,
-    days: Option<f64>,
-    stockout_days: f64,
-) -> Option<&'static str> {
-    let short = days.is_some_and(|d| d < stockout_days);
-    match (forecast_announced, short) {
-        (false, true) => Some(StockoutAlert::FORECAST),
-        (true, false) => Some(StockoutAlert::CLEARED),
-        _ => None,
-    }
-}
-
 /// Days the stock lasts at the current rate; `None` when nothing sells.
 pub fn days_of_cover(on_hand: i64, units_per_day: f64) -> Option<f64> {
     (units_per_day > 0.0).then(|| on_hand.max(0) as f64 / units_per_day)
@@ -287,25 +238,6 @@ mod tests {
         .unwrap();
         v.apply(&moved, 6, T, T);
         assert_eq!((v.sold_last_hour, v.last_seq), (2, 6));
-    }
-
-    #[test]
-    fn stockout_is_announced_once_each_way() {
-        assert_eq!(
-            react_stockout(false, Some(1.5), 3.0),
-            Some(StockoutAlert::FORECAST)
-        );
-        assert_eq!(react_stockout(true, Some(1.0), 3.0), None);
-        assert_eq!(
-            react_stockout(true, Some(3.0), 3.0),
-            Some(StockoutAlert::CLEARED)
-        );
-        assert_eq!(
-            react_stockout(true, None, 3.0),
-            Some(StockoutAlert::CLEARED)
-        );
-        assert_eq!(react_stockout(false, None, 3.0), None);
-        assert_eq!(react_stockout(false, Some(4.0), 3.0), None);
     }
 
     #[test]
