@@ -1,4 +1,5 @@
-//! The shared NATS plumbing against a real nats-server: provisioning, atomic batches, reading.
+//! The shared NATS plumbing against a real nats-server: provisioning, atomic batches,
+//! reading, announcing.
 
 use std::time::Duration;
 
@@ -12,6 +13,9 @@ use stockwire::read::Reader;
 use stockwire::retry::AppendErrorKind;
 use stockwire::subjects;
 use stockwire::testing::NatsServer;
+
+#[path = "nats/announce.rs"]
+mod announce;
 
 fn received(sku: &str, n: u64, msg_id: &str) -> Outbound {
     let event = Event::Received {
