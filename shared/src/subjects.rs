@@ -3,7 +3,7 @@
 //! Services never spell a subject themselves; they call these builders, so a rename
 //! happens here or nowhere.
 
-use crate::domain::{EventKind, Sku, WarehouseId};
+use crate::domain::{Alert, AlertTopic, EventKind, Sku, WarehouseId};
 
 /// The log of record: every event of every warehouse.
 pub const INVENTORY_STREAM: &str = "INVENTORY";
@@ -94,6 +94,34 @@ pub fn stockout_alert(warehouse: &WarehouseId, sku: &Sku) -> String {
 
 /// Every stockout alert subject.
 pub const STOCKOUT_ALERTS: &str = "alerts.stockout.>";
+
+impl AlertTopic {
+    /// The subject of this line of alerts of one product.
+    pub fn subject(self, warehouse: &WarehouseId, sku: &Sku) -> String {
+        match self {
+            Self::LowStock => low_stock_alert(warehouse, sku),
+            Self::Velocity => velocity_alert(warehouse, sku),
+            Self::Stockout => stockout_alert(warehouse, sku),
+        }
+    }
+
+    /// The subjects of this line of alerts of every product.
+    pub fn every_subject(self) -> &'static str {
+        match self {
+            Self::LowStock => LOW_STOCK_ALERTS,
+            Self::Velocity => VELOCITY_ALERTS,
+            Self::Stockout => STOCKOUT_ALERTS,
+        }
+    }
+}
+
+impl Alert {
+    /// The subject it is announced on.
+    pub fn subject(&self) -> String {
+        let (warehouse, sku) = self.body.product();
+        self.body.topic().subject(warehouse, sku)
+    }
+}
 
 /// The dead letter of the event at `seq` of `INVENTORY`, as seen by the projector of `view`:
 /// one subject per event and view, written at most once.

@@ -1,12 +1,12 @@
 //! Alerts, the derived events watchers announce: what each one says (a typed payload per
-//! event type), the subject it goes to, its msg id, and what the last one on a subject
-//! stands for when the next decision is made.
+//! event type), its msg id, and what the last one on a subject stands for when the next
+//! decision is made. The subject it goes to is built where every subject is, in
+//! `subjects` (`Alert::subject`, `AlertTopic::subject`).
 
 use serde::{Deserialize, Serialize};
 
 use super::ids::{Sku, WarehouseId};
 use super::velocity::Band;
-use crate::subjects;
 
 /// A product's lines of alerts, one subject each: an alert on a line follows the last one
 /// on it, and the last one says where the product stands.
@@ -18,26 +18,6 @@ pub enum AlertTopic {
     Velocity,
     /// `stock.stockout_forecast` and `stock.stockout_cleared` on `alerts.stockout.{warehouse}.{sku}`.
     Stockout,
-}
-
-impl AlertTopic {
-    /// The subject of this line of alerts of one product.
-    pub fn subject(self, warehouse: &WarehouseId, sku: &Sku) -> String {
-        match self {
-            Self::LowStock => subjects::low_stock_alert(warehouse, sku),
-            Self::Velocity => subjects::velocity_alert(warehouse, sku),
-            Self::Stockout => subjects::stockout_alert(warehouse, sku),
-        }
-    }
-
-    /// The subjects of this line of alerts of every product.
-    pub fn every_subject(self) -> &'static str {
-        match self {
-            Self::LowStock => subjects::LOW_STOCK_ALERTS,
-            Self::Velocity => subjects::VELOCITY_ALERTS,
-            Self::Stockout => subjects::STOCKOUT_ALERTS,
-        }
-    }
 }
 
 /// The payload of `stock.low` and `stock.recovered`.
@@ -194,18 +174,12 @@ impl Alert {
         self.body.event_type()
     }
 
-    /// The subject it is announced on.
-    pub fn subject(&self) -> String {
-        let (warehouse, sku) = self.body.product();
-        self.body.topic().subject(warehouse, sku)
-    }
-
     /// Its msg id: the same decision on the same values gives the same id. Low stock:
     /// `{type}:{warehouse}.{sku}:{stock last_seq}:{previous alert seq}`; velocity and
     /// stockout: `{type}:{warehouse}.{sku}:{velocity last_seq}:{stock last_seq}:{as_of_ms}:{previous alert seq}`.
     pub fn msg_id(&self) -> String {
         let (warehouse, sku) = self.body.product();
-        let key = subjects::view_key(warehouse, sku);
+        let key = format!("{warehouse}.{sku}");
         let basis = match self.basis {
             Basis::Stock { stock_seq } => stock_seq.to_string(),
             Basis::VelocityAndStock {
