@@ -28,9 +28,8 @@ use stockwire::provision::kv_config;
 use stockwire::{subjects, view};
 use tokio_util::sync::CancellationToken;
 
-use super::{encode_all, median, rate, sample_events, send_batches};
 use crate::failure::Failure;
-use crate::Ctx;
+use crate::{encode_all, median, rate, sample_events, send_batches, Ctx};
 
 const CEILING_BUCKET: &str = "bench_ceiling";
 const PROJECTOR_BUCKET: &str = "bench_stock";
@@ -45,15 +44,15 @@ const ARTICLE_EVENTS: usize = 3000;
 /// Events per second for one workload: the ceiling and the projector take turns for the
 /// run's rounds, and each counts its median round.
 #[derive(Debug, Clone)]
-pub(super) struct Figures {
-    pub(super) ceiling: f64,
-    pub(super) projector: f64,
-    pub(super) article: f64,
+pub(crate) struct Figures {
+    pub(crate) ceiling: f64,
+    pub(crate) projector: f64,
+    pub(crate) article: f64,
     /// Every round, in the order run: (ceiling, projector).
-    pub(super) rounds: Vec<(f64, f64)>,
+    pub(crate) rounds: Vec<(f64, f64)>,
 }
 
-pub(super) async fn measure(
+pub(crate) async fn measure(
     ctx: &Ctx,
     js: &Context,
     events: usize,
