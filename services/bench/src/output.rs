@@ -72,8 +72,8 @@ pub(crate) fn report(ctx: &Ctx, r: &Report) {
         "ceiling events/s",
         "stock-projector",
         "vs ceiling",
-        "get/put/ack loop",
-        "speedup",
+        "sequential get-put-ack",
+        "projector speedup",
     ]);
     for row in &r.projection {
         projection.add_row(vec![
@@ -81,8 +81,8 @@ pub(crate) fn report(ctx: &Ctx, r: &Report) {
             format!("{:.0}", row.ceiling_per_s),
             format!("{:.0}", row.projector_per_s),
             format!("{:.2}", row.ratio),
-            format!("{:.0}", row.seed_style_per_s),
-            format!("{:.1}x", row.seed_speedup),
+            format!("{:.0}", row.get_put_ack_per_s),
+            format!("{:.1}x", row.get_put_ack_speedup),
         ]);
     }
     line(&projection);
