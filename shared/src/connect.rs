@@ -7,6 +7,7 @@
 //! one into an error at once, with the server's own words, instead of a timeout with no
 //! reason.
 
+use std::ffi::OsString;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -94,6 +95,37 @@ impl ConnectArgs {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         plain.then(|| format!("_INBOX.{user}"))
+    }
+
+    /// These settings as the environment variables the flags read, so that a child
+    /// process (another Stockwire binary) connects as this one does, password included,
+    /// without it showing on a command line.
+    pub fn env(&self) -> Vec<(&'static str, OsString)> {
+        let mut env = vec![
+            ("NATS_URL", OsString::from(&self.nats_url)),
+            (
+                "STOCKWIRE_REQUEST_TIMEOUT_MS",
+                OsString::from(self.request_timeout_ms.to_string()),
+            ),
+        ];
+        let text = [("NATS_USER", &self.user), ("NATS_PASSWORD", &self.password)];
+        for (name, value) in text {
+            if let Some(value) = value {
+                env.push((name, OsString::from(value)));
+            }
+        }
+        let paths = [
+            ("NATS_CREDS", &self.creds),
+            ("NATS_CA", &self.tls_ca),
+            ("NATS_CERT", &self.tls_cert),
+            ("NATS_KEY", &self.tls_key),
+        ];
+        for (name, value) in paths {
+            if let Some(value) = value {
+                env.push((name, value.as_os_str().to_owned()));
+            }
+        }
+        env
     }
 }
 
@@ -410,5 +442,43 @@ mod tests {
         );
         // Each caller's signals are its own.
         assert!(Signals::default().refusal().is_none());
+    }
+
+    /// Every flag that reads a variable is handed on under that variable's name, so a
+    /// flag added to `ConnectArgs` cannot be forgotten by the child processes.
+    #[test]
+    fn env_names_every_variable_the_flags_read() {
+        let command = <ConnectArgs as clap::Args>::augment_args(clap::Command::new("test"));
+        let mut read: Vec<String> = command
+            .get_arguments()
+            .filter_map(|arg| arg.get_env())
+            .map(|name| name.to_string_lossy().into_owned())
+            .collect();
+        let all = ConnectArgs {
+            user: Some("u".into()),
+            password: Some("p".into()),
+            creds: Some("c.creds".into()),
+            tls_ca: Some("ca.pem".into()),
+            tls_cert: Some("cert.pem".into()),
+            tls_key: Some("key.pem".into()),
+            ..ConnectArgs::for_url("nats://example:4222")
+        };
+        let mut given: Vec<String> = all.env().iter().map(|(k, _)| k.to_string()).collect();
+        read.sort();
+        given.sort();
+        assert_eq!(given, read);
+        assert!(all
+            .env()
+            .contains(&("NATS_URL", OsString::from("nats://example:4222"))));
+    }
+
+    #[test]
+    fn env_leaves_out_what_is_not_set() {
+        let names: Vec<&str> = ConnectArgs::for_url("nats://x:1")
+            .env()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(names, ["NATS_URL", "STOCKWIRE_REQUEST_TIMEOUT_MS"]);
     }
 }

@@ -11,7 +11,8 @@
 //! - `wait`: `--wait`, until the stock view has applied an event.
 //! - `setup`, `publish` (+ `import`), `stock`, `velocity`, `history`, `threshold`, `alerts`, `rebuild`,
 //!   `verify`, `status`,
-//!   `deadletter`, `bench`: one command each.
+//!   `deadletter`: one command each.
+//! - `bench`: launches `stockwire-bench`, the benchmark's own binary (an admin's tool).
 //! - `output`: tables and JSON.
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
@@ -107,7 +108,7 @@ pub enum Command {
     Status(StatusArgs),
     /// The events a projector could not apply: list, show, replay, purge.
     Deadletter(DeadletterArgs),
-    /// Measure ingest against the raw JetStream ceiling on the configured server.
+    /// Measure Stockwire against the raw JetStream ceiling (runs stockwire-bench, built beside this binary).
     Bench(BenchArgs),
 }
 

@@ -14,6 +14,8 @@ use stockwire::testing::NatsServer;
 mod alerts;
 #[path = "cli/bad_input.rs"]
 mod bad_input;
+#[path = "cli/bench.rs"]
+mod bench;
 #[path = "cli/commands.rs"]
 mod commands;
 #[path = "cli/ops.rs"]

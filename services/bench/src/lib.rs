@@ -1,42 +1,104 @@
-//! `stockwire bench`: Stockwire's figures next to the raw JetStream ceiling, measured in
-//! the same run against the same server, so a noisy machine cancels out of the ratios.
+//! # `stockwire-bench`
 //!
-//! Ingest: `stockwire publish --file` (this binary, run as a user runs it) against two
-//! plain loops over the same events: pipelined single publishes with a window of
-//! unacknowledged ones, and atomic batches of 1,000 (three in flight, as the import
+//! Stockwire's figures next to the raw JetStream ceiling, measured in the same run against
+//! the same server, so a noisy machine cancels out of the ratios. An admin's tool, apart
+//! from the `stockwire` CLI (`stockwire bench` launches it).
+//!
+//! Ingest: `stockwire publish --file` (the CLI beside this binary, run as a user runs it)
+//! against two plain loops over the same events: pipelined single publishes with a window
+//! of unacknowledged ones, and atomic batches of 1,000 (three in flight, as the import
 //! keeps). The faster loop is the ceiling. The three take turns for `--rounds` rounds
 //! (3 by default) and each one's median round counts, so a disturbance of the machine
 //! in one round does not decide the ratio.
 //!
 //! It writes events into `INVENTORY` (warehouse `bench`), so it refuses a server whose
 //! log already holds events unless told otherwise; `scripts/bench` runs it on a fresh one.
+//!
+//! ## Layout
+//! - [`Cli`], [`run`]: the flags, and the figures in the order taken.
+//! - `ctx`: the settings, the connection, and the binaries beside this one.
+//! - `ingest`, `projection`, `latency`, `rebuild`: one figure each; `services`: the
+//!   services as processes, for latency, memory and stop on SIGTERM.
+//! - `sample`: the events the figures publish; `batches`: atomic batches kept in flight.
+//! - `output`: the report as tables or JSON; `failure`: exit codes.
+#![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Args;
+use clap::{Args, Parser};
 use serde::Serialize;
-use stockwire::domain::{Event, Location, Quantity, Sku, WarehouseId};
-use stockwire::envelope::{EventMeta, Outbound};
+use stockwire::connect::{ConnectArgs, Signals};
+use stockwire::envelope::Envelope;
 use stockwire::subjects;
 
-use crate::failure::{Failure, Outcome};
-
+mod batches;
+mod ctx;
+mod failure;
 mod ingest;
 mod latency;
+mod output;
 mod projection;
 mod rebuild;
+mod sample;
 mod services;
-use crate::meta::now_ms;
-use crate::{output, Ctx};
+
+use batches::send_batches;
+use ctx::Ctx;
+use failure::{Failure, Outcome};
+use sample::{encode_all, sample_events};
+
+/// Stockwire's figures (ingest, projection, alert latency, rebuild, memory) next to the
+/// raw JetStream ceiling, on the configured server. Needs `stockwire` and the services
+/// built beside it.
+#[derive(Debug, Parser)]
+#[command(name = "stockwire-bench", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Prefix of the standard event headers (`myorg_type`, ...).
+    #[arg(long, env = "STOCKWIRE_HEADER_PREFIX", default_value = subjects::DEFAULT_HEADER_PREFIX)]
+    pub header_prefix: String,
+    /// Print the report as one JSON document instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub bench: BenchArgs,
+}
+
+/// Runs the bench; prints its failure to stderr and returns the exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let envelope = match Envelope::new(&cli.header_prefix) {
+        Ok(envelope) => envelope,
+        Err(e) => return report(Failure::invalid(e)),
+    };
+    let ctx = Ctx {
+        connect: cli.connect,
+        envelope,
+        json: cli.json,
+        signals: Signals::default(),
+    };
+    // A permission violation would otherwise surface as a timeout with no reason.
+    match ctx.signals.unless_refused(measure(&ctx, cli.bench)).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => report(failure),
+    }
+}
+
+fn report(failure: Failure) -> ExitCode {
+    eprintln!("stockwire-bench: {:#}", failure.error);
+    failure.exit_code()
+}
 
 /// Unacknowledged publishes in flight in the pipelined loop.
-pub(super) const WINDOW: usize = 1024;
+pub(crate) const WINDOW: usize = 1024;
 
 /// Atomic batches in flight in the batch loop (as many as `publish --file` keeps).
-pub(super) const BATCHES_IN_FLIGHT: usize = 3;
+pub(crate) const BATCHES_IN_FLIGHT: usize = 3;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -111,8 +173,10 @@ struct Report {
     projector_ceiling_per_s: f64,
     projector_ratio: f64,
     projector_ratio_100k: Option<f64>,
-    seed_style_events_per_s: f64,
-    seed_speedup: f64,
+    /// A sequential get -> put -> ack loop at the first workload, and how many times
+    /// faster stock-projector is.
+    get_put_ack_events_per_s: f64,
+    get_put_ack_speedup: f64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -128,8 +192,10 @@ struct ProjectionRow {
     ceiling_per_s: f64,
     projector_per_s: f64,
     ratio: f64,
-    seed_style_per_s: f64,
-    seed_speedup: f64,
+    /// A sequential get -> put -> ack loop (durable consumer, one event at a time).
+    get_put_ack_per_s: f64,
+    /// stock-projector's figure over that loop's.
+    get_put_ack_speedup: f64,
     /// Every round, in the order run (the figures above are the medians).
     rounds: Vec<ProjectionRound>,
 }
@@ -140,7 +206,8 @@ struct ProjectionRound {
     projector_per_s: f64,
 }
 
-pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
+/// Takes every figure, in order, and prints (and with `--report` writes) the report.
+async fn measure(ctx: &Ctx, args: BenchArgs) -> Outcome {
     let events = args
         .events
         .unwrap_or(if args.quick { 20_000 } else { 100_000 });
@@ -247,8 +314,8 @@ pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
             ceiling_per_s: f.ceiling.round(),
             projector_per_s: f.projector.round(),
             ratio: ratio(f.projector, f.ceiling),
-            seed_style_per_s: f.article.round(),
-            seed_speedup: ratio(f.projector, f.article),
+            get_put_ack_per_s: f.get_put_ack.round(),
+            get_put_ack_speedup: ratio(f.projector, f.get_put_ack),
             rounds: f
                 .rounds
                 .iter()
@@ -286,8 +353,8 @@ pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
             .iter()
             .find(|r| r.products == 100_000)
             .map(|r| r.ratio),
-        seed_style_events_per_s: headline.as_ref().map_or(0.0, |r| r.seed_style_per_s),
-        seed_speedup: headline.as_ref().map_or(0.0, |r| r.seed_speedup),
+        get_put_ack_events_per_s: headline.as_ref().map_or(0.0, |r| r.get_put_ack_per_s),
+        get_put_ack_speedup: headline.as_ref().map_or(0.0, |r| r.get_put_ack_speedup),
         projection,
         alert_latency_ms: alert_latency,
         round_trip_ms: round_trip,
@@ -302,7 +369,7 @@ pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
             .map(|(k, v)| (k.clone(), v.stop_ms))
             .collect(),
     };
-    print_report(ctx, &report);
+    output::report(ctx, &report);
     if let Some(path) = &args.report {
         let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
         std::fs::write(path, text + "\n")
@@ -311,143 +378,14 @@ pub(crate) async fn run(ctx: &Ctx, args: BenchArgs) -> Outcome {
     Ok(())
 }
 
-fn print_report(ctx: &Ctx, r: &Report) {
-    if ctx.json {
-        output::json_line(r);
-        return;
-    }
-    let mut table = output::table(["figure", "events/s", "vs ceiling"]);
-    table.add_row(vec![
-        "raw JetStream: pipelined single publishes".to_string(),
-        format!("{:.0}", r.raw_pipelined_per_s),
-        String::new(),
-    ]);
-    table.add_row(vec![
-        "raw JetStream: atomic batches of 1,000".to_string(),
-        format!("{:.0}", r.raw_batch_per_s),
-        String::new(),
-    ]);
-    table.add_row(vec![
-        "stockwire publish --file".to_string(),
-        format!("{:.0}", r.ingest_events_per_s),
-        format!("{:.2}", r.ingest_ratio),
-    ]);
-    output::line(format!(
-        "{} events over {} products; fsync {}; {} cores; nats-server {}; each figure the median of {} rounds",
-        r.events,
-        r.products,
-        r.fsync,
-        r.machine.cores,
-        r.machine.nats_server_version,
-        r.ingest_rounds.len()
-    ));
-    output::line(&table);
-    let mut table = output::table([
-        "projection",
-        "ceiling events/s",
-        "stock-projector",
-        "vs ceiling",
-        "get/put/ack loop",
-        "speedup",
-    ]);
-    for row in &r.projection {
-        table.add_row(vec![
-            format!("{} events over {} products", r.events, row.products),
-            format!("{:.0}", row.ceiling_per_s),
-            format!("{:.0}", row.projector_per_s),
-            format!("{:.2}", row.ratio),
-            format!("{:.0}", row.seed_style_per_s),
-            format!("{:.1}x", row.seed_speedup),
-        ]);
-    }
-    output::line(&table);
-    if let Some(b) = &r.rebuild {
-        output::line(format!(
-            "rebuild stock of {} events: {:.1} s ({:.0} events/s); verify: {:.1} s; stock-projector catching up: {:.0} events/s",
-            b.events, b.rebuild_seconds, b.rebuild_events_per_s, b.verify_seconds, b.catch_up_events_per_s
-        ));
-    }
-    let memory: Vec<String> = r
-        .peak_rss_mb
-        .iter()
-        .map(|(name, mb)| {
-            format!(
-                "{name} {mb} MiB (stops in {} ms)",
-                r.sigterm_stop_ms.get(name).copied().unwrap_or(0)
-            )
-        })
-        .collect();
-    output::line(format!(
-        "peak memory of each service: {}",
-        memory.join(", ")
-    ));
-    output::line(format!(
-        "one event alone, waiting for its PubAck (p50): plain publish {} ms, atomic batch of one {} ms",
-        r.round_trip_ms.single_publish_p50_ms, r.round_trip_ms.atomic_batch_of_one_p50_ms
-    ));
-    let l = &r.alert_latency_ms;
-    output::line(format!(
-        "alert latency, PubAck of the crossing event -> alert stored in ALERTS, at {} events/s offered: \
-         p50 {} ms, p90 {} ms, p99 {} ms, max {} ms ({} samples); \
-         of which event -> view stored p50 {} ms, p99 {} ms; view -> alert stored p50 {} ms, p99 {} ms",
-        l.offered_events_per_s, l.p50, l.p90, l.p99, l.max, l.samples,
-        l.to_view.p50, l.to_view.p99, l.view_to_alert.p50, l.view_to_alert.p99
-    ));
-}
-
-/// Gives a child process (a service, or this binary again) the same server, credentials
-/// and header prefix as this run.
-pub(super) fn same_connection(ctx: &Ctx, command: &mut tokio::process::Command) {
-    command
-        .env("NATS_URL", &ctx.connect.nats_url)
-        .env("STOCKWIRE_HEADER_PREFIX", ctx.envelope.prefix());
-    if let Some(creds) = &ctx.connect.creds {
-        command.env("NATS_CREDS", creds);
-    }
-    if let (Some(user), Some(password)) = (&ctx.connect.user, &ctx.connect.password) {
-        command
-            .env("NATS_USER", user)
-            .env("NATS_PASSWORD", password);
-    }
-}
-
-/// Sends `batches` as atomic batches in order, up to [`BATCHES_IN_FLIGHT`] before the
-/// oldest is acknowledged; returns the first and last sequence stored (none if no batch).
-pub(super) async fn send_batches(
-    client: &async_nats::Client,
-    batches: impl IntoIterator<Item = Vec<Outbound>>,
-    timeout: Duration,
-) -> Result<Option<(u64, u64)>, stockwire::retry::AppendError> {
-    use stockwire::batch::{send_atomic, BatchAck, SentBatch};
-    let mut stored: Option<(u64, u64)> = None;
-    let mut note = |ack: BatchAck| {
-        let first = stored.map_or(ack.first_sequence(), |(first, _)| first);
-        stored = Some((first, ack.sequence));
-    };
-    let mut in_flight: std::collections::VecDeque<SentBatch> =
-        std::collections::VecDeque::with_capacity(BATCHES_IN_FLIGHT);
-    for batch in batches {
-        if in_flight.len() == BATCHES_IN_FLIGHT {
-            if let Some(sent) = in_flight.pop_front() {
-                note(sent.ack().await?);
-            }
-        }
-        in_flight.push_back(send_atomic(client, batch, None, timeout).await?);
-    }
-    for sent in in_flight {
-        note(sent.ack().await?);
-    }
-    Ok(stored)
-}
-
 /// The median of some figures (0 when there are none).
-pub(super) fn median(figures: impl Iterator<Item = f64>) -> f64 {
+pub(crate) fn median(figures: impl Iterator<Item = f64>) -> f64 {
     let mut all: Vec<f64> = figures.collect();
     all.sort_by(f64::total_cmp);
     latency::quantile(&all, 0.5)
 }
 
-pub(super) fn rate(events: usize, took: Duration) -> f64 {
+pub(crate) fn rate(events: usize, took: Duration) -> f64 {
     events as f64 / took.as_secs_f64().max(1e-9)
 }
 
@@ -459,63 +397,60 @@ fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
-/// A day's trading of a warehouse: mostly sales, some deliveries, a few moves.
-pub(super) fn sample_events(warehouse: &str, n: usize, products: usize) -> Vec<Event> {
-    let warehouse = WarehouseId::parse(warehouse).ok();
-    let skus: Vec<Sku> = (0..products)
-        .filter_map(|p| Sku::parse(&format!("p{p}")).ok())
-        .collect();
-    let locations: Vec<Location> = ["A1", "A2", "B1"]
-        .iter()
-        .filter_map(|l| Location::parse(l).ok())
-        .collect();
-    let (Some(warehouse), false, 3) = (warehouse, skus.is_empty(), locations.len()) else {
-        return Vec::new();
-    };
-    (0..n)
-        .filter_map(|i| {
-            let sku = skus[i % skus.len()].clone();
-            let quantity = Quantity::new(1 + (i % 5) as u64).ok()?;
-            let location = locations[i % 2].clone();
-            Some(match i % 10 {
-                0 | 1 => Event::Received {
-                    warehouse: warehouse.clone(),
-                    sku,
-                    location,
-                    quantity,
-                },
-                2 => Event::moved(
-                    warehouse.clone(),
-                    sku,
-                    location,
-                    locations[2].clone(),
-                    quantity,
-                )
-                .ok()?,
-                _ => Event::Sold {
-                    warehouse: warehouse.clone(),
-                    sku,
-                    location,
-                    quantity,
-                },
-            })
-        })
-        .collect()
-}
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
 
-pub(super) fn encode_all(ctx: &Ctx, events: &[Event], id_prefix: &str) -> Vec<Outbound> {
-    let now = now_ms();
-    events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            ctx.envelope.encode(
-                e,
-                &EventMeta {
-                    msg_id: format!("{id_prefix}-{i}"),
-                    timestamp_ms: now,
-                },
-            )
-        })
-        .collect()
+    use super::Cli;
+
+    #[test]
+    fn the_flags_are_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// The flags `stockwire bench` took before the bench had a binary of its own.
+    #[test]
+    fn every_bench_flag_parses() {
+        let cli = Cli::try_parse_from([
+            "stockwire-bench",
+            "--quick",
+            "--rounds",
+            "2",
+            "--events",
+            "500",
+            "--products",
+            "7",
+            "--projection-products",
+            "10,20",
+            "--latency-seconds",
+            "3",
+            "--latency-rate",
+            "200",
+            "--skip-rebuild",
+            "--report",
+            "out.json",
+            "--allow-existing",
+            "--json",
+            "--header-prefix",
+            "acme",
+            "--nats-url",
+            "nats://example:4333",
+        ])
+        .expect("parses");
+        let b = &cli.bench;
+        assert!(b.quick && b.skip_rebuild && b.allow_existing && cli.json);
+        assert_eq!((b.rounds, b.events, b.products), (2, Some(500), 7));
+        assert_eq!(b.projection_products, [10, 20]);
+        assert_eq!((b.latency_seconds, b.latency_rate), (Some(3), 200));
+        assert_eq!(b.report.as_deref(), Some(std::path::Path::new("out.json")));
+        assert_eq!(cli.header_prefix, "acme");
+        assert_eq!(cli.connect.nats_url, "nats://example:4333");
+    }
+
+    #[test]
+    fn rounds_outside_1_to_10_are_refused() {
+        for rounds in ["0", "11"] {
+            assert!(Cli::try_parse_from(["stockwire-bench", "--rounds", rounds]).is_err());
+        }
+    }
 }

@@ -1,51 +1,34 @@
-//! The services as the bench runs them: real processes (the binaries beside `stockwire`),
+//! The services as the bench runs them: real processes (the binaries beside this one),
 //! so that their memory and their stop on SIGTERM can be measured.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::Serialize;
 
-use super::same_connection;
 use crate::failure::Failure;
 use crate::Ctx;
 
 /// One running service.
-pub(super) struct Service {
+pub(crate) struct Service {
     name: &'static str,
     child: tokio::process::Child,
 }
 
 /// What was measured of a service when it stopped.
 #[derive(Debug, Clone, Serialize)]
-pub(super) struct Stopped {
-    pub(super) peak_rss_mb: f64,
-    pub(super) stop_ms: u64,
-    pub(super) clean_exit: bool,
-}
-
-fn binary(name: &str) -> Result<PathBuf, Failure> {
-    let exe = std::env::current_exe().context("finding the stockwire binary")?;
-    let path = exe.with_file_name(name);
-    if !path.is_file() {
-        return Err(anyhow::anyhow!(
-            "{} is not built beside {}: build the services (scripts/bench does)",
-            name,
-            exe.display()
-        )
-        .into());
-    }
-    Ok(path)
+pub(crate) struct Stopped {
+    pub(crate) peak_rss_mb: f64,
+    pub(crate) stop_ms: u64,
+    pub(crate) clean_exit: bool,
 }
 
 /// Starts `names` against the configured server.
-pub(super) fn start(ctx: &Ctx, names: &[&'static str]) -> Result<Vec<Service>, Failure> {
+pub(crate) fn start(ctx: &Ctx, names: &[&'static str]) -> Result<Vec<Service>, Failure> {
     let mut started = Vec::new();
     for &name in names {
-        let mut command = tokio::process::Command::new(binary(name)?);
-        same_connection(ctx, &mut command);
+        let mut command = ctx.command(name)?;
         command
             // Their logs go to our stderr; STOCKWIRE_BENCH_SERVICE_LOG (a RUST_LOG filter)
             // shows more, e.g. `stockwire::view=debug` for each commit's size and time.
@@ -82,7 +65,7 @@ impl Service {
     }
 
     /// Sends SIGTERM and waits for the exit; how long it took, and the peak memory.
-    pub(super) async fn stop(mut self) -> (&'static str, Stopped) {
+    pub(crate) async fn stop(mut self) -> (&'static str, Stopped) {
         let peak_rss_mb = self.peak_rss_mb();
         let started = Instant::now();
         let signalled = match self.child.id() {
@@ -116,7 +99,7 @@ impl Service {
 }
 
 /// Stops every service and records each (keeping the larger peak of a service seen twice).
-pub(super) async fn stop_all(services: Vec<Service>, into: &mut BTreeMap<String, Stopped>) {
+pub(crate) async fn stop_all(services: Vec<Service>, into: &mut BTreeMap<String, Stopped>) {
     for service in services {
         let (name, stopped) = service.stop().await;
         let entry = into

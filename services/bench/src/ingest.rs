@@ -5,16 +5,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use stockwire::batch::{self, MAX_BATCH};
+use stockwire::clock::{Clock as _, SystemClock};
 use stockwire::domain::Event;
 use stockwire::envelope::Outbound;
 
-use super::{encode_all, same_connection, send_batches, WINDOW};
 use crate::failure::Failure;
-use crate::meta::now_ms;
-use crate::Ctx;
+use crate::{encode_all, send_batches, Ctx, WINDOW};
 
 /// Plain async-nats: publish, keep up to WINDOW acks outstanding, await them in order.
-pub(super) async fn raw_pipelined(
+pub(crate) async fn raw_pipelined(
     js: &async_nats::jetstream::Context,
     ctx: &Ctx,
     events: &[Event],
@@ -42,8 +41,8 @@ pub(super) async fn raw_pipelined(
     Ok(started.elapsed())
 }
 
-/// Atomic batches of 1,000, up to [`super::BATCHES_IN_FLIGHT`] sent before the oldest is acknowledged.
-pub(super) async fn raw_batches(
+/// Atomic batches of 1,000, up to [`crate::BATCHES_IN_FLIGHT`] sent before the oldest is acknowledged.
+pub(crate) async fn raw_batches(
     client: &async_nats::Client,
     ctx: &Ctx,
     events: &[Event],
@@ -59,13 +58,14 @@ pub(super) async fn raw_batches(
     Ok(started.elapsed())
 }
 
-/// Runs `stockwire publish --file` as a user would, on an NDJSON file of the events.
-pub(super) async fn import_file(
+/// Runs `stockwire publish --file` (the CLI beside this binary) as a user would, on an
+/// NDJSON file of the events.
+pub(crate) async fn import_file(
     ctx: &Ctx,
     events: &[Event],
     run_id: &str,
 ) -> Result<Duration, Failure> {
-    let now = now_ms();
+    let now = SystemClock.now_ms();
     let mut text = String::with_capacity(events.len() * 110);
     for (i, e) in events.iter().enumerate() {
         let mut line = serde_json::to_value(e).context("encoding a bench event")?;
@@ -79,14 +79,12 @@ pub(super) async fn import_file(
     }
     let path = std::env::temp_dir().join(format!("stockwire-bench-{run_id}.ndjson"));
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    let exe = std::env::current_exe().context("finding the stockwire binary")?;
-    let mut command = tokio::process::Command::new(exe);
+    let mut command = ctx.command("stockwire")?;
     command
         .arg("publish")
         .arg("--file")
         .arg(&path)
         .stdout(std::process::Stdio::null());
-    same_connection(ctx, &mut command);
     let started = Instant::now();
     let status = command
         .status()
@@ -110,7 +108,7 @@ pub(crate) struct RoundTrip {
     pub(crate) atomic_batch_of_one_p50_ms: f64,
 }
 
-pub(super) async fn round_trips(
+pub(crate) async fn round_trips(
     client: &async_nats::Client,
     js: &async_nats::jetstream::Context,
     ctx: &Ctx,
@@ -148,7 +146,7 @@ pub(super) async fn round_trips(
     single.sort_by(f64::total_cmp);
     atomic.sort_by(f64::total_cmp);
     Ok(RoundTrip {
-        single_publish_p50_ms: super::latency::quantile(&single, 0.5),
-        atomic_batch_of_one_p50_ms: super::latency::quantile(&atomic, 0.5),
+        single_publish_p50_ms: crate::latency::quantile(&single, 0.5),
+        atomic_batch_of_one_p50_ms: crate::latency::quantile(&atomic, 0.5),
     })
 }

@@ -17,38 +17,38 @@ use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
 use async_nats::jetstream::Context;
 use futures::StreamExt;
 use serde::Serialize;
+use stockwire::clock::{Clock as _, SystemClock};
 use stockwire::domain::{Event, Location, Quantity, Sku, WarehouseId};
 use stockwire::envelope::EventMeta;
 use stockwire::subjects;
 
-use super::{sample_events, services};
 use crate::failure::Failure;
-use crate::Ctx;
+use crate::{sample_events, services, Ctx};
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Serialize)]
-pub(super) struct Latency {
-    pub(super) samples: usize,
-    pub(super) offered_events_per_s: u64,
-    pub(super) p50: f64,
-    pub(super) p90: f64,
-    pub(super) p99: f64,
-    pub(super) max: f64,
+pub(crate) struct Latency {
+    pub(crate) samples: usize,
+    pub(crate) offered_events_per_s: u64,
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
+    pub(crate) p99: f64,
+    pub(crate) max: f64,
     /// PubAck of the event -> the view's new value stored.
-    pub(super) to_view: Stage,
+    pub(crate) to_view: Stage,
     /// The view's new value stored -> the alert stored.
-    pub(super) view_to_alert: Stage,
+    pub(crate) view_to_alert: Stage,
 }
 
 /// One stage of the alert's path, in milliseconds.
 #[derive(Debug, Clone, Serialize)]
-pub(super) struct Stage {
-    pub(super) p50: f64,
-    pub(super) p99: f64,
+pub(crate) struct Stage {
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
 }
 
 /// The value at quantile `q` of sorted `samples`, to 0.01 ms.
-pub(super) fn quantile(samples: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile(samples: &[f64], q: f64) -> f64 {
     if samples.is_empty() {
         return 0.0;
     }
@@ -76,7 +76,7 @@ fn now_ms_f64() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
-pub(super) async fn measure(
+pub(crate) async fn measure(
     ctx: &Ctx,
     js: &Context,
     run_id: &str,
@@ -112,7 +112,7 @@ async fn run(
     let publish = |event: &Event| {
         let meta = EventMeta {
             msg_id: uuid::Uuid::new_v4().to_string(),
-            timestamp_ms: crate::meta::now_ms(),
+            timestamp_ms: SystemClock.now_ms(),
         };
         ctx.envelope.encode(event, &meta)
     };

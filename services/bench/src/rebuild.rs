@@ -10,20 +10,19 @@ use async_nats::jetstream::Context;
 use serde::Serialize;
 use stockwire::{subjects, view};
 
-use super::{same_connection, services};
 use crate::failure::Failure;
-use crate::Ctx;
+use crate::{services, Ctx};
 
 #[derive(Debug, Clone, Serialize)]
-pub(super) struct RebuildFigures {
-    pub(super) events: u64,
-    pub(super) catch_up_events_per_s: f64,
-    pub(super) rebuild_seconds: f64,
-    pub(super) rebuild_events_per_s: f64,
-    pub(super) verify_seconds: f64,
+pub(crate) struct RebuildFigures {
+    pub(crate) events: u64,
+    pub(crate) catch_up_events_per_s: f64,
+    pub(crate) rebuild_seconds: f64,
+    pub(crate) rebuild_events_per_s: f64,
+    pub(crate) verify_seconds: f64,
 }
 
-pub(super) async fn measure(
+pub(crate) async fn measure(
     ctx: &Ctx,
     js: &Context,
     stopped: &mut BTreeMap<String, services::Stopped>,
@@ -74,16 +73,15 @@ pub(super) async fn measure(
     result
 }
 
-/// Runs this binary with `args` against the same server; its wall time in seconds.
+/// Runs `stockwire` (the CLI beside this binary) with `args` against the same server; its
+/// wall time in seconds.
 async fn timed(ctx: &Ctx, args: &[&str]) -> Result<f64, Failure> {
-    let exe = std::env::current_exe().context("finding the stockwire binary")?;
+    let mut command = ctx.command("stockwire")?;
     let started = Instant::now();
-    let mut command = tokio::process::Command::new(exe);
     command
         .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    same_connection(ctx, &mut command);
     let status = command
         .status()
         .await

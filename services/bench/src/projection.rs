@@ -7,8 +7,9 @@
 //!   decoding, no checks) in atomic batches of 999, three in flight;
 //! - stock-projector's loop (`stockwire::projector::run` with the stock projection): decode,
 //!   fold per key, commit the keys and the checkpoint in chained atomic batches;
-//! - the article's loop: a durable consumer, and per event get -> put -> ack, in sequence
-//!   (measured on the first events only: it is slow).
+//! - a sequential get-put-ack loop, as a first projector is often written: a durable
+//!   consumer, and per event get -> put -> ack, one at a time (measured on the first
+//!   events only: it is slow).
 //!
 //! The ceiling and the projector take turns for the run's rounds; each counts its median.
 
@@ -28,32 +29,32 @@ use stockwire::provision::kv_config;
 use stockwire::{subjects, view};
 use tokio_util::sync::CancellationToken;
 
-use super::{encode_all, median, rate, sample_events, send_batches};
 use crate::failure::Failure;
-use crate::Ctx;
+use crate::{encode_all, median, rate, sample_events, send_batches, Ctx};
 
 const CEILING_BUCKET: &str = "bench_ceiling";
 const PROJECTOR_BUCKET: &str = "bench_stock";
-const ARTICLE_BUCKET: &str = "bench_article";
+const GET_PUT_ACK_BUCKET: &str = "bench_get_put_ack";
 
 /// Events folded into one write, at most (as stock-projector's default).
 const BATCH: usize = 5000;
 
-/// Events the article's loop is timed on, at most.
-const ARTICLE_EVENTS: usize = 3000;
+/// Events the sequential get-put-ack loop is timed on, at most.
+const GET_PUT_ACK_EVENTS: usize = 3000;
 
 /// Events per second for one workload: the ceiling and the projector take turns for the
 /// run's rounds, and each counts its median round.
 #[derive(Debug, Clone)]
-pub(super) struct Figures {
-    pub(super) ceiling: f64,
-    pub(super) projector: f64,
-    pub(super) article: f64,
+pub(crate) struct Figures {
+    pub(crate) ceiling: f64,
+    pub(crate) projector: f64,
+    /// The sequential get-put-ack loop.
+    pub(crate) get_put_ack: f64,
     /// Every round, in the order run: (ceiling, projector).
-    pub(super) rounds: Vec<(f64, f64)>,
+    pub(crate) rounds: Vec<(f64, f64)>,
 }
 
-pub(super) async fn measure(
+pub(crate) async fn measure(
     ctx: &Ctx,
     js: &Context,
     events: usize,
@@ -85,18 +86,20 @@ pub(super) async fn measure(
             );
             all.push((ceiling.round(), projector.round()));
         }
-        let n = events.min(ARTICLE_EVENTS);
-        let article = rate(n, article(js, &ctx.envelope, &filter, n).await?);
-        eprintln!("bench: {products} products: get/put/ack loop {article:>7.0} events/s");
+        let n = events.min(GET_PUT_ACK_EVENTS);
+        let get_put_ack = rate(n, get_put_ack_loop(js, &ctx.envelope, &filter, n).await?);
+        eprintln!(
+            "bench: {products} products: sequential get-put-ack loop {get_put_ack:>7.0} events/s"
+        );
         Ok::<_, Failure>(Figures {
             ceiling: median(all.iter().map(|r| r.0)),
             projector: median(all.iter().map(|r| r.1)),
-            article,
+            get_put_ack,
             rounds: all,
         })
     }
     .await;
-    for bucket in [CEILING_BUCKET, PROJECTOR_BUCKET, ARTICLE_BUCKET] {
+    for bucket in [CEILING_BUCKET, PROJECTOR_BUCKET, GET_PUT_ACK_BUCKET] {
         let _ = js.delete_stream(subjects::kv_stream(bucket)).await;
     }
     result
@@ -269,19 +272,20 @@ async fn projector(
     Ok(took)
 }
 
-/// The article's loop: durable consumer; per event get, modify, put, ack, one at a time.
-async fn article(
+/// The sequential get-put-ack loop: durable consumer; per event get, modify, put, ack,
+/// one at a time.
+async fn get_put_ack_loop(
     js: &Context,
     envelope: &Envelope,
     filter: &str,
     n: usize,
 ) -> Result<Duration, Failure> {
-    let kv = scratch_bucket(js, ARTICLE_BUCKET).await?;
+    let kv = scratch_bucket(js, GET_PUT_ACK_BUCKET).await?;
     let stream = js
         .get_stream(subjects::INVENTORY_STREAM)
         .await
         .context("INVENTORY")?;
-    let name = format!("bench-article-{}", uuid::Uuid::new_v4().simple());
+    let name = format!("bench-get-put-ack-{}", uuid::Uuid::new_v4().simple());
     let consumer = stream
         .create_consumer(pull::Config {
             durable_name: Some(name.clone()),
@@ -291,18 +295,18 @@ async fn article(
             ..Default::default()
         })
         .await
-        .context("article loop: consumer")?;
+        .context("get-put-ack loop: consumer")?;
     let started = Instant::now();
     let mut messages = consumer
         .messages()
         .await
-        .context("article loop: messages")?;
+        .context("get-put-ack loop: messages")?;
     let mut done = 0;
     while done < n {
         let Some(msg) = messages.next().await else {
             break;
         };
-        let msg = msg.map_err(|e| anyhow::anyhow!("article loop: reading: {e}"))?;
+        let msg = msg.map_err(|e| anyhow::anyhow!("get-put-ack loop: reading: {e}"))?;
         let (seq, stored_ms) = msg
             .info()
             .map(|i| (i.stream_sequence, stockwire::read::stored_ms(&i)))
@@ -311,19 +315,22 @@ async fn article(
             envelope.decode(&msg.subject, msg.headers.as_ref(), &msg.payload, stored_ms)
         {
             let key = subjects::view_key(rec.event.warehouse(), rec.event.sku());
-            let mut current: StockView = match kv.get(&key).await.context("article loop: get")? {
-                Some(bytes) => serde_json::from_slice(&bytes).context("article loop: decode")?,
-                None => StockView::new(rec.event.warehouse().clone(), rec.event.sku().clone()),
-            };
+            let mut current: StockView =
+                match kv.get(&key).await.context("get-put-ack loop: get")? {
+                    Some(bytes) => {
+                        serde_json::from_slice(&bytes).context("get-put-ack loop: decode")?
+                    }
+                    None => StockView::new(rec.event.warehouse().clone(), rec.event.sku().clone()),
+                };
             current.apply(&rec.event, seq, rec.meta.timestamp_ms);
-            let value = serde_json::to_vec(&current).context("article loop: encode")?;
+            let value = serde_json::to_vec(&current).context("get-put-ack loop: encode")?;
             kv.put(&key, value.into())
                 .await
-                .context("article loop: put")?;
+                .context("get-put-ack loop: put")?;
         }
         msg.ack()
             .await
-            .map_err(|e| anyhow::anyhow!("article loop: ack: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("get-put-ack loop: ack: {e}"))?;
         done += 1;
     }
     let took = started.elapsed();

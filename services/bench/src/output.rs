@@ -1,0 +1,121 @@
+//! Printing the figures: tables for people, JSON for scripts.
+
+use std::fmt::Display;
+use std::io::Write;
+
+use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
+use serde::Serialize;
+
+use crate::{Ctx, Report};
+
+/// A table with the given header, laid out for the terminal.
+fn table<const N: usize>(header: [&str; N]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header);
+    table
+}
+
+/// Prints one line to stdout. When stdout is gone (`... | head -1`), there is no one left
+/// to tell: exit quietly, as a Unix tool does on SIGPIPE.
+fn line(text: impl Display) {
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{text}").is_err() {
+        std::process::exit(0);
+    }
+}
+
+/// One JSON document on one line.
+fn json_line<T: Serialize>(value: &T) {
+    match serde_json::to_string(value) {
+        Ok(text) => line(text),
+        Err(e) => eprintln!("stockwire-bench: cannot print the report as JSON: {e}"),
+    }
+}
+
+/// The whole report: one JSON document with `--json`, else tables and lines.
+pub(crate) fn report(ctx: &Ctx, r: &Report) {
+    if ctx.json {
+        json_line(r);
+        return;
+    }
+    let mut ingest = table(["figure", "events/s", "vs ceiling"]);
+    ingest.add_row(vec![
+        "raw JetStream: pipelined single publishes".to_string(),
+        format!("{:.0}", r.raw_pipelined_per_s),
+        String::new(),
+    ]);
+    ingest.add_row(vec![
+        "raw JetStream: atomic batches of 1,000".to_string(),
+        format!("{:.0}", r.raw_batch_per_s),
+        String::new(),
+    ]);
+    ingest.add_row(vec![
+        "stockwire publish --file".to_string(),
+        format!("{:.0}", r.ingest_events_per_s),
+        format!("{:.2}", r.ingest_ratio),
+    ]);
+    line(format!(
+        "{} events over {} products; fsync {}; {} cores; nats-server {}; each figure the median of {} rounds",
+        r.events,
+        r.products,
+        r.fsync,
+        r.machine.cores,
+        r.machine.nats_server_version,
+        r.ingest_rounds.len()
+    ));
+    line(&ingest);
+    let mut projection = table([
+        "projection",
+        "ceiling events/s",
+        "stock-projector",
+        "vs ceiling",
+        "sequential get-put-ack",
+        "projector speedup",
+    ]);
+    for row in &r.projection {
+        projection.add_row(vec![
+            format!("{} events over {} products", r.events, row.products),
+            format!("{:.0}", row.ceiling_per_s),
+            format!("{:.0}", row.projector_per_s),
+            format!("{:.2}", row.ratio),
+            format!("{:.0}", row.get_put_ack_per_s),
+            format!("{:.1}x", row.get_put_ack_speedup),
+        ]);
+    }
+    line(&projection);
+    if let Some(b) = &r.rebuild {
+        line(format!(
+            "rebuild stock of {} events: {:.1} s ({:.0} events/s); verify: {:.1} s; stock-projector catching up: {:.0} events/s",
+            b.events, b.rebuild_seconds, b.rebuild_events_per_s, b.verify_seconds, b.catch_up_events_per_s
+        ));
+    }
+    let memory: Vec<String> = r
+        .peak_rss_mb
+        .iter()
+        .map(|(name, mb)| {
+            format!(
+                "{name} {mb} MiB (stops in {} ms)",
+                r.sigterm_stop_ms.get(name).copied().unwrap_or(0)
+            )
+        })
+        .collect();
+    line(format!(
+        "peak memory of each service: {}",
+        memory.join(", ")
+    ));
+    line(format!(
+        "one event alone, waiting for its PubAck (p50): plain publish {} ms, atomic batch of one {} ms",
+        r.round_trip_ms.single_publish_p50_ms, r.round_trip_ms.atomic_batch_of_one_p50_ms
+    ));
+    let l = &r.alert_latency_ms;
+    line(format!(
+        "alert latency, PubAck of the crossing event -> alert stored in ALERTS, at {} events/s offered: \
+         p50 {} ms, p90 {} ms, p99 {} ms, max {} ms ({} samples); \
+         of which event -> view stored p50 {} ms, p99 {} ms; view -> alert stored p50 {} ms, p99 {} ms",
+        l.offered_events_per_s, l.p50, l.p90, l.p99, l.max, l.samples,
+        l.to_view.p50, l.to_view.p99, l.view_to_alert.p50, l.view_to_alert.p99
+    ));
+}
