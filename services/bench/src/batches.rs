@@ -1,11 +1,12 @@
 //! Atomic batches kept in flight: the raw batch loop, the publish of each projection
-//! workload's events, and the ceiling loop's writes all send theirs this way.
+//! workload's events, and the ceiling loop's writes all send theirs this way, through the
+//! same `stockwire::batch::Pipeline` the import and the view commits use.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
-use stockwire::batch::{send_atomic, BatchAck, SentBatch};
+use stockwire::batch::Pipeline;
 use stockwire::envelope::Outbound;
+use stockwire::retry::AppendError;
 
 use crate::BATCHES_IN_FLIGHT;
 
@@ -15,23 +16,20 @@ pub(crate) async fn send_batches(
     client: &async_nats::Client,
     batches: impl IntoIterator<Item = Vec<Outbound>>,
     timeout: Duration,
-) -> Result<Option<(u64, u64)>, stockwire::retry::AppendError> {
+) -> Result<Option<(u64, u64)>, AppendError> {
     let mut stored: Option<(u64, u64)> = None;
-    let mut note = |ack: BatchAck| {
+    let mut pipeline = Pipeline::new(client, timeout, BATCHES_IN_FLIGHT, None);
+    let mut batches = batches.into_iter();
+    loop {
+        while pipeline.has_room() {
+            let Some(batch) = batches.next() else { break };
+            pipeline.send((), batch).await?;
+        }
+        let Some((_, acked)) = pipeline.next().await else {
+            return Ok(stored);
+        };
+        let ack = acked?;
         let first = stored.map_or(ack.first_sequence(), |(first, _)| first);
         stored = Some((first, ack.sequence));
-    };
-    let mut in_flight: VecDeque<SentBatch> = VecDeque::with_capacity(BATCHES_IN_FLIGHT);
-    for batch in batches {
-        if in_flight.len() == BATCHES_IN_FLIGHT {
-            if let Some(sent) = in_flight.pop_front() {
-                note(sent.ack().await?);
-            }
-        }
-        in_flight.push_back(send_atomic(client, batch, None, timeout).await?);
     }
-    for sent in in_flight {
-        note(sent.ack().await?);
-    }
-    Ok(stored)
 }
