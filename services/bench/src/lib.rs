@@ -37,6 +37,7 @@ use stockwire::envelope::Envelope;
 use stockwire::subjects;
 
 mod batches;
+mod command;
 mod ctx;
 mod failure;
 mod ingest;
@@ -162,6 +163,8 @@ struct Report {
     alert_latency_ms: latency::Latency,
     /// One event alone, waiting for its PubAck: plain publish vs atomic batch of one.
     round_trip_ms: ingest::RoundTrip,
+    /// A checked sale (load, decide, append) on a product with a short and a long history.
+    checked_sale: command::CheckedSale,
     rebuild: Option<rebuild::RebuildFigures>,
     rebuild_events_per_s: Option<f64>,
     /// Peak resident memory of each service while the bench ran it, MiB.
@@ -265,6 +268,24 @@ async fn measure(ctx: &Ctx, args: BenchArgs) -> Outcome {
         alert_latency.view_to_alert.p50,
         alert_latency.view_to_alert.p99,
     );
+    let long_history = if args.quick { 10_000 } else { 100_000 };
+    let checked_sale = command::measure(
+        ctx,
+        &client,
+        &run_id,
+        long_history,
+        if args.quick { 50 } else { 200 },
+        timeout,
+    )
+    .await?;
+    eprintln!(
+        "bench: a checked sale: {} events of history p50 {} ms, {} events p50 {} ms ({}x)",
+        checked_sale.short_history_events,
+        checked_sale.short_p50_ms,
+        checked_sale.long_history_events,
+        checked_sale.long_p50_ms,
+        checked_sale.long_over_short
+    );
     eprintln!(
         "bench: {events} events over {} products per figure",
         args.products
@@ -358,6 +379,7 @@ async fn measure(ctx: &Ctx, args: BenchArgs) -> Outcome {
         projection,
         alert_latency_ms: alert_latency,
         round_trip_ms: round_trip,
+        checked_sale,
         rebuild_events_per_s: rebuild.as_ref().map(|r| r.rebuild_events_per_s),
         rebuild,
         peak_rss_mb: stopped

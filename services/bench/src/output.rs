@@ -110,6 +110,20 @@ pub(crate) fn report(ctx: &Ctx, r: &Report) {
         "one event alone, waiting for its PubAck (p50): plain publish {} ms, atomic batch of one {} ms",
         r.round_trip_ms.single_publish_p50_ms, r.round_trip_ms.atomic_batch_of_one_p50_ms
     ));
+    let c = &r.checked_sale;
+    line(format!(
+        "a checked sale (load, decide, append; p50 / p99): {} events of history {} / {} ms, \
+         {} events {} / {} ms: {:.2}x ({} sales each; reading that long history whole: {} ms)",
+        c.short_history_events,
+        c.short_p50_ms,
+        c.short_p99_ms,
+        c.long_history_events,
+        c.long_p50_ms,
+        c.long_p99_ms,
+        c.long_over_short,
+        c.sales_each,
+        c.long_full_read_ms
+    ));
     let l = &r.alert_latency_ms;
     line(format!(
         "alert latency, PubAck of the crossing event -> alert stored in ALERTS, at {} events/s offered: \
