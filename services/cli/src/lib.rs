@@ -8,6 +8,7 @@
 //!   4 clock); every error of the command side is mapped to its code there.
 //! - `args`: the `publish` kinds' arguments, parsed straight into a `Command`.
 //! - `meta`: a new event's msg id and time, checked against this machine's and the server's clock.
+//! - `record`: a command recorded through the executor (`publish` and `transfer` use it).
 //! - `wait`: `--wait`, until the stock view has applied an event.
 //! - `setup`, `publish` (+ `import`), `stock`, `velocity`, `history`, `threshold`, `alerts`, `rebuild`,
 //!   `verify`, `status`,
@@ -28,6 +29,7 @@ mod meta;
 mod output;
 mod publish;
 mod rebuild;
+mod record;
 mod setup;
 mod status;
 mod stock;

@@ -4,12 +4,13 @@
 use serde::Serialize;
 use stockwire::domain::Command;
 use stockwire::envelope::EventMeta;
-use stockwire::execute::{Executed, Executor, Outcome as CommandOutcome};
+use stockwire::execute::{Executed, Outcome as CommandOutcome};
 use stockwire::subjects;
 
 use crate::args::PublishArgs;
 use crate::failure::{Failure, Outcome};
-use crate::meta::{check_server_clock, event_meta, server_now_ms};
+use crate::meta::event_meta;
+use crate::record::execute;
 use crate::wait::wait_applied;
 use crate::{import, output, Ctx};
 
@@ -37,38 +38,6 @@ pub(crate) async fn run(ctx: &Ctx, args: PublishArgs) -> Outcome {
             "publish what? give an event kind (received, sold, destroyed, moved, corrected) or --file FILE",
         )),
     }
-}
-
-/// Checks the event time against the server's clock, then has the executor record the
-/// command. With `--json`, a refusal is also printed on stdout with its outcome.
-pub(crate) async fn execute(
-    ctx: &Ctx,
-    what: &str,
-    command: &Command,
-    meta: &EventMeta,
-) -> Result<Executed, Failure> {
-    let js = ctx.jetstream().await?;
-    check_server_clock(what, meta.timestamp_ms, server_now_ms(&js).await?)?;
-    let executor = Executor::new(js, ctx.envelope.clone(), ctx.connect.request_timeout());
-    match executor.execute(command, meta).await {
-        Ok(executed) => Ok(executed),
-        Err(e) => {
-            if ctx.json {
-                output::json_line(&NotStored {
-                    outcome: e.kind().outcome(),
-                    error: e.to_string(),
-                });
-            }
-            Err(e.into())
-        }
-    }
-}
-
-/// A command that was not stored, as printed with `--json`.
-#[derive(Serialize)]
-struct NotStored {
-    outcome: CommandOutcome,
-    error: String,
 }
 
 /// What a single publish did, as printed with `--json`.

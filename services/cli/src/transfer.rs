@@ -14,7 +14,7 @@ use stockwire::execute::Outcome as CommandOutcome;
 use crate::args::EventOpts;
 use crate::failure::{Failure, Outcome};
 use crate::meta::event_meta;
-use crate::publish::execute;
+use crate::record::execute;
 use crate::wait::wait_applied;
 use crate::{output, Ctx};
 
