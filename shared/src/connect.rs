@@ -21,7 +21,8 @@ use crate::subjects;
 /// Where and how to connect; parsed once by each binary.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
-    /// NATS server URL (tls://host:port, or nats://, which upgrades to TLS when the server asks).
+    /// NATS server URL (tls://host:port, or nats://, which upgrades to TLS when the server
+    /// asks); a cluster's nodes as a comma-separated list.
     #[arg(
         long,
         env = "NATS_URL",
@@ -80,6 +81,16 @@ impl ConnectArgs {
             creds: None,
             ..self.clone()
         }
+    }
+
+    /// The servers of `--nats-url`: one URL, or several separated by commas (the nodes of
+    /// a cluster; the client connects to one and fails over to the others).
+    pub fn servers(&self) -> Vec<&str> {
+        self.nats_url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .collect()
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -292,7 +303,7 @@ pub async fn connect_with(
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     loop {
         let options = options(args, name, signals.clone()).await?;
-        match options.connect(args.nats_url.as_str()).await {
+        match options.connect(args.servers().as_slice()).await {
             Ok(client) => return Ok(client),
             Err(source) => {
                 let error = ConnectError::Connect {
@@ -423,6 +434,16 @@ mod tests {
         Event::ServerError(ServerError::Other(format!(
             "Permissions Violation for Publish to \"{subject}\""
         )))
+    }
+
+    #[test]
+    fn a_url_list_names_every_node() {
+        let args = ConnectArgs::for_url("nats://a:4222, nats://b:4223,,nats://c:4224");
+        assert_eq!(
+            args.servers(),
+            ["nats://a:4222", "nats://b:4223", "nats://c:4224"]
+        );
+        assert_eq!(ConnectArgs::for_url("nats://a:1").servers(), ["nats://a:1"]);
     }
 
     #[test]

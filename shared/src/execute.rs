@@ -20,8 +20,11 @@ use crate::error::Error;
 use crate::read::ReadError;
 use crate::retry::{AppendError, AppendErrorKind, Backoff, Next};
 
-/// How long a command keeps trying against concurrent writers and transient failures.
+/// How long a command keeps deciding again against concurrent writers.
 pub const CONTENDED_AFTER: Duration = Duration::from_secs(10);
+/// How long a command keeps trying while the stream cannot take it (no leader during an
+/// election, which takes 4 to 9 s after a node dies, plus a request timeout or two).
+pub const UNAVAILABLE_FOR: Duration = Duration::from_secs(30);
 
 /// What became of a command, for people and scripts (`--json` prints it as `outcome`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -108,6 +111,7 @@ pub struct Executor {
     envelope: Envelope,
     timeout: Duration,
     contended_after: Duration,
+    unavailable_for: Duration,
 }
 
 /// One attempt's end: done, or try again (after a backoff).
@@ -124,6 +128,7 @@ impl Executor {
             envelope,
             timeout,
             contended_after: CONTENDED_AFTER,
+            unavailable_for: UNAVAILABLE_FOR,
         }
     }
 
@@ -136,31 +141,40 @@ impl Executor {
         command: &Command,
         meta: &EventMeta,
     ) -> Result<Executed, CommandError> {
-        let deadline = Instant::now() + self.contended_after;
+        let started = Instant::now();
         let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(250));
         let mut tries = 0u32;
         loop {
             tries += 1;
-            let again = match self.attempt(command, meta).await? {
-                Attempt::Done(executed) => return Ok(executed),
-                Attempt::Again(why) => why,
+            let again = match self.attempt(command, meta).await {
+                Ok(Attempt::Done(executed)) => return Ok(executed),
+                Ok(Attempt::Again(why)) => why,
+                // Reading the product fails while a stream or the meta leader is elected.
+                Err(e) if e.kind() == CommandErrorKind::Read => e,
+                Err(e) => return Err(e),
             };
-            if Instant::now() >= deadline {
-                let conflict =
-                    matches!(again.kind(), CommandErrorKind::Append(k) if k.next() == Next::Decide);
-                if conflict {
-                    return Err(CommandError::with_source(
-                        CommandErrorKind::Contended,
-                        format!(
-                            "the product changed under it {tries} times in {} s; nothing was stored",
-                            self.contended_after.as_secs()
-                        ),
-                    ));
-                }
-                return Err(again);
+            let conflict =
+                matches!(again.kind(), CommandErrorKind::Append(k) if k.next() == Next::Decide);
+            if conflict && started.elapsed() >= self.contended_after {
+                return Err(CommandError::with_source(
+                    CommandErrorKind::Contended,
+                    format!(
+                        "the product changed under it {tries} times in {} s; nothing was stored",
+                        self.contended_after.as_secs()
+                    ),
+                ));
+            }
+            if !conflict && started.elapsed() >= self.unavailable_for {
+                return Err(unavailable(again, self.unavailable_for));
             }
             tracing::debug!(tries, error = %again, "trying the command again");
-            tokio::time::sleep(backoff.next_delay()).await;
+            tokio::time::sleep(if conflict {
+                backoff.next_delay()
+            } else {
+                // Waiting out an election: no point in asking many times a second.
+                backoff.next_delay().max(Duration::from_millis(200))
+            })
+            .await;
         }
     }
 
@@ -281,6 +295,26 @@ impl Executor {
             sequences: (ack.sequence + 1 - count..=ack.sequence).collect(),
         })
     }
+}
+
+/// A command that could not be stored for the whole budget because the stream could not
+/// take it: in a cluster, most likely no leader right now.
+fn unavailable(last: CommandError, budget: Duration) -> CommandError {
+    let leaderless = matches!(
+        last.kind(),
+        CommandErrorKind::Append(AppendErrorKind::NoResponders)
+    );
+    let why = if leaderless {
+        format!(
+            "no leader for {} right now (tried for {} s; nothing was stored)",
+            crate::subjects::INVENTORY_STREAM,
+            budget.as_secs()
+        )
+    } else {
+        format!("tried for {} s; nothing was stored", budget.as_secs())
+    };
+    let kind = last.kind();
+    CommandError::with_source(kind, format!("{last}")).context(why)
 }
 
 /// The command's events were stored before, from `first` on (a batch is contiguous).

@@ -30,12 +30,16 @@ pub const DEADLETTER_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 pub struct Options {
     /// The `INVENTORY` duplicate window (repeats of a `Nats-Msg-Id` inside it are dropped).
     pub duplicate_window: Duration,
+    /// Replicas of every stream and bucket; `None` keeps each existing stream's count (a
+    /// new one gets 1), so a plain re-run never scales an R3 deployment back to R1.
+    pub replicas: Option<usize>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             duplicate_window: DEFAULT_DUPLICATE_WINDOW,
+            replicas: None,
         }
     }
 }
@@ -74,6 +78,17 @@ pub struct ProvisionError {
     pub stream: String,
     #[source]
     pub source: async_nats::Error,
+}
+
+impl ProvisionError {
+    /// Whether the server refused the replica count (more than the cluster has, or more
+    /// than one on a single server).
+    pub fn is_about_replicas(&self) -> bool {
+        let text = self.source.to_string().to_lowercase();
+        ["replicas", "insufficient resources", "no suitable peers"]
+            .iter()
+            .any(|clue| text.contains(clue))
+    }
 }
 
 /// The streams Stockwire needs, with a word on what each is.
@@ -158,6 +173,28 @@ pub fn kv_config(bucket: &str, description: &str, atomic: bool) -> Config {
     }
 }
 
+/// The config to send for an existing stream: what it has now, with the settings
+/// Stockwire owns as `wanted` says. Everything else (sources, placement, a replica count
+/// not asked for) is kept, since `update_stream` replaces the whole config.
+fn merged(current: &Config, wanted: &Config, replicas: Option<usize>) -> Config {
+    Config {
+        subjects: wanted.subjects.clone(),
+        description: wanted.description.clone(),
+        retention: wanted.retention,
+        max_age: wanted.max_age,
+        max_messages_per_subject: wanted.max_messages_per_subject,
+        max_message_size: wanted.max_message_size,
+        discard: wanted.discard,
+        duplicate_window: wanted.duplicate_window,
+        allow_direct: wanted.allow_direct,
+        allow_atomic_publish: wanted.allow_atomic_publish,
+        allow_rollup: wanted.allow_rollup,
+        deny_delete: wanted.deny_delete,
+        num_replicas: replicas.unwrap_or(current.num_replicas),
+        ..current.clone()
+    }
+}
+
 /// True when `current` differs from `wanted` in a setting Stockwire owns.
 /// The server reports "no limit" as -1 where a config left at its default says 0.
 fn differs(current: &Config, wanted: &Config) -> bool {
@@ -176,6 +213,7 @@ fn differs(current: &Config, wanted: &Config) -> bool {
         || current.allow_atomic_publish != wanted.allow_atomic_publish
         || current.allow_rollup != wanted.allow_rollup
         || current.deny_delete != wanted.deny_delete
+        || current.num_replicas.max(1) != wanted.num_replicas.max(1)
 }
 
 /// Creates or updates every stream and bucket; returns what it did to each.
@@ -194,10 +232,9 @@ pub async fn provision(js: &Context, options: &Options) -> Result<Vec<Change>, P
                     .map_err(|e| fail(e.into()))?
                     .config
                     .clone();
-                if differs(&current, &wanted) {
-                    js.update_stream(&wanted)
-                        .await
-                        .map_err(|e| fail(e.into()))?;
+                let next = merged(&current, &wanted, options.replicas);
+                if differs(&current, &next) {
+                    js.update_stream(&next).await.map_err(|e| fail(e.into()))?;
                     Outcome::Updated
                 } else {
                     Outcome::Unchanged
@@ -210,9 +247,11 @@ pub async fn provision(js: &Context, options: &Options) -> Result<Vec<Change>, P
                         if api.error_code() == ErrorCode::STREAM_NOT_FOUND
                 ) =>
             {
-                js.create_stream(wanted.clone())
-                    .await
-                    .map_err(|e| fail(e.into()))?;
+                let new = Config {
+                    num_replicas: options.replicas.unwrap_or(1),
+                    ..wanted.clone()
+                };
+                js.create_stream(new).await.map_err(|e| fail(e.into()))?;
                 Outcome::Created
             }
             Err(e) => return Err(fail(e.into())),

@@ -31,7 +31,8 @@ pub enum AppendErrorKind {
     BatchDuplicate,
     /// 10008: JetStream is temporarily unavailable.
     Unavailable,
-    /// 503: no stream answered: none stores the subject, or it has no leader right now.
+    /// 503: no stream answered: in a cluster, the stream has no leader right now (an
+    /// election takes seconds); on one server, no stream stores the subject.
     NoResponders,
     /// No answer within the request timeout.
     TimedOut,
@@ -80,9 +81,9 @@ impl AppendErrorKind {
             | Self::LastSequenceNotReady
             | Self::IncompleteBatch
             | Self::Unavailable
+            | Self::NoResponders
             | Self::TimedOut => Next::Retry,
             Self::BatchDuplicate
-            | Self::NoResponders
             | Self::TooLarge
             | Self::BadAnswer
             | Self::Connection
@@ -193,6 +194,7 @@ mod tests {
         let next = |code| AppendErrorKind::from_err_code(code).next();
         assert_eq!(next(10071), Next::Decide);
         assert_eq!(next(10164), Next::Decide);
+        assert_eq!(AppendErrorKind::NoResponders.next(), Next::Retry);
         for code in [10158, 10163, 10176, 10008] {
             assert_eq!(next(code), Next::Retry, "{code}");
         }

@@ -69,10 +69,23 @@ async fn provisioning_twice_changes_nothing_the_second_time() {
     // A changed setting is put back.
     let changed = provision::Options {
         duplicate_window: Duration::from_secs(300),
+        ..Default::default()
     };
     let third = provision::provision(&js, &changed).await.unwrap();
     assert_eq!(third[0].outcome, Outcome::Updated);
     assert!(third[1..].iter().all(|c| c.outcome == Outcome::Unchanged));
+
+    // A setting setup does not own (an operator's byte limit) survives a re-run, which
+    // sends the whole config: it is taken from the stream as it is.
+    let mut inventory = js.get_stream(subjects::INVENTORY_STREAM).await.unwrap();
+    let mut config = inventory.info().await.unwrap().config.clone();
+    config.max_bytes = 1 << 30;
+    js.update_stream(&config).await.unwrap();
+    let fourth = provision::provision(&js, &changed).await.unwrap();
+    assert!(fourth.iter().all(|c| c.outcome == Outcome::Unchanged));
+    let info = inventory.info().await.unwrap();
+    assert_eq!(info.config.max_bytes, 1 << 30);
+    assert_eq!(info.config.num_replicas, 1);
 }
 
 #[tokio::test]

@@ -6,8 +6,10 @@
 //! the event time is also checked against the server's clock (the `ts` of a stream info
 //! answer): an event that would be dead-lettered is refused here, exit 4, nothing stored.
 
+use async_nats::jetstream::context::RequestErrorKind;
 use stockwire::domain::{check_not_in_future, format_ms, MAX_FUTURE_MS};
 use stockwire::envelope::{check_msg_id, EventMeta};
+use stockwire::execute::UNAVAILABLE_FOR;
 use stockwire::subjects;
 
 use crate::args::EventOpts;
@@ -44,12 +46,37 @@ pub(crate) fn event_meta(opts: &EventOpts) -> Result<EventMeta, Failure> {
     })
 }
 
-/// The NATS server's time now, ms since the epoch.
+/// The NATS server's time now, ms since the epoch. While JetStream cannot answer (a
+/// leader election in a cluster), asks again for up to `UNAVAILABLE_FOR`.
 pub(crate) async fn server_now_ms(js: &async_nats::jetstream::Context) -> Result<i64, Failure> {
-    let answer: serde_json::Value = js
-        .request(subjects::stream_info_api(subjects::INVENTORY_STREAM), &())
-        .await
-        .map_err(|e| anyhow::anyhow!("asking the server for its time (stream info): {e}"))?;
+    let started = std::time::Instant::now();
+    let answer: serde_json::Value = loop {
+        match js
+            .request(subjects::stream_info_api(subjects::INVENTORY_STREAM), &())
+            .await
+        {
+            Ok(answer) if !unavailable(&answer) || started.elapsed() >= UNAVAILABLE_FOR => {
+                break answer
+            }
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    RequestErrorKind::TimedOut | RequestErrorKind::NoResponders
+                ) && started.elapsed() < UNAVAILABLE_FOR =>
+            {
+                tracing::debug!(error = %e, "JetStream does not answer yet; asking again");
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "asking the server for its time (stream info of {}): {e}",
+                    subjects::INVENTORY_STREAM
+                )
+                .into())
+            }
+        }
+    };
     if let Some(error) = answer.get("error") {
         return Err(anyhow::anyhow!(
             "asking the server for its time: stream {}: {error} (run `stockwire setup`?)",
@@ -63,6 +90,13 @@ pub(crate) async fn server_now_ms(js: &async_nats::jetstream::Context) -> Result
         .and_then(|ts| chrono::DateTime::parse_from_rfc3339(ts).ok())
         .map(|ts| ts.timestamp_millis())
         .ok_or_else(|| anyhow::anyhow!("the server's stream info carries no time (ts)").into())
+}
+
+/// An answer saying JetStream cannot answer right now (503, or 10008 while a leader is
+/// elected), as opposed to a real refusal such as "stream not found".
+fn unavailable(answer: &serde_json::Value) -> bool {
+    let error = &answer["error"];
+    error["code"] == 503 || error["err_code"] == 10008
 }
 
 /// Refuses an event time that the projectors would take for the future: more than 5
