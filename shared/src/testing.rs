@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use crate::connect::{connect, ConnectArgs, Startup};
 
+mod cluster;
+pub use cluster::NatsCluster;
+
 const MIN_VERSION: (u32, u32) = (2, 14);
 
 /// A running nats-server owned by a test.

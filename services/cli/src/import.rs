@@ -8,19 +8,18 @@
 //! and is then published one event at a time (pipelined), each deduplicated on its own.
 
 use std::collections::HashMap;
-use std::future::IntoFuture;
 use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::future::try_join_all;
 use serde::Serialize;
 use stockwire::batch::{self, MAX_BATCH};
 use stockwire::domain::Event;
 use stockwire::envelope::{Envelope, EventMeta, Outbound};
 use stockwire::event_line::{self, LineError};
-use stockwire::retry::AppendErrorKind;
+use stockwire::execute::UNAVAILABLE_FOR;
+use stockwire::retry::{AppendErrorKind, Backoff, Next};
 
 use crate::failure::{Failure, Outcome};
 use crate::meta::{check_server_clock, now_ms, server_now_ms};
@@ -286,9 +285,13 @@ async fn publish_all(
                 if matches!(
                     e.kind(),
                     AppendErrorKind::BatchDuplicate | AppendErrorKind::WrongLastSequence
-                ) =>
+                ) || e.kind().next() == Next::Retry =>
             {
-                // The batches sent after this one expected it to be stored: they are refused.
+                // A repeated id, another writer, or (in a cluster) a leader election: the
+                // batches sent after this one expected it to be stored, so they are
+                // refused (or their fate is as unknown as its own); this chunk is
+                // published on its own, then the pipeline resumes from the stream's end.
+                tracing::debug!(batch = index, error = %e, "batch not stored in turn; publishing it alone");
                 while let Some((later, acked)) = pipeline.next().await {
                     if let Ok(ack) = acked {
                         tracing::warn!(
@@ -324,21 +327,44 @@ fn encode(envelope: &Envelope, events: &[Checked]) -> Vec<Outbound> {
         .collect()
 }
 
-/// The sequence of the last message of `INVENTORY`.
+/// The sequence of the last message of `INVENTORY`; asked again for a while when the
+/// stream does not answer (a leader election).
 async fn stream_end(js: &async_nats::jetstream::Context) -> Result<u64, Failure> {
-    let mut stream = js
-        .get_stream(stockwire::subjects::INVENTORY_STREAM)
-        .await
-        .context("finding stream INVENTORY (run `stockwire setup` first)")?;
-    Ok(stream
-        .info()
-        .await
-        .context("reading stream INVENTORY")?
-        .state
-        .last_sequence)
+    let started = Instant::now();
+    loop {
+        let answer = async {
+            let mut stream = js
+                .get_stream(stockwire::subjects::INVENTORY_STREAM)
+                .await
+                .context("finding stream INVENTORY (run `stockwire setup` first)")?;
+            Ok::<_, anyhow::Error>(
+                stream
+                    .info()
+                    .await
+                    .context("reading stream INVENTORY")?
+                    .state
+                    .last_sequence,
+            )
+        }
+        .await;
+        match answer {
+            Ok(last) => return Ok(last),
+            Err(e)
+                if started.elapsed() < UNAVAILABLE_FOR && !e.to_string().contains("not found") =>
+            {
+                tracing::debug!(error = %e, "INVENTORY does not answer yet; asking again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
-/// Publishes one chunk as an atomic batch; on a repeated id, one event at a time.
+/// Publishes one chunk as an atomic batch; on a repeated id, one event at a time. While
+/// the stream cannot take it (no leader during an election, an incomplete batch, a lost
+/// acknowledgement), it is sent again with the same msg ids, for up to `UNAVAILABLE_FOR`:
+/// if an attempt had in fact been stored, the next one is refused as a repeat and the
+/// events go one by one, each reported as a duplicate.
 async fn publish_chunk(
     client: &async_nats::Client,
     js: &async_nats::jetstream::Context,
@@ -348,29 +374,41 @@ async fn publish_chunk(
     summary: &mut Summary,
 ) -> Outcome {
     let count = messages.len();
-    match batch::publish_atomic(client, messages.clone(), timeout).await {
-        Ok(ack) => {
-            summary.stored += count;
-            summary.first_seq.get_or_insert(ack.first_sequence());
-            summary.last_seq = Some(ack.sequence);
-            Ok(())
+    let started = Instant::now();
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+    loop {
+        match batch::publish_atomic(client, messages.clone(), timeout).await {
+            Ok(ack) => {
+                summary.stored += count;
+                summary.first_seq.get_or_insert(ack.first_sequence());
+                summary.last_seq = Some(ack.sequence);
+                return Ok(());
+            }
+            Err(e) if e.kind() == AppendErrorKind::BatchDuplicate => {
+                tracing::debug!(
+                    lines = count,
+                    "batch holds a stored msg id; publishing one by one"
+                );
+                return publish_singly(js, messages, summary).await;
+            }
+            Err(e) if e.kind().next() == Next::Retry && started.elapsed() < UNAVAILABLE_FOR => {
+                tracing::debug!(error = %e, "the stream cannot take the batch yet; sending it again");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => {
+                return Err(Failure::from(anyhow::Error::new(e).context(format!(
+                    "publishing lines {}..{}",
+                    numbers.first().copied().unwrap_or(0),
+                    numbers.last().copied().unwrap_or(0)
+                ))))
+            }
         }
-        Err(e) if e.kind() == AppendErrorKind::BatchDuplicate => {
-            tracing::debug!(
-                lines = count,
-                "batch holds a stored msg id; publishing one by one"
-            );
-            publish_singly(js, messages, summary).await
-        }
-        Err(e) => Err(Failure::from(anyhow::Error::new(e).context(format!(
-            "publishing lines {}..{}",
-            numbers.first().copied().unwrap_or(0),
-            numbers.last().copied().unwrap_or(0)
-        )))),
     }
 }
 
-/// Publishes in order with a window of unacknowledged publishes.
+/// Publishes in order with a window of unacknowledged publishes. One that the stream
+/// could not take is published again, alone and with the same msg id, until it is
+/// stored: it may then land after the ones sent behind it in its window.
 async fn publish_singly(
     js: &async_nats::jetstream::Context,
     messages: Vec<Outbound>,
@@ -378,20 +416,36 @@ async fn publish_singly(
 ) -> Outcome {
     let mut messages = messages.into_iter().peekable();
     while messages.peek().is_some() {
-        let mut pending = Vec::with_capacity(WINDOW);
-        for out in messages.by_ref().take(WINDOW) {
+        let window: Vec<Outbound> = messages.by_ref().take(WINDOW).collect();
+        let mut pending = Vec::with_capacity(window.len());
+        for out in &window {
             let ack = js
-                .publish_with_headers(out.subject.clone(), out.headers, out.payload)
-                .await
-                .map_err(|e| {
-                    Failure::from(
-                        AppendError::from(e).context(format!("publishing to {}", out.subject)),
-                    )
-                })?;
-            pending.push(ack.into_future());
+                .publish_with_headers(
+                    out.subject.clone(),
+                    out.headers.clone(),
+                    out.payload.clone(),
+                )
+                .await;
+            pending.push(async move {
+                match ack {
+                    Ok(ack) => ack.await,
+                    Err(e) => Err(e),
+                }
+            });
         }
-        let acks = try_join_all(pending).await.context("waiting for PubAcks")?;
-        for ack in acks {
+        let acks = futures::future::join_all(pending).await;
+        for (out, ack) in window.into_iter().zip(acks) {
+            let ack = match ack {
+                Ok(ack) => ack,
+                Err(e) => match AppendError::from(e) {
+                    e if e.kind().next() == Next::Retry => publish_again(js, out).await?,
+                    e => {
+                        return Err(Failure::from(
+                            e.context(format!("publishing to {}", out.subject)),
+                        ))
+                    }
+                },
+            };
             if ack.duplicate {
                 summary.duplicates += 1;
             } else {
@@ -402,4 +456,37 @@ async fn publish_singly(
         }
     }
     Ok(())
+}
+
+/// Publishes one message until it is stored (or found stored: same msg id), for up to
+/// `UNAVAILABLE_FOR`.
+async fn publish_again(
+    js: &async_nats::jetstream::Context,
+    out: Outbound,
+) -> Result<async_nats::jetstream::publish::PublishAck, Failure> {
+    let started = Instant::now();
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+    loop {
+        tokio::time::sleep(backoff.next_delay()).await;
+        let result = async {
+            js.publish_with_headers(
+                out.subject.clone(),
+                out.headers.clone(),
+                out.payload.clone(),
+            )
+            .await?
+            .await
+        }
+        .await
+        .map_err(AppendError::from);
+        match result {
+            Ok(ack) => return Ok(ack),
+            Err(e) if e.kind().next() == Next::Retry && started.elapsed() < UNAVAILABLE_FOR => {}
+            Err(e) => {
+                return Err(Failure::from(
+                    e.context(format!("publishing to {}", out.subject)),
+                ))
+            }
+        }
+    }
 }

@@ -1,0 +1,308 @@
+//! The CLI and a projector on a real 3-node cluster with R3 streams: the cases where a
+//! cluster answers differently from one server (a check still in flight on another
+//! write, a leader election). Each test starts its own cluster; they run one at a time.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use stockwire::read::Reader;
+use stockwire::subjects;
+use stockwire::testing::{wait_until, NatsCluster};
+use tokio::sync::Mutex;
+
+/// Three nodes per test on two cores: one test at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+fn stockwire(cluster: &NatsCluster) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stockwire"));
+    command
+        .env("NATS_URL", cluster.urls())
+        .env("STOCKWIRE_REQUEST_TIMEOUT_MS", "3000")
+        .env_remove("NATS_USER")
+        .env_remove("NATS_PASSWORD")
+        .env_remove("NATS_CREDS")
+        .env_remove("STOCKWIRE_HEADER_PREFIX")
+        .stdin(Stdio::null());
+    command
+}
+
+fn run(cluster: &NatsCluster, args: &[&str]) -> Output {
+    stockwire(cluster)
+        .args(args)
+        .output()
+        .expect("run stockwire")
+}
+
+fn ok(cluster: &NatsCluster, args: &[&str]) -> String {
+    let out = run(cluster, args);
+    assert!(
+        out.status.success(),
+        "stockwire {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn r3(cluster: &NatsCluster) -> jetstream::Context {
+    ok(cluster, &["setup", "--replicas", "3"]);
+    let js = jetstream::new(cluster.client().await);
+    let mut inventory = js
+        .get_stream(subjects::INVENTORY_STREAM)
+        .await
+        .expect("INVENTORY");
+    let info = inventory.info().await.expect("INVENTORY info");
+    assert_eq!(info.config.num_replicas, 3);
+    js
+}
+
+async fn events(js: &jetstream::Context, filter: &str) -> Vec<stockwire::read::StoredMessage> {
+    let mut reader = Reader::open(js, subjects::INVENTORY_STREAM, filter, 1)
+        .await
+        .expect("read INVENTORY");
+    let mut all = Vec::new();
+    while let Some(msg) = reader.next().await {
+        all.push(msg.expect("a message"));
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clerks_selling_the_last_unit_on_r3_store_exactly_one_sale() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = NatsCluster::start(3).await.expect("cluster");
+    let js = r3(&cluster).await;
+    let skus = ["a1", "a2", "a3", "a4", "a5", "a6"];
+    for sku in skus {
+        ok(
+            &cluster,
+            &[
+                "publish", "received", "-w", "ams1", "-s", sku, "-l", "A1", "-q", "1",
+            ],
+        );
+    }
+    for sku in skus {
+        let clerks: Vec<_> = (0..2)
+            .map(|_| {
+                stockwire(&cluster)
+                    .args([
+                        "publish", "sold", "-w", "ams1", "-s", sku, "-l", "A1", "-q", "1",
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("a clerk")
+            })
+            .collect();
+        let mut outcomes: Vec<(Option<i32>, String)> = clerks
+            .into_iter()
+            .map(|c| {
+                let out = c.wait_with_output().expect("clerk output");
+                (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            })
+            .collect();
+        outcomes.sort();
+        assert_eq!(
+            outcomes.iter().map(|(code, _)| *code).collect::<Vec<_>>(),
+            [Some(0), Some(3)],
+            "one sale stored, the other refused by the rule, never a failure: {outcomes:?}"
+        );
+        assert!(outcomes[1].1.contains("only 0 on hand"), "{outcomes:?}");
+    }
+    assert_eq!(
+        events(&js, "warehouse.ams1.product.*.sold").await.len(),
+        skus.len()
+    );
+}
+
+/// A file of `n` deliveries over 50 products, each with its own msg id.
+fn deliveries(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"type":"stock.received","warehouse":"rtm1","sku":"p{}","location":"B1","quantity":1,"msg_id":"import-{i}"}}"#,
+                i % 50
+            ) + "\n"
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_and_a_transfer_go_through_while_the_inventory_leader_changes() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = NatsCluster::start(3).await.expect("cluster");
+    let js = r3(&cluster).await;
+    ok(
+        &cluster,
+        &[
+            "publish", "received", "-w", "ams1", "-s", "apple", "-l", "A1", "-q", "10",
+        ],
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("deliveries.ndjson");
+    let lines = 30_000;
+    std::fs::write(&file, deliveries(lines)).expect("write the file");
+    let import = stockwire(&cluster)
+        .args(["publish", "--file", &file.to_string_lossy()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the import");
+    // Once the import is under way, the leader of INVENTORY steps down; a transfer
+    // starts while the stream elects another.
+    wait_until("the import under way", Duration::from_secs(30), || async {
+        let mut stream = match js.get_stream(subjects::INVENTORY_STREAM).await {
+            Ok(stream) => stream,
+            Err(_) => return false,
+        };
+        stream.info().await.is_ok_and(|i| i.state.messages > 1000)
+    })
+    .await;
+    let stepping_down = NatsCluster::step_down(&js, subjects::INVENTORY_STREAM);
+    let transfer = stockwire(&cluster)
+        .args([
+            "transfer",
+            "-s",
+            "apple",
+            "--from-warehouse",
+            "ams1",
+            "--from",
+            "A1",
+            "--to-warehouse",
+            "rtm1",
+            "--to",
+            "B2",
+            "-q",
+            "4",
+            "--transfer-id",
+            "t-1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the transfer");
+    stepping_down.await;
+    let mut inventory = js
+        .get_stream(subjects::INVENTORY_STREAM)
+        .await
+        .expect("INVENTORY");
+    eprintln!(
+        "DEBUG after stepdown: {} messages",
+        inventory
+            .info()
+            .await
+            .map(|i| i.state.messages)
+            .unwrap_or(0)
+    );
+    let transfer = transfer.wait_with_output().expect("transfer output");
+    assert!(
+        transfer.status.success(),
+        "the transfer: {}",
+        String::from_utf8_lossy(&transfer.stderr)
+    );
+    let import = import.wait_with_output().expect("import output");
+    assert!(
+        import.status.success(),
+        "the import: {}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+
+    let stored = events(&js, subjects::INVENTORY_SUBJECTS).await;
+    assert_eq!(stored.len(), 1 + lines + 2, "every event once");
+    let mut ids: Vec<String> = stored
+        .iter()
+        .filter_map(|m| {
+            m.headers
+                .as_ref()?
+                .get(subjects::NATS_MSG_ID)
+                .map(|v| v.to_string())
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), stored.len(), "no msg id stored twice");
+    // Each product's deliveries in file order.
+    let p7: Vec<String> = stored
+        .iter()
+        .filter(|m| m.subject == "warehouse.rtm1.product.p7.received")
+        .filter_map(|m| {
+            m.headers
+                .as_ref()?
+                .get(subjects::NATS_MSG_ID)
+                .map(|v| v.to_string())
+        })
+        .collect();
+    let expected: Vec<String> = (0..lines)
+        .filter(|i| i % 50 == 7)
+        .map(|i| format!("import-{i}"))
+        .collect();
+    assert_eq!(p7, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_view_is_exact_after_its_leader_changes_during_commits() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = NatsCluster::start(3).await.expect("cluster");
+    let js = r3(&cluster).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let config = stock_projector::Config {
+        connect: cluster.connect_args(),
+        header_prefix: "myorg".into(),
+        batch: 1000,
+    };
+    let client = cluster.client().await;
+    let token = stop.clone();
+    let projector = tokio::spawn(async move {
+        if let Err(e) = stock_projector::run(client, &config, token).await {
+            panic!("stock-projector failed: {e:#}");
+        }
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("deliveries.ndjson");
+    std::fs::write(&file, deliveries(20_000)).expect("write the file");
+    let import = stockwire(&cluster)
+        .args(["publish", "--file", &file.to_string_lossy()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the import");
+    let kv = js
+        .get_key_value(subjects::STOCK_BUCKET)
+        .await
+        .expect("stock");
+    wait_until("the view under way", Duration::from_secs(30), || async {
+        stockwire::view::read_checkpoint(&kv).await.unwrap_or(0) > 2000
+    })
+    .await;
+    NatsCluster::step_down(&js, &subjects::kv_stream(subjects::STOCK_BUCKET)).await;
+    eprintln!(
+        "DEBUG after kv stepdown: checkpoint {}",
+        stockwire::view::read_checkpoint(&kv).await.unwrap_or(0)
+    );
+    let import = import.wait_with_output().expect("import output");
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    wait_until("the view caught up", Duration::from_secs(60), || async {
+        stockwire::view::read_checkpoint(&kv).await.unwrap_or(0) >= 20_000
+    })
+    .await;
+    let verify = run(&cluster, &["verify"]);
+    assert!(
+        verify.status.success(),
+        "the view differs from the log: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let p3: serde_json::Value =
+        serde_json::from_str(ok(&cluster, &["stock", "-w", "rtm1", "-s", "p3", "--json"]).trim())
+            .expect("stock JSON");
+    assert_eq!(p3["on_hand"], 400);
+    stop.cancel();
+    projector.await.expect("projector stopped");
+}
