@@ -62,6 +62,12 @@ struct StreamStats {
     bytes: u64,
     first_seq: u64,
     last_seq: u64,
+    /// Copies kept (1 on a single server, 3 for R3 on a cluster).
+    replicas: usize,
+    /// The node that leads the stream (on a cluster).
+    leader: Option<String>,
+    /// Whether every other replica is current with the leader (on a cluster).
+    replicas_current: Option<bool>,
 }
 
 #[derive(Debug, Serialize)]
@@ -115,12 +121,22 @@ async fn gather(js: &Context, max_lag: u64) -> Result<Report, Failure> {
     for name in STREAMS {
         let stats = match find_stream(js, name).await? {
             Some(stream) => {
-                let state = &stream.cached_info().state;
+                let info = stream.cached_info();
+                let state = &info.state;
+                let cluster = info.cluster.as_ref().filter(|c| c.leader.is_some());
+                let replicas_current =
+                    cluster.map(|c| c.replicas.iter().all(|r| r.current && !r.offline));
+                if replicas_current == Some(false) {
+                    problems.push(format!("stream {name} has a replica that is not current"));
+                }
                 let stats = StreamStats {
                     messages: state.messages,
                     bytes: state.bytes,
                     first_seq: state.first_sequence,
                     last_seq: state.last_sequence,
+                    replicas: info.config.num_replicas.max(1),
+                    leader: cluster.and_then(|c| c.leader.clone()),
+                    replicas_current,
                 };
                 if name == subjects::INVENTORY_STREAM {
                     inventory = Some(stream);
@@ -252,19 +268,20 @@ async fn lag(inventory: &Stream, filter: &str, checkpoint: u64) -> Result<u64, F
         })
         .await
         .with_context(|| format!("counting the events under {filter} after #{checkpoint}"))?;
-    let pending = consumer.cached_info().num_pending;
-    // It was only needed for the count; left alone, it would expire on its own.
-    if let Err(e) = inventory
-        .delete_consumer(&consumer.cached_info().name)
-        .await
-    {
-        tracing::debug!(error = %e, "deleting the counting consumer");
-    }
-    Ok(pending)
+    // Only the count is needed; the server removes the idle consumer by itself (users
+    // such as cli may not delete consumers).
+    Ok(consumer.cached_info().num_pending)
 }
 
 fn print_tables(report: &Report, with_problems: bool) {
-    let mut streams = output::table(["stream", "messages", "bytes", "first seq", "last seq"]);
+    let mut streams = output::table([
+        "stream",
+        "messages",
+        "bytes",
+        "first seq",
+        "last seq",
+        "replicas",
+    ]);
     for name in STREAMS {
         streams.add_row(match report.streams.get(name).and_then(Option::as_ref) {
             Some(s) => vec![
@@ -273,6 +290,14 @@ fn print_tables(report: &Report, with_problems: bool) {
                 human_bytes(s.bytes),
                 s.first_seq.to_string(),
                 s.last_seq.to_string(),
+                match (&s.leader, s.replicas_current) {
+                    (Some(leader), Some(current)) => format!(
+                        "{} (leader {leader}, {})",
+                        s.replicas,
+                        if current { "all current" } else { "one behind" }
+                    ),
+                    _ => s.replicas.to_string(),
+                },
             ],
             None => vec![name.to_string(), MISSING.to_string()],
         });
