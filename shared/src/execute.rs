@@ -81,7 +81,8 @@ impl fmt::Display for CommandErrorKind {
             Self::Rejected => f.write_str("refused"),
             Self::Contended => f.write_str("contended"),
             Self::Read => f.write_str("reading the product's events"),
-            Self::Append(kind) => write!(f, "appending: {kind}"),
+            // The source (the append error) says why.
+            Self::Append(_) => f.write_str("appending"),
         }
     }
 }
@@ -313,8 +314,7 @@ fn unavailable(last: CommandError, budget: Duration) -> CommandError {
     } else {
         format!("tried for {} s; nothing was stored", budget.as_secs())
     };
-    let kind = last.kind();
-    CommandError::with_source(kind, format!("{last}")).context(why)
+    last.context(why)
 }
 
 /// The command's events were stored before, from `first` on (a batch is contiguous).

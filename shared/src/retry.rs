@@ -119,10 +119,17 @@ pub type AppendError = Error<AppendErrorKind>;
 
 impl From<PublishError> for AppendError {
     fn from(e: PublishError) -> Self {
+        // Where async-nats's kind says no more than ours, its error is left out.
+        let plain = match e.kind() {
+            PublishErrorKind::StreamNotFound => Some(AppendErrorKind::NoResponders),
+            PublishErrorKind::TimedOut => Some(AppendErrorKind::TimedOut),
+            _ => None,
+        };
+        if let Some(kind) = plain {
+            return AppendError::new(kind);
+        }
         let kind = match e.kind() {
             PublishErrorKind::WrongLastSequence => AppendErrorKind::WrongLastSequence,
-            PublishErrorKind::StreamNotFound => AppendErrorKind::NoResponders,
-            PublishErrorKind::TimedOut => AppendErrorKind::TimedOut,
             PublishErrorKind::MaxPayloadExceeded => AppendErrorKind::TooLarge,
             PublishErrorKind::BrokenPipe => AppendErrorKind::Connection,
             _ => std::error::Error::source(&e)

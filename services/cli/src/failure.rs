@@ -37,6 +37,23 @@ impl Failure {
         }
     }
 
+    /// The error and its causes on one line, each said once: an error that already
+    /// quotes its cause is not followed by it again.
+    pub(crate) fn message(&self) -> String {
+        let mut message = String::new();
+        for cause in self.error.chain() {
+            let text = cause.to_string();
+            if message.contains(&text) {
+                continue;
+            }
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+        message
+    }
+
     pub(crate) fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self.kind {
             Kind::Nats => 1,
@@ -80,6 +97,8 @@ impl From<CommandError> for Failure {
     fn from(error: CommandError) -> Self {
         let kind = match error.kind() {
             CommandErrorKind::Rejected | CommandErrorKind::Contended => Kind::Rejected,
+            // The stream answered the time check, so it exists: no leader, said so already.
+            CommandErrorKind::Append(AppendErrorKind::NoResponders) => Kind::Nats,
             CommandErrorKind::Append(kind) => {
                 return append_failure(kind, anyhow::Error::new(error))
             }

@@ -185,6 +185,6 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Outcome {
 }
 
 fn report(failure: Failure) -> ExitCode {
-    eprintln!("stockwire: {:#}", failure.error);
+    eprintln!("stockwire: {}", failure.message());
     failure.exit_code()
 }

@@ -69,17 +69,32 @@ pub(crate) async fn server_now_ms(js: &async_nats::jetstream::Context) -> Result
                 tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             }
             Err(e) => {
+                let hint = if matches!(
+                    e.kind(),
+                    RequestErrorKind::TimedOut | RequestErrorKind::NoResponders
+                ) {
+                    " (no leader for INVENTORY right now, or too few nodes of the cluster up \
+                     for a quorum; nothing was stored)"
+                } else {
+                    ""
+                };
                 return Err(anyhow::anyhow!(
-                    "asking the server for its time (stream info of {}): {e}",
+                    "asking the server for its time (stream info of {}): {e}{hint}",
                     subjects::INVENTORY_STREAM
                 )
-                .into())
+                .into());
             }
         }
     };
     if let Some(error) = answer.get("error") {
+        let hint = if unavailable(&answer) {
+            "no leader for INVENTORY right now, or too few nodes of the cluster up for a quorum; \
+             nothing was stored"
+        } else {
+            "run `stockwire setup`?"
+        };
         return Err(anyhow::anyhow!(
-            "asking the server for its time: stream {}: {error} (run `stockwire setup`?)",
+            "asking the server for its time: stream {}: {error} ({hint})",
             subjects::INVENTORY_STREAM
         )
         .into());

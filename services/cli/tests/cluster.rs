@@ -358,3 +358,57 @@ async fn measure_the_wildcard_expectation_hole_on_r3() {
     }
     eprintln!("R3: an unchecked sale in flight and a sale checked against an empty product were both stored in {both} of {tries} tries");
 }
+
+/// Tried by hand (`-- --ignored`): with two of three nodes down there is no quorum; a
+/// command is refused after its retry budget, exit 1, saying so, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "waits out the 30 s retry budget"]
+async fn without_a_quorum_a_command_fails_saying_why_and_stores_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut cluster = NatsCluster::start(3).await.expect("cluster");
+    r3(&cluster).await;
+    ok(
+        &cluster,
+        &[
+            "publish", "received", "-w", "ams1", "-s", "apple", "-l", "A1", "-q", "5",
+        ],
+    );
+    cluster.kill(1);
+    cluster.kill(2);
+    let started = std::time::Instant::now();
+    let out = run(
+        &cluster,
+        &[
+            "publish", "received", "-w", "ams1", "-s", "apple", "-l", "A1", "-q", "5",
+        ],
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "after {:?}: exit {:?}: {said}",
+        started.elapsed(),
+        out.status.code()
+    );
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("quorum") || said.contains("no leader"),
+        "{said}"
+    );
+    cluster.restart(1).expect("n2 back");
+    cluster.restart(2).expect("n3 back");
+    let js = jetstream::new(cluster.client().await);
+    wait_until(
+        "INVENTORY answers again",
+        Duration::from_secs(30),
+        || async {
+            NatsCluster::leader(&js, subjects::INVENTORY_STREAM)
+                .await
+                .is_some()
+        },
+    )
+    .await;
+    assert_eq!(
+        events(&js, subjects::INVENTORY_SUBJECTS).await.len(),
+        1,
+        "nothing stored"
+    );
+}
