@@ -154,6 +154,30 @@ impl NatsCluster {
         }
     }
 
+    /// Puts node `i` in lame-duck mode (SIGUSR2: it stops taking clients, hands over its
+    /// leaderships and exits) and waits until it has exited.
+    pub fn lame_duck(&mut self, i: usize) -> Result<(), ServerError> {
+        let Some(mut child) = self.nodes[i].child.take() else {
+            return Ok(());
+        };
+        Command::new("kill")
+            .args(["-USR2", &child.id().to_string()])
+            .status()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(ServerError::Unusable(format!(
+            "node {} did not leave lame-duck mode within 60 s",
+            self.nodes[i].name
+        )))
+    }
+
     /// Starts node `i` again with its store.
     pub fn restart(&mut self, i: usize) -> Result<(), ServerError> {
         self.kill(i);
