@@ -49,6 +49,8 @@ class Stack:
         text = re.sub(r"store_dir:.*", "store_dir: %s" % json.dumps(store), text)
         with open(self.conf, "w") as f:
             f.write(text)
+        # nats.conf includes the users from ./accounts.conf, next to the including file.
+        shutil.copy(os.path.join(root, "accounts.conf"), work)
 
     def env(self, user):
         env = dict(os.environ)

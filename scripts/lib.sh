@@ -48,3 +48,36 @@ wait_for_port() {
     sleep 0.2
   done
 }
+
+# The local cluster (scripts/up --cluster): node nK runs cluster/nK.conf with clients on
+# 4221+K and monitoring on 8221+K; its pid and log are .run/nK.pid and .run/nK.log.
+cluster_nodes=(n1 n2 n3)
+cluster_url=nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224
+
+# Starts nats-server as $1 with config file $2, clients on port $3, from the current
+# directory (stores are relative to it: run from the repo root). Pid and log in .run/$1.*.
+# Leaves it be if it already runs; fails if another process holds the port.
+start_server() {
+  local name=$1 conf=$2 port=$3 pidfile=$run_dir/$1.pid
+  if alive "$pidfile"; then
+    echo "$name already running (pid $(cat "$pidfile"))"
+    return 0
+  fi
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "scripts/up: something else listens on 127.0.0.1:$port; stop it first" >&2
+    return 1
+  fi
+  "$root/.tools/bin/nats-server" -c "$conf" >>"$run_dir/$name.log" 2>&1 &
+  echo $! >"$pidfile"
+  wait_for_port "$port" 10 || { echo "scripts/up: $name did not start; see .run/$name.log" >&2; return 1; }
+  echo "$name started (pid $(cat "$pidfile"), log .run/$name.log)"
+}
+
+# True when the server with monitoring on localhost port $1 names a JetStream meta leader
+# (the cluster has elected one and this node knows it), as its /jsz endpoint reports.
+has_meta_leader() {
+  local jsz
+  jsz=$( (exec 3<>"/dev/tcp/127.0.0.1/$1" &&
+    printf 'GET /jsz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 && cat <&3) 2>/dev/null) || return 1
+  [[ $jsz =~ \"leader\":\ *\"[^\"]+\" ]]
+}

@@ -240,10 +240,35 @@ impl NatsServer {
     }
 }
 
-/// The repo's `nats.conf`, as scripts/up runs it.
+/// The repo's `nats.conf`, as scripts/up runs it, with each `include` (the users in
+/// `accounts.conf`) expanded in place: the text stands alone, so a copy of it in a
+/// test's own directory finds everything it refers to.
 pub fn repo_nats_conf() -> Result<String, ServerError> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../nats.conf");
-    Ok(std::fs::read_to_string(path)?)
+    with_includes_expanded(&path)
+}
+
+/// The config file at `path` with its `include <file>` lines replaced by that file's text
+/// (relative to the including file, as nats-server reads them), recursively.
+fn with_includes_expanded(path: &Path) -> Result<String, ServerError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ServerError::Unusable(format!("reading {}: {e}", path.display())))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        match line.trim().strip_prefix("include ") {
+            Some(included) => {
+                let included = included
+                    .trim()
+                    .trim_end_matches(';')
+                    .trim_matches(['"', '\'']);
+                out.push_str(&with_includes_expanded(&dir.join(included))?);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// A clock that only moves when the test moves it.
@@ -307,5 +332,17 @@ mod tests {
     fn versions_parse() {
         assert_eq!(super::parse_version("nats-server: v2.15.1"), Some((2, 15)));
         assert_eq!(super::parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn the_repo_config_comes_with_its_users_in_place() {
+        let conf = super::repo_nats_conf().expect("read nats.conf");
+        assert!(!conf.lines().any(|l| l.trim().starts_with("include ")));
+        assert!(conf.contains("accounts {"), "the users of accounts.conf");
+        assert!(conf.contains("system_account: SYS"));
+        assert!(
+            conf.contains("sync_interval: always"),
+            "nats.conf's own lines"
+        );
     }
 }
