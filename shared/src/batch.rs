@@ -224,6 +224,11 @@ impl<T> Pipeline<T> {
         }
     }
 
+    /// Where the next batch sent expects the stream to end (`None`: no chain).
+    pub fn expected(&self) -> Option<u64> {
+        self.expected
+    }
+
     /// Whether another batch may be sent before the oldest is acknowledged.
     pub fn has_room(&self) -> bool {
         self.in_flight.len() < self.window

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use serde::Serialize;
 use stockwire::batch::{self, MAX_BATCH};
 use stockwire::domain::Event;
@@ -20,6 +21,7 @@ use stockwire::envelope::{Envelope, EventMeta, Outbound};
 use stockwire::event_line::{self, LineError};
 use stockwire::execute::UNAVAILABLE_FOR;
 use stockwire::retry::{AppendErrorKind, Backoff, Next};
+use stockwire::subjects;
 
 use crate::failure::{Failure, Outcome};
 use crate::meta::{check_server_clock, now_ms, server_now_ms};
@@ -264,16 +266,35 @@ async fn publish_all(
     loop {
         while pipeline.has_room() && next < chunks.len() {
             let (events, _) = chunks[next];
+            let after = pipeline.expected();
             pipeline
-                .send(next, encode(envelope, events))
+                .send((next, after), encode(envelope, events))
                 .await
                 .context("sending a batch")?;
             next += 1;
         }
-        let Some((index, acked)) = pipeline.next().await else {
+        let Some(((index, after), acked)) = pipeline.next().await else {
             return Ok(());
         };
         let (events, numbers) = chunks[index];
+        // A batch whose answer was lost may have been stored: it would be right after the
+        // end it expected.
+        let acked = match (acked, after) {
+            (Err(e), Some(after)) if e.kind().next() == Next::Retry => {
+                let first_id = events.first().map_or("", |(_, meta)| meta.msg_id.as_str());
+                if stored_at(js, after + 1, first_id).await? {
+                    Ok(batch::BatchAck {
+                        stream: subjects::INVENTORY_STREAM.to_string(),
+                        sequence: after + events.len() as u64,
+                        batch_id: String::new(),
+                        count: events.len() as u64,
+                    })
+                } else {
+                    Err(e)
+                }
+            }
+            (acked, _) => acked,
+        };
         match acked {
             Ok(ack) => {
                 summary.stored += events.len();
@@ -292,7 +313,7 @@ async fn publish_all(
                 // refused (or their fate is as unknown as its own); this chunk is
                 // published on its own, then the pipeline resumes from the stream's end.
                 tracing::debug!(batch = index, error = %e, "batch not stored in turn; publishing it alone");
-                while let Some((later, acked)) = pipeline.next().await {
+                while let Some(((later, _), acked)) = pipeline.next().await {
                     if let Ok(ack) = acked {
                         tracing::warn!(
                             batch = later,
@@ -360,11 +381,14 @@ async fn stream_end(js: &async_nats::jetstream::Context) -> Result<u64, Failure>
     }
 }
 
-/// Publishes one chunk as an atomic batch; on a repeated id, one event at a time. While
-/// the stream cannot take it (no leader during an election, an incomplete batch, a lost
-/// acknowledgement), it is sent again with the same msg ids, for up to `UNAVAILABLE_FOR`:
-/// if an attempt had in fact been stored, the next one is refused as a repeat and the
-/// events go one by one, each reported as a duplicate.
+/// Publishes one chunk as an atomic batch, expecting the stream's end; on a repeated id,
+/// one event at a time. While the stream cannot take it (no leader during an election,
+/// an incomplete batch, a lost acknowledgement), it is sent again for up to
+/// `UNAVAILABLE_FOR`, but only after looking where it would have landed: a batch is
+/// stored whole right after the end it expected, or not at all, so the message there says
+/// whether an attempt whose answer was lost had in fact been stored. (A stream's new
+/// leader may not yet know the msg ids its predecessor was storing, so the duplicate
+/// window alone would let such a batch in twice.)
 async fn publish_chunk(
     client: &async_nats::Client,
     js: &async_nats::jetstream::Context,
@@ -374,10 +398,17 @@ async fn publish_chunk(
     summary: &mut Summary,
 ) -> Outcome {
     let count = messages.len();
+    let first_id = msg_id_of(&messages);
     let started = Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     loop {
-        match batch::publish_atomic(client, messages.clone(), timeout).await {
+        let end = stream_end(js).await?;
+        let sent = batch::send_atomic(client, messages.clone(), Some(end), timeout).await;
+        let acked = match sent {
+            Ok(sent) => sent.ack().await,
+            Err(e) => Err(e),
+        };
+        match acked {
             Ok(ack) => {
                 summary.stored += count;
                 summary.first_seq.get_or_insert(ack.first_sequence());
@@ -391,7 +422,20 @@ async fn publish_chunk(
                 );
                 return publish_singly(js, messages, summary).await;
             }
-            Err(e) if e.kind().next() == Next::Retry && started.elapsed() < UNAVAILABLE_FOR => {
+            Err(e)
+                if e.kind().next() == Next::Retry && stored_at(js, end + 1, &first_id).await? =>
+            {
+                tracing::debug!(error = %e, "the batch was stored although its answer was lost");
+                summary.stored += count;
+                summary.first_seq.get_or_insert(end + 1);
+                summary.last_seq = Some(end + count as u64);
+                return Ok(());
+            }
+            Err(e)
+                if (e.kind().next() == Next::Retry
+                    || e.kind() == AppendErrorKind::WrongLastSequence)
+                    && started.elapsed() < UNAVAILABLE_FOR =>
+            {
                 tracing::debug!(error = %e, "the stream cannot take the batch yet; sending it again");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
@@ -401,6 +445,49 @@ async fn publish_chunk(
                     numbers.first().copied().unwrap_or(0),
                     numbers.last().copied().unwrap_or(0)
                 ))))
+            }
+        }
+    }
+}
+
+/// The msg id of the first message (empty if none).
+fn msg_id_of(messages: &[Outbound]) -> String {
+    messages
+        .first()
+        .and_then(|m| m.headers.get(subjects::NATS_MSG_ID))
+        .map(|v| v.to_string())
+        .unwrap_or_default()
+}
+
+/// Whether the message stored at `seq` in `INVENTORY` carries `msg_id` (asked of the
+/// stream's leader; asked again while it has none).
+async fn stored_at(
+    js: &async_nats::jetstream::Context,
+    seq: u64,
+    msg_id: &str,
+) -> Result<bool, Failure> {
+    let started = Instant::now();
+    loop {
+        let stream = js
+            .get_stream_no_info(subjects::INVENTORY_STREAM)
+            .await
+            .context("finding stream INVENTORY")?;
+        match stream.get_raw_message(seq).await {
+            Ok(msg) => {
+                return Ok(msg
+                    .headers
+                    .get(subjects::NATS_MSG_ID)
+                    .is_some_and(|id| id.as_str() == msg_id))
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(false),
+            Err(e) if started.elapsed() < UNAVAILABLE_FOR => {
+                tracing::debug!(error = %e, seq, "cannot read the message yet; asking again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                return Err(Failure::from(
+                    anyhow::Error::new(e).context(format!("reading INVENTORY #{seq}")),
+                ))
             }
         }
     }

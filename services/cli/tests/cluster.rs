@@ -186,18 +186,6 @@ async fn an_import_and_a_transfer_go_through_while_the_inventory_leader_changes(
         .spawn()
         .expect("the transfer");
     stepping_down.await;
-    let mut inventory = js
-        .get_stream(subjects::INVENTORY_STREAM)
-        .await
-        .expect("INVENTORY");
-    eprintln!(
-        "DEBUG after stepdown: {} messages",
-        inventory
-            .info()
-            .await
-            .map(|i| i.state.messages)
-            .unwrap_or(0)
-    );
     let transfer = transfer.wait_with_output().expect("transfer output");
     assert!(
         transfer.status.success(),
@@ -279,10 +267,6 @@ async fn the_stock_view_is_exact_after_its_leader_changes_during_commits() {
     })
     .await;
     NatsCluster::step_down(&js, &subjects::kv_stream(subjects::STOCK_BUCKET)).await;
-    eprintln!(
-        "DEBUG after kv stepdown: checkpoint {}",
-        stockwire::view::read_checkpoint(&kv).await.unwrap_or(0)
-    );
     let import = import.wait_with_output().expect("import output");
     assert!(
         import.status.success(),
