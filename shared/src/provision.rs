@@ -137,6 +137,18 @@ pub fn desired(options: &Options) -> Vec<(String, Config)> {
             false,
         ),
     ));
+    wanted.push((
+        format!("bucket {}", subjects::LEASES_BUCKET),
+        Config {
+            // Each lease write carries its time to live (see `lease`).
+            allow_message_ttl: true,
+            ..kv_config(
+                subjects::LEASES_BUCKET,
+                "Stockwire leases: the active instance of each service",
+                false,
+            )
+        },
+    ));
     wanted
 }
 
@@ -176,6 +188,7 @@ fn differs(current: &Config, wanted: &Config) -> bool {
         || current.allow_atomic_publish != wanted.allow_atomic_publish
         || current.allow_rollup != wanted.allow_rollup
         || current.deny_delete != wanted.deny_delete
+        || current.allow_message_ttl != wanted.allow_message_ttl
 }
 
 /// Creates or updates every stream and bucket; returns what it did to each.
