@@ -15,6 +15,9 @@
 //!
 //! A projection says which events it reads and how one changes its value ([`Projection`]);
 //! the rest is here. Rebuild requests arrive on `stockwire.rebuild.{bucket}` (see `rebuild`).
+//!
+//! Of several instances, only the one holding the view's lease (its owning service's
+//! name, see `lease`) reads, commits and takes rebuild requests; the others wait.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -25,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deadletter;
 use crate::envelope::{DecodeError, Envelope, Recorded};
+use crate::lease::{self, Lease, Timing};
 use crate::projection::{Config, Projection};
 use crate::read;
 use crate::rebuild;
@@ -32,6 +36,7 @@ use crate::retry::Backoff;
 use crate::shutdown::pause;
 use crate::subjects;
 use crate::view::{view_error, Change, ViewError, ViewErrorKind, ViewStore};
+use crate::views;
 
 /// Runs the projector until `shutdown` is cancelled. Transient failures are retried
 /// with backoff; this returns an error only if the view's bucket cannot be opened.
@@ -45,15 +50,33 @@ pub async fn run<P: Projection>(
     let bucket = projection.bucket();
     let mut store: ViewStore<P::View> =
         ViewStore::open(client.clone(), bucket, config.commit_timeout).await?;
-    let mut rebuilds = rebuild::Listener::new(&client, bucket).await;
+    let mut rebuilds = rebuild::Listener::new(&client, bucket);
     let mut reconnects = crate::connect::Reconnects::new(&client);
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    let job =
+        views::by_bucket(bucket).map_or_else(|| format!("projector-{bucket}"), |v| v.owner.into());
+    let lease = Lease::hold(&js, &job, &lease::instance_id(), Timing::default());
+    let mut active = lease.active();
     tracing::info!(view = bucket, "projector started");
 
     'restart: loop {
         if shutdown.is_cancelled() {
             break;
         }
+        if !*active.borrow_and_update() {
+            // A standby reads nothing and takes no rebuild request; what it cached may be
+            // stale by the time it takes over.
+            rebuilds.stop();
+            store.invalidate();
+            tracing::info!(view = bucket, job, "standing by");
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                held = active.wait_for(|a| *a) => if held.is_err() { break },
+            }
+            tracing::info!(view = bucket, job, "active");
+            continue;
+        }
+        rebuilds.start().await;
         // One pass over the bucket beats a round trip per key on first touch.
         if !store.is_complete() {
             if let Err(e) = store.load_all().await {
@@ -107,6 +130,13 @@ pub async fn run<P: Projection>(
                         continue 'restart;
                     }
                 }
+                Ok(()) = active.changed() => {
+                    if !*active.borrow() {
+                        // Another instance holds the lease: stop now (a late commit of
+                        // ours would be refused or redone harmlessly).
+                        continue 'restart;
+                    }
+                }
                 _ = reconnects.changed() => {
                     // The server may have restarted: read on from the checkpoint with a
                     // new consumer now, rather than once heartbeats are missed.
@@ -141,6 +171,8 @@ pub async fn run<P: Projection>(
             }
         }
     }
+    rebuilds.stop();
+    lease.release().await;
     tracing::info!(view = bucket, "projector stopped");
     Ok(())
 }
