@@ -48,13 +48,24 @@ impl Default for Timing {
     }
 }
 
-/// This instance's id: `STOCKWIRE_INSTANCE_ID` when set, else a fresh UUID (one per
-/// service run: a process runs one service).
+/// This instance's id: `STOCKWIRE_INSTANCE_ID` when set (1 to 64 of `A-Z a-z 0-9 _ -`:
+/// it names a subject too), else a fresh UUID (one per service run: a process runs one
+/// service).
 pub fn instance_id() -> String {
-    std::env::var("STOCKWIRE_INSTANCE_ID")
-        .ok()
-        .filter(|id| !id.trim().is_empty())
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+    let valid = |id: &String| {
+        (1..=64).contains(&id.len())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    match std::env::var("STOCKWIRE_INSTANCE_ID").ok() {
+        Some(id) if valid(&id) => id,
+        Some(id) => {
+            tracing::warn!(%id, "STOCKWIRE_INSTANCE_ID is not 1 to 64 of A-Z a-z 0-9 _ -; using a UUID");
+            uuid::Uuid::new_v4().to_string()
+        }
+        None => uuid::Uuid::new_v4().to_string(),
+    }
 }
 
 /// The lease of one job, held (or waited for) by a task of its own. Dropping it stops

@@ -20,6 +20,7 @@
 //! name, see `lease`) reads, commits and takes rebuild requests; the others wait.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, Context};
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deadletter;
 use crate::envelope::{DecodeError, Envelope, Recorded};
+use crate::instance::{Counters, Registration};
 use crate::lease::{self, Lease, Timing};
 use crate::projection::{Config, Projection};
 use crate::read;
@@ -55,8 +57,12 @@ pub async fn run<P: Projection>(
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     let job =
         views::by_bucket(bucket).map_or_else(|| format!("projector-{bucket}"), |v| v.owner.into());
-    let lease = Lease::hold(&js, &job, &lease::instance_id(), Timing::default());
+    let instance = lease::instance_id();
+    let lease = Lease::hold(&js, &job, &instance, Timing::default());
     let mut active = lease.active();
+    let counters = Arc::new(Counters::default());
+    let registration =
+        Registration::start(&client, &job, &instance, lease.active(), counters.clone()).await;
     tracing::info!(view = bucket, "projector started");
 
     'restart: loop {
@@ -81,6 +87,7 @@ pub async fn run<P: Projection>(
         if !store.is_complete() {
             if let Err(e) = store.load_all().await {
                 tracing::warn!(view = bucket, error = %e, "cannot read the view; retrying");
+                counters.failed();
                 pause(&shutdown, backoff.next_delay()).await;
                 continue;
             }
@@ -89,6 +96,7 @@ pub async fn run<P: Projection>(
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(view = bucket, error = %e, "cannot read checkpoint; retrying");
+                counters.failed();
                 pause(&shutdown, backoff.next_delay()).await;
                 continue;
             }
@@ -104,6 +112,7 @@ pub async fn run<P: Projection>(
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(view = bucket, error = %e, "cannot read the log; retrying");
+                counters.failed();
                 pause(&shutdown, backoff.next_delay()).await;
                 continue;
             }
@@ -125,6 +134,7 @@ pub async fn run<P: Projection>(
                 _ = next_tick(&mut ticker) => {
                     if let Err(e) = tick_all(&projection, &mut store).await {
                         tracing::warn!(view = bucket, error = %e, "tick not committed; reloading");
+                        counters.failed();
                         store.invalidate();
                         pause(&shutdown, backoff.next_delay()).await;
                         continue 'restart;
@@ -155,9 +165,16 @@ pub async fn run<P: Projection>(
                         continue 'restart;
                     };
                     let chunk = fill_batch(first, &mut incoming, config.max_batch, config.live_linger).await;
+                    let (events, lag) = (chunk.len() as u64, chunk.last().and_then(|i| i.as_ref().ok()).map_or(0, |i| i.pending));
                     match apply_chunk(&js, &projection, &mut store, chunk).await {
-                        Ok(()) => backoff.reset(),
+                        Ok(()) => {
+                            backoff.reset();
+                            counters.applied(events);
+                            counters.committed();
+                            counters.set_lag(lag);
+                        }
                         Err(e) => {
+                            counters.failed();
                             match e.kind() {
                                 ViewErrorKind::Conflict => tracing::info!(view = bucket, "another writer moved the view; reloading"),
                                 _ => tracing::warn!(view = bucket, error = %e, "batch not committed; redoing from the checkpoint"),
@@ -172,6 +189,7 @@ pub async fn run<P: Projection>(
         }
     }
     rebuilds.stop();
+    registration.stop().await;
     lease.release().await;
     tracing::info!(view = bucket, "projector stopped");
     Ok(())

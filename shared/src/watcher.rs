@@ -30,6 +30,7 @@ use crate::announce::{AnnounceErrorKind, Announced, Announcer};
 use crate::clock::Clock;
 use crate::domain::{Alert, AlertTopic, LastAlert};
 use crate::envelope::Envelope;
+use crate::instance::{Counters, Registration};
 use crate::lease::{self, Lease, Timing};
 use crate::retry::Backoff;
 use crate::shutdown::pause;
@@ -82,9 +83,19 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) {
-    let js = async_nats::jetstream::new(client);
-    let lease = Lease::hold(&js, watcher.name, &lease::instance_id(), Timing::default());
+    let js = async_nats::jetstream::new(client.clone());
+    let instance = lease::instance_id();
+    let lease = Lease::hold(&js, watcher.name, &instance, Timing::default());
     let mut active = lease.active();
+    let counters = Arc::new(Counters::default());
+    let registration = Registration::start(
+        &client,
+        watcher.name,
+        &instance,
+        lease.active(),
+        counters.clone(),
+    )
+    .await;
     tracing::info!(watcher = watcher.name, "watcher started");
     while !shutdown.is_cancelled() {
         tokio::select! {
@@ -103,11 +114,12 @@ pub async fn run(
             }
         };
         tokio::select! {
-            _ = watch(&js, &watcher, &envelope, clock.as_ref(), &stop) => {}
+            _ = watch(&js, &watcher, &envelope, clock.as_ref(), &counters, &stop) => {}
             _ = lost => tracing::info!(watcher = watcher.name, "standing by"),
         }
         stop.cancel();
     }
+    registration.stop().await;
     lease.release().await;
     tracing::info!(watcher = watcher.name, "watcher stopped");
 }
@@ -119,6 +131,7 @@ async fn watch(
     watcher: &Watcher,
     envelope: &Envelope,
     clock: &dyn Clock,
+    counters: &Counters,
     stop: &CancellationToken,
 ) {
     let name = watcher.name;
@@ -156,6 +169,7 @@ async fn watch(
             }
             Followed::Entry { entry, .. } if entry.key.starts_with('_') => vec![],
             Followed::Entry { bucket, entry } => {
+                counters.applied(1);
                 let value = (entry.operation == Operation::Put).then_some(&entry.value[..]);
                 match known.update(bucket, &entry.key, value) {
                     Ok(keys) if waiting.is_empty() => keys,
@@ -168,7 +182,7 @@ async fn watch(
             }
         };
         for key in keys {
-            judge(&mut lines, &known, &key, clock, stop).await;
+            judge(&mut lines, &known, &key, clock, counters, stop).await;
         }
     }
 }
@@ -179,6 +193,7 @@ async fn judge(
     known: &Known,
     key: &str,
     clock: &dyn Clock,
+    counters: &Counters,
     shutdown: &CancellationToken,
 ) {
     let Some(product) = known.product(key) else {
@@ -186,7 +201,7 @@ async fn judge(
     };
     for (rule, announcer) in lines.iter_mut() {
         let subject = rule.topic.subject(product.warehouse, product.sku);
-        announce_change(announcer, &subject, clock, shutdown, |last| {
+        announce_change(announcer, &subject, clock, counters, shutdown, |last| {
             (rule.react)(last, &product)
         })
         .await;
@@ -252,6 +267,7 @@ async fn announce_change(
     announcer: &mut Announcer,
     subject: &str,
     clock: &dyn Clock,
+    counters: &Counters,
     shutdown: &CancellationToken,
     decide: impl Fn(Option<&LastAlert>) -> Option<Alert>,
 ) -> Option<u64> {
@@ -261,6 +277,7 @@ async fn announce_change(
             Ok(last) => last,
             Err(e) => {
                 tracing::warn!(subject, error = %e, "cannot read the last alert; retrying");
+                counters.failed();
                 pause(shutdown, backoff.next_delay()).await;
                 continue;
             }
@@ -283,6 +300,7 @@ async fn announce_change(
                     alert_seq = seq,
                     "announced"
                 );
+                counters.committed();
                 return Some(seq);
             }
             Ok(Announced::Superseded) => continue,
@@ -292,6 +310,7 @@ async fn announce_change(
             }
             Err(e) => {
                 tracing::warn!(subject, error = %e, "cannot announce yet; retrying");
+                counters.failed();
                 pause(shutdown, backoff.next_delay()).await;
             }
         }

@@ -1,5 +1,5 @@
 //! The shared NATS plumbing against a real nats-server: provisioning, atomic batches,
-//! reading, announcing, leases.
+//! reading, announcing, leases, instances on the service API.
 
 use std::time::Duration;
 
@@ -16,6 +16,8 @@ use stockwire::testing::NatsServer;
 
 #[path = "nats/announce.rs"]
 mod announce;
+#[path = "nats/instance.rs"]
+mod instance;
 #[path = "nats/lease.rs"]
 mod lease;
 
