@@ -1,7 +1,11 @@
 //! Two stock-projector processes: one works, the other stands by reading nothing, and
-//! takes over within a bounded time when the first is killed (SIGKILL) or stopped.
+//! takes over within a bounded time when the first is killed (SIGKILL) or stopped. A
+//! standby takes no rebuild request.
 
 use std::time::Instant;
+
+use async_nats::RequestErrorKind;
+use stockwire::lease::{Lease, Timing};
 
 use super::*;
 
@@ -85,5 +89,49 @@ async fn a_standby_reads_nothing_and_takes_over_when_the_active_one_is_killed() 
     assert!(took < Duration::from_secs(2), "took over in {took:?}");
     c.kill().expect("stop");
     c.wait().expect("reap");
+    assert_view_matches_replay(&s).await;
+}
+
+#[tokio::test]
+async fn a_standby_neither_projects_nor_answers_a_rebuild() {
+    let s = setup().await;
+    // Another instance holds the lease (and does nothing, here).
+    let other = Lease::hold(&s.js, "stock-projector", "elsewhere", Timing::default());
+    other.active().wait_for(|a| *a).await.unwrap();
+    let (stop, handle) = spawn_projector(&s);
+    publish_in_batches(&s.client, &mixed_events(100, 10), 50).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(checkpoint(&s.stock).await, 0, "the standby projected");
+    assert_eq!(
+        consumers_on_the_log(&s.js).await,
+        0,
+        "the standby reads the log"
+    );
+    let asked = s
+        .client
+        .request(
+            subjects::rebuild_requests(subjects::STOCK_BUCKET),
+            "".into(),
+        )
+        .await;
+    assert!(
+        matches!(&asked, Err(e) if e.kind() == RequestErrorKind::NoResponders),
+        "a standby took a rebuild request: {asked:?}"
+    );
+
+    // Released, the lease passes to the projector: it catches up and takes requests.
+    other.release().await;
+    wait_caught_up(&s).await;
+    let answer = s
+        .client
+        .request(
+            subjects::rebuild_requests(subjects::STOCK_BUCKET),
+            "".into(),
+        )
+        .await
+        .expect("an answer from the active projector");
+    assert!(!answer.payload.is_empty());
+    stop.cancel();
+    handle.await.unwrap();
     assert_view_matches_replay(&s).await;
 }
