@@ -114,7 +114,13 @@ pub async fn run(
             }
         };
         tokio::select! {
-            _ = watch(&js, &watcher, &envelope, clock.as_ref(), &counters, &stop) => {}
+            _ = watch(&js, &watcher, &envelope, clock.as_ref(), &counters, &stop) => {
+                if !stop.is_cancelled() {
+                    // Its inputs ended: start again, but not in a tight loop.
+                    tracing::warn!(watcher = watcher.name, "the inputs ended; restarting");
+                    pause(&shutdown, Duration::from_secs(1)).await;
+                }
+            }
             _ = lost => tracing::info!(watcher = watcher.name, "standing by"),
         }
         stop.cancel();
