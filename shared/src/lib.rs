@@ -28,6 +28,9 @@
 //!   of each product, its rules judged on change, each change of state announced once.
 //! - [`error`]: one error shape (`Error<Kind>`, a kind to branch on and a source).
 //! - [`retry`]: every retry rule: what the server's answer to a write means, and backoff.
+//! - [`lease`]: one active instance per job (a lease key with a time to live); the
+//!   others stand by to take over; [`instance`]: each running instance on the NATS
+//!   service API (`$SRV.*`), active or standby, with its counters.
 //! - [`telemetry`]: logs; [`shutdown`]: ctrl-c and SIGTERM as a token, pauses that end on it;
 //!   [`service`]: a service's life from connect to drain; [`clock`]: where time comes from.
 //! - `testing` (feature `testing`): a real nats-server on a free port for tests.
@@ -45,6 +48,8 @@ pub mod envelope;
 pub mod error;
 pub mod event_line;
 pub mod execute;
+pub mod instance;
+pub mod lease;
 pub mod projection;
 pub mod projector;
 pub mod provision;

@@ -15,8 +15,12 @@
 //!
 //! A projection says which events it reads and how one changes its value ([`Projection`]);
 //! the rest is here. Rebuild requests arrive on `stockwire.rebuild.{bucket}` (see `rebuild`).
+//!
+//! Of several instances, only the one holding the view's lease (its owning service's
+//! name, see `lease`) reads, commits and takes rebuild requests; the others wait.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, Context};
@@ -25,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deadletter;
 use crate::envelope::{DecodeError, Envelope, Recorded};
+use crate::instance::{Counters, Registration};
+use crate::lease::{self, Lease, Timing};
 use crate::projection::{Config, Projection};
 use crate::read;
 use crate::rebuild;
@@ -32,6 +38,7 @@ use crate::retry::Backoff;
 use crate::shutdown::pause;
 use crate::subjects;
 use crate::view::{view_error, Change, ViewError, ViewErrorKind, ViewStore};
+use crate::views;
 
 /// Runs the projector until `shutdown` is cancelled. Transient failures are retried
 /// with backoff; this returns an error only if the view's bucket cannot be opened.
@@ -45,19 +52,42 @@ pub async fn run<P: Projection>(
     let bucket = projection.bucket();
     let mut store: ViewStore<P::View> =
         ViewStore::open(client.clone(), bucket, config.commit_timeout).await?;
-    let mut rebuilds = rebuild::Listener::new(&client, bucket).await;
+    let mut rebuilds = rebuild::Listener::new(&client, bucket);
     let mut reconnects = crate::connect::Reconnects::new(&client);
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    let job =
+        views::by_bucket(bucket).map_or_else(|| format!("projector-{bucket}"), |v| v.owner.into());
+    let instance = lease::instance_id();
+    let lease = Lease::hold(&js, &job, &instance, Timing::default());
+    let mut active = lease.active();
+    let counters = Arc::new(Counters::default());
+    let registration =
+        Registration::start(&client, &job, &instance, lease.active(), counters.clone()).await;
     tracing::info!(view = bucket, "projector started");
 
     'restart: loop {
         if shutdown.is_cancelled() {
             break;
         }
+        if !*active.borrow_and_update() {
+            // A standby reads nothing and takes no rebuild request; what it cached may be
+            // stale by the time it takes over.
+            rebuilds.stop();
+            store.invalidate();
+            tracing::info!(view = bucket, job, "standing by");
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                held = active.wait_for(|a| *a) => if held.is_err() { break },
+            }
+            tracing::info!(view = bucket, job, "active");
+            continue;
+        }
+        rebuilds.start().await;
         // One pass over the bucket beats a round trip per key on first touch.
         if !store.is_complete() {
             if let Err(e) = store.load_all().await {
                 tracing::warn!(view = bucket, error = %e, "cannot read the view; retrying");
+                counters.failed();
                 pause(&shutdown, backoff.next_delay()).await;
                 continue;
             }
@@ -66,6 +96,7 @@ pub async fn run<P: Projection>(
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(view = bucket, error = %e, "cannot read checkpoint; retrying");
+                counters.failed();
                 pause(&shutdown, backoff.next_delay()).await;
                 continue;
             }
@@ -81,6 +112,7 @@ pub async fn run<P: Projection>(
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(view = bucket, error = %e, "cannot read the log; retrying");
+                counters.failed();
                 pause(&shutdown, backoff.next_delay()).await;
                 continue;
             }
@@ -102,8 +134,16 @@ pub async fn run<P: Projection>(
                 _ = next_tick(&mut ticker) => {
                     if let Err(e) = tick_all(&projection, &mut store).await {
                         tracing::warn!(view = bucket, error = %e, "tick not committed; reloading");
+                        counters.failed();
                         store.invalidate();
                         pause(&shutdown, backoff.next_delay()).await;
+                        continue 'restart;
+                    }
+                }
+                Ok(()) = active.changed() => {
+                    if !*active.borrow() {
+                        // Another instance holds the lease: stop now (a late commit of
+                        // ours would be refused or redone harmlessly).
                         continue 'restart;
                     }
                 }
@@ -125,9 +165,16 @@ pub async fn run<P: Projection>(
                         continue 'restart;
                     };
                     let chunk = fill_batch(first, &mut incoming, config.max_batch, config.live_linger).await;
+                    let (events, lag) = (chunk.len() as u64, chunk.last().and_then(|i| i.as_ref().ok()).map_or(0, |i| i.pending));
                     match apply_chunk(&js, &projection, &mut store, chunk).await {
-                        Ok(()) => backoff.reset(),
+                        Ok(()) => {
+                            backoff.reset();
+                            counters.applied(events);
+                            counters.committed();
+                            counters.set_lag(lag);
+                        }
                         Err(e) => {
+                            counters.failed();
                             match e.kind() {
                                 ViewErrorKind::Conflict => tracing::info!(view = bucket, "another writer moved the view; reloading"),
                                 _ => tracing::warn!(view = bucket, error = %e, "batch not committed; redoing from the checkpoint"),
@@ -141,6 +188,9 @@ pub async fn run<P: Projection>(
             }
         }
     }
+    rebuilds.stop();
+    registration.stop().await;
+    lease.release().await;
     tracing::info!(view = bucket, "projector stopped");
     Ok(())
 }

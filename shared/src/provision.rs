@@ -152,6 +152,18 @@ pub fn desired(options: &Options) -> Vec<(String, Config)> {
             false,
         ),
     ));
+    wanted.push((
+        format!("bucket {}", subjects::LEASES_BUCKET),
+        Config {
+            // Each lease write carries its time to live (see `lease`).
+            allow_message_ttl: true,
+            ..kv_config(
+                subjects::LEASES_BUCKET,
+                "Stockwire leases: the active instance of each service",
+                false,
+            )
+        },
+    ));
     wanted
 }
 
@@ -190,6 +202,7 @@ fn merged(current: &Config, wanted: &Config, replicas: Option<usize>) -> Config 
         allow_atomic_publish: wanted.allow_atomic_publish,
         allow_rollup: wanted.allow_rollup,
         deny_delete: wanted.deny_delete,
+        allow_message_ttl: wanted.allow_message_ttl,
         num_replicas: replicas.unwrap_or(current.num_replicas),
         ..current.clone()
     }
@@ -214,6 +227,7 @@ fn differs(current: &Config, wanted: &Config) -> bool {
         || current.allow_rollup != wanted.allow_rollup
         || current.deny_delete != wanted.deny_delete
         || current.num_replicas.max(1) != wanted.num_replicas.max(1)
+        || current.allow_message_ttl != wanted.allow_message_ttl
 }
 
 /// Creates or updates every stream and bucket; returns what it did to each.

@@ -1,7 +1,7 @@
 //! Rebuilding a view from the log, done by the projector that owns it (the only writer).
 //!
 //! `stockwire rebuild <view>` sends a request to `stockwire.rebuild.{bucket}` (a queue
-//! group: one projector answers) with a reply inbox; the projector replays the whole log
+//! group: one projector answers; a standby instance is not in it) with a reply inbox; the projector replays the whole log
 //! into memory, publishing [`Progress`] to that inbox, then writes each key that differs
 //! once with its final state (watchers never see a half-replayed value), deletes keys that
 //! should not exist, moves the checkpoint, and goes back to following the log. Events
@@ -63,32 +63,43 @@ impl Request {
     }
 }
 
-/// The rebuild requests of one view.
+/// The rebuild requests of one view, taken only while this instance is the active one:
+/// the requests go to a queue group, and a standby must not be in it.
 pub struct Listener {
     client: async_nats::Client,
+    bucket: String,
     subscriber: Option<async_nats::Subscriber>,
 }
 
 impl Listener {
-    pub async fn new(client: &async_nats::Client, bucket: &str) -> Self {
-        let subject = subjects::rebuild_requests(bucket);
-        let subscriber = match client
-            .queue_subscribe(subject.clone(), format!("projector-{bucket}"))
-            .await
-        {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::error!(%subject, error = %e, "cannot take rebuild requests");
-                None
-            }
-        };
+    /// A listener not yet taking requests (see [`Listener::start`]).
+    pub fn new(client: &async_nats::Client, bucket: &str) -> Self {
         Self {
             client: client.clone(),
-            subscriber,
+            bucket: bucket.to_string(),
+            subscriber: None,
         }
     }
 
-    /// The next request; pending forever when requests cannot be taken.
+    /// Joins the queue group, unless already in it.
+    pub async fn start(&mut self) {
+        if self.subscriber.is_some() {
+            return;
+        }
+        let subject = subjects::rebuild_requests(&self.bucket);
+        let group = format!("projector-{}", self.bucket);
+        match self.client.queue_subscribe(subject.clone(), group).await {
+            Ok(s) => self.subscriber = Some(s),
+            Err(e) => tracing::error!(%subject, error = %e, "cannot take rebuild requests"),
+        }
+    }
+
+    /// Leaves the queue group: requests go to the other instances.
+    pub fn stop(&mut self) {
+        self.subscriber = None;
+    }
+
+    /// The next request; pending forever when requests are not taken.
     pub async fn next(&mut self) -> Option<Request> {
         match &mut self.subscriber {
             Some(s) => s.next().await.map(|m| Request {

@@ -134,6 +134,24 @@ pub fn rebuild_requests(view: &str) -> String {
     format!("stockwire.rebuild.{view}")
 }
 
+/// Leases: which instance of each job (a service name, e.g. `stock-projector`) does its
+/// work now. One key per job; the value is the holder's instance id.
+pub const LEASES_BUCKET: &str = "leases";
+
+/// Where one running instance of a service answers with its state (its NATS service API
+/// endpoint; `$SRV.*` finds it).
+pub fn instance_requests(service: &str, instance: &str) -> String {
+    format!("stockwire.instance.{service}.{instance}")
+}
+
+/// Where every instance of `service` answers with its stats (the NATS service API).
+pub fn service_stats(service: &str) -> String {
+    format!("$SRV.STATS.{service}")
+}
+
+/// A message's time to live, whole seconds (nats-server 2.11+, streams with `allow_msg_ttl`).
+pub const NATS_TTL: &str = "Nats-TTL";
+
 /// The subject of one event: `warehouse.{warehouse}.product.{sku}.{kind}`.
 pub fn event(warehouse: &WarehouseId, sku: &Sku, kind: EventKind) -> String {
     format!(

@@ -14,6 +14,8 @@
 //!   alert is published expecting that one (`announce`); when another watcher got there
 //!   first, it decides again against what that one said.
 //! - Time (the alerts' timestamp) comes from the [`Clock`] passed in.
+//! - Of several instances, only the one holding the job's lease (see `lease`) follows
+//!   and announces; the others wait, reading nothing.
 
 mod known;
 
@@ -28,6 +30,8 @@ use crate::announce::{AnnounceErrorKind, Announced, Announcer};
 use crate::clock::Clock;
 use crate::domain::{Alert, AlertTopic, LastAlert};
 use crate::envelope::Envelope;
+use crate::instance::{Counters, Registration};
+use crate::lease::{self, Lease, Timing};
 use crate::retry::Backoff;
 use crate::shutdown::pause;
 use crate::subjects;
@@ -62,14 +66,15 @@ impl Rule {
 /// What a watcher is: which views it judges products on, and by which rules (one per
 /// line of alerts).
 pub struct Watcher {
-    /// Its name in logs.
+    /// Its service's name: in logs, and the job whose lease its instances share.
     pub name: &'static str,
     /// The view buckets it follows (the thresholds are always followed, first).
     pub views: Vec<&'static str>,
     pub rules: Vec<Rule>,
 }
 
-/// Runs `watcher` until `shutdown` is cancelled. Transient failures are retried with
+/// Runs `watcher` until `shutdown` is cancelled: while this instance holds the lease of
+/// the watcher's job, it watches; otherwise it waits. Transient failures are retried with
 /// backoff; the buckets are waited for if they do not exist yet.
 pub async fn run(
     client: async_nats::Client,
@@ -78,25 +83,82 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) {
-    let Watcher { name, views, rules } = watcher;
-    let js = async_nats::jetstream::new(client);
-    let mut lines: Vec<(Rule, Announcer)> = rules
-        .into_iter()
+    let js = async_nats::jetstream::new(client.clone());
+    let instance = lease::instance_id();
+    let lease = Lease::hold(&js, watcher.name, &instance, Timing::default());
+    let mut active = lease.active();
+    let counters = Arc::new(Counters::default());
+    let registration = Registration::start(
+        &client,
+        watcher.name,
+        &instance,
+        lease.active(),
+        counters.clone(),
+    )
+    .await;
+    tracing::info!(watcher = watcher.name, "watcher started");
+    while !shutdown.is_cancelled() {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            held = active.wait_for(|a| *a) => if held.is_err() { break },
+        }
+        tracing::info!(watcher = watcher.name, "active");
+        // Watching stops as soon as another instance holds the lease (a late alert of ours
+        // expects the last one and is refused if that one has moved).
+        let stop = shutdown.child_token();
+        let lost = {
+            let (mut active, stop) = (active.clone(), stop.clone());
+            async move {
+                let _ = active.wait_for(|a| !*a).await;
+                stop.cancel();
+            }
+        };
+        tokio::select! {
+            _ = watch(&js, &watcher, &envelope, clock.as_ref(), &counters, &stop) => {
+                if !stop.is_cancelled() {
+                    // Its inputs ended: start again, but not in a tight loop.
+                    tracing::warn!(watcher = watcher.name, "the inputs ended; restarting");
+                    pause(&shutdown, Duration::from_secs(1)).await;
+                }
+            }
+            _ = lost => tracing::info!(watcher = watcher.name, "standing by"),
+        }
+        stop.cancel();
+    }
+    registration.stop().await;
+    lease.release().await;
+    tracing::info!(watcher = watcher.name, "watcher stopped");
+}
+
+/// The watcher's work, until `stop` is cancelled: its inputs followed, what is known,
+/// every product judged on change. Starts afresh each time (a standby knows nothing).
+async fn watch(
+    js: &async_nats::jetstream::Context,
+    watcher: &Watcher,
+    envelope: &Envelope,
+    clock: &dyn Clock,
+    counters: &Counters,
+    stop: &CancellationToken,
+) {
+    let name = watcher.name;
+    let mut lines: Vec<(&Rule, Announcer)> = watcher
+        .rules
+        .iter()
         .map(|rule| {
             let filter = rule.topic.every_subject();
             (rule, Announcer::new(js.clone(), envelope.clone(), filter))
         })
         .collect();
-    let followers = shutdown.child_token();
-    let Some(mut inputs) = inputs(&js, &views, &followers).await else {
+    let followers = stop.child_token();
+    let _stop_followers = followers.clone().drop_guard();
+    let Some(mut inputs) = inputs(js, &watcher.views, &followers).await else {
         return;
     };
     let mut known = Known::default();
-    let mut waiting = views;
-    tracing::info!(watcher = name, "watcher started");
+    let mut waiting = watcher.views.clone();
     loop {
         let item = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
             item = inputs.recv() => item,
         };
         let Some(item) = item else { break };
@@ -113,6 +175,7 @@ pub async fn run(
             }
             Followed::Entry { entry, .. } if entry.key.starts_with('_') => vec![],
             Followed::Entry { bucket, entry } => {
+                counters.applied(1);
                 let value = (entry.operation == Operation::Put).then_some(&entry.value[..]);
                 match known.update(bucket, &entry.key, value) {
                     Ok(keys) if waiting.is_empty() => keys,
@@ -125,19 +188,18 @@ pub async fn run(
             }
         };
         for key in keys {
-            judge(&mut lines, &known, &key, clock.as_ref(), &shutdown).await;
+            judge(&mut lines, &known, &key, clock, counters, stop).await;
         }
     }
-    followers.cancel();
-    tracing::info!(watcher = name, "watcher stopped");
 }
 
 /// Runs every rule on the product `key`, announcing what they decide.
 async fn judge(
-    lines: &mut [(Rule, Announcer)],
+    lines: &mut [(&Rule, Announcer)],
     known: &Known,
     key: &str,
     clock: &dyn Clock,
+    counters: &Counters,
     shutdown: &CancellationToken,
 ) {
     let Some(product) = known.product(key) else {
@@ -145,7 +207,7 @@ async fn judge(
     };
     for (rule, announcer) in lines.iter_mut() {
         let subject = rule.topic.subject(product.warehouse, product.sku);
-        announce_change(announcer, &subject, clock, shutdown, |last| {
+        announce_change(announcer, &subject, clock, counters, shutdown, |last| {
             (rule.react)(last, &product)
         })
         .await;
@@ -211,6 +273,7 @@ async fn announce_change(
     announcer: &mut Announcer,
     subject: &str,
     clock: &dyn Clock,
+    counters: &Counters,
     shutdown: &CancellationToken,
     decide: impl Fn(Option<&LastAlert>) -> Option<Alert>,
 ) -> Option<u64> {
@@ -220,6 +283,7 @@ async fn announce_change(
             Ok(last) => last,
             Err(e) => {
                 tracing::warn!(subject, error = %e, "cannot read the last alert; retrying");
+                counters.failed();
                 pause(shutdown, backoff.next_delay()).await;
                 continue;
             }
@@ -242,6 +306,7 @@ async fn announce_change(
                     alert_seq = seq,
                     "announced"
                 );
+                counters.committed();
                 return Some(seq);
             }
             Ok(Announced::Superseded) => continue,
@@ -251,6 +316,7 @@ async fn announce_change(
             }
             Err(e) => {
                 tracing::warn!(subject, error = %e, "cannot announce yet; retrying");
+                counters.failed();
                 pause(shutdown, backoff.next_delay()).await;
             }
         }

@@ -1,5 +1,5 @@
 //! The shared NATS plumbing against a real nats-server: provisioning, atomic batches,
-//! reading, announcing.
+//! reading, announcing, leases, instances on the service API.
 
 use std::time::Duration;
 
@@ -16,6 +16,10 @@ use stockwire::testing::NatsServer;
 
 #[path = "nats/announce.rs"]
 mod announce;
+#[path = "nats/instance.rs"]
+mod instance;
+#[path = "nats/lease.rs"]
+mod lease;
 
 fn received(sku: &str, n: u64, msg_id: &str) -> Outbound {
     let event = Event::Received {
@@ -49,7 +53,7 @@ async fn provisioning_twice_changes_nothing_the_second_time() {
     let second = provision::provision(&js, &provision::Options::default())
         .await
         .unwrap();
-    assert_eq!(second.len(), 6);
+    assert_eq!(second.len(), 7);
     assert!(
         second.iter().all(|c| c.outcome == Outcome::Unchanged),
         "{second:?}"

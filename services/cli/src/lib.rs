@@ -25,6 +25,7 @@ mod deadletter;
 mod failure;
 mod history;
 mod import;
+mod instances;
 mod meta;
 mod output;
 mod publish;

@@ -1,5 +1,6 @@
 //! `stockwire status [--check] [--max-lag N]`: the streams, the buckets, how far each
-//! projector lags behind the log, and the dead letters; `--check` turns it into a health check.
+//! projector lags behind the log, the dead letters, and the running instances of each service
+//! (see `instances`); `--check` turns it into a health check.
 //!
 //! Every figure is exact. A bucket's keys are read as the last entry of each key (headers
 //! only), so deleted keys and the system keys (`_checkpoint`) are not counted. A projector's
@@ -21,12 +22,12 @@ use serde::Serialize;
 use stockwire::{subjects, view, views};
 
 use crate::failure::{Failure, Outcome};
-use crate::{output, Ctx};
+use crate::{instances, output, Ctx};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Exit 1 when a projector lags by more than --max-lag events, a dead letter exists,
-    /// or a stream or bucket is missing (for health checks).
+    /// a stream or bucket is missing, or a service has no active instance (for health checks).
     #[arg(long)]
     check: bool,
     /// Events a projector may lag behind the log before --check fails.
@@ -90,14 +91,20 @@ struct Report {
     buckets: BTreeMap<&'static str, Option<BucketStats>>,
     projectors: BTreeMap<&'static str, Option<ProjectorStats>>,
     dead_letters: Option<u64>,
+    /// The running instances of every service (the NATS service API).
+    instances: Vec<stockwire::instance::Listed>,
     max_lag: u64,
     /// Why `--check` fails (or would fail); empty when healthy.
     problems: Vec<String>,
 }
 
 pub(crate) async fn run(ctx: &Ctx, args: StatusArgs) -> Outcome {
-    let js = ctx.jetstream().await?;
-    let report = gather(&js, args.max_lag).await?;
+    let client = ctx.client().await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let mut report = gather(&js, args.max_lag).await?;
+    let (listed, problems) = instances::gather(&client).await?;
+    report.instances = listed;
+    report.problems.extend(problems);
     if ctx.json {
         output::json_line(&report);
     } else {
@@ -215,6 +222,7 @@ async fn gather(js: &Context, max_lag: u64) -> Result<Report, Failure> {
         buckets,
         projectors,
         dead_letters,
+        instances: Vec::new(),
         max_lag,
         problems,
     })
@@ -324,6 +332,7 @@ fn print_tables(report: &Report, with_problems: bool) {
     }
     output::line(&buckets);
 
+    instances::print(&report.instances);
     output::line(format!(
         "dead letters: {}",
         report

@@ -560,7 +560,7 @@ async fn setup_twice_changes_nothing_the_second_time() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();
-    assert_eq!(outcomes.len(), 6);
+    assert_eq!(outcomes.len(), 7);
     assert!(
         outcomes.iter().all(|o| o["outcome"] == "unchanged"),
         "{out}"

@@ -40,7 +40,7 @@ pub struct Config {
 /// product whose stock key was deleted is not judged.
 pub fn watcher() -> Watcher {
     Watcher {
-        name: "low-stock",
+        name: "low-stock-watcher",
         views: vec![subjects::STOCK_BUCKET],
         rules: vec![Rule::new(AlertTopic::LowStock, |last, product| {
             react_low_stock(last, product.stock?, product.low_stock_below())

@@ -1,6 +1,6 @@
 //! low-stock-watcher against a real nats-server, with stock-projector keeping the view:
 //! one alert per crossing, across kills, a second watcher, a server restart, threshold
-//! changes and a thousand products at once.
+//! changes, a standby taking over, and a thousand products at once.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -303,6 +303,46 @@ async fn two_watchers_at_once_still_say_it_once() {
     }
     stack.settle().await;
     stack.settle().await;
+    assert_eq!(stack.alerts_for(APPLE).await, expected_two());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_watcher_takes_over_when_the_active_one_stops() {
+    let stack = Stack::start().await;
+    let leases = stack
+        .js
+        .get_key_value(subjects::LEASES_BUCKET)
+        .await
+        .expect("leases");
+    let first = stack.spawn_watcher();
+    wait_until("a watcher to hold the lease", WAIT, || async {
+        leases
+            .get("low-stock-watcher")
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    })
+    .await;
+    let active = leases.get("low-stock-watcher").await.unwrap();
+    stack.spawn_watcher();
+    for event in [
+        received("ams1", "apple", 12),
+        sold("ams1", "apple", 1),
+        sold("ams1", "apple", 2),
+        sold("ams1", "apple", 1),
+        sold("ams1", "apple", 1),
+    ] {
+        stack.record(event).await;
+    }
+    stack.settle().await;
+    assert_eq!(leases.get("low-stock-watcher").await.unwrap(), active);
+
+    // The active one stops cleanly: the standby takes over and says what comes next.
+    first.cancel();
+    stack.record(received("ams1", "apple", 10)).await;
+    stack.settle().await;
+    assert_ne!(leases.get("low-stock-watcher").await.unwrap(), active);
     assert_eq!(stack.alerts_for(APPLE).await, expected_two());
 }
 

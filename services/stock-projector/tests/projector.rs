@@ -1,5 +1,5 @@
 //! stock-projector against a real nats-server: the view's numbers after the article's
-//! example, redelivery, a crash, poison, and two instances at once.
+//! example, redelivery, a crash, poison, two instances at once, and a standby.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -535,3 +535,6 @@ async fn sigterm_stops_it_promptly_and_nothing_is_lost() {
     );
     assert_view_matches_replay(&s).await;
 }
+
+#[path = "projector/standby.rs"]
+mod standby;

@@ -51,7 +51,7 @@ pub struct Config {
 /// its stock (both needed).
 pub fn watcher(limits: BandLimits) -> Watcher {
     Watcher {
-        name: "velocity",
+        name: "velocity-watcher",
         views: vec![subjects::STOCK_BUCKET, subjects::VELOCITY_BUCKET],
         rules: vec![
             Rule::new(AlertTopic::Velocity, move |last, product| {

@@ -79,6 +79,14 @@ fn header_of<'a>(msg: &'a StoredMessage, name: &str) -> Option<&'a str> {
         .map(|v| v.as_str())
 }
 
+/// What `status --check` says when no service runs.
+fn no_services() -> Vec<String> {
+    stockwire::instance::SERVICES
+        .iter()
+        .map(|s| format!("no instance of {s} is running"))
+        .collect()
+}
+
 fn receive(stack: &Stack, sku: &str, quantity: &str) {
     stack.ok(&[
         "publish", "received", "-w", "ams1", "-s", sku, "-l", "A1", "-q", quantity,
@@ -101,7 +109,9 @@ async fn status_on_a_fresh_setup_is_healthy() {
         assert_eq!(status["projectors"][view]["lag"], 0, "{status}");
     }
     assert_eq!(status["dead_letters"], 0);
-    assert_eq!(status["problems"], json!([]));
+    // The only problem: no service runs here.
+    assert_eq!(status["instances"], json!([]));
+    assert_eq!(status["problems"], json!(no_services()));
 
     let table = stack.ok(&["status"]);
     for shown in [
@@ -115,8 +125,16 @@ async fn status_on_a_fresh_setup_is_healthy() {
         assert!(table.contains(shown), "{shown} not in:\n{table}");
     }
     assert!(!table.contains("missing"), "{table}");
+    assert!(table.contains("instances: none running"), "{table}");
     let out = stack.run(&["status", "--check"]);
-    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert_eq!(code(&out), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        format!(
+            "stockwire: status check failed: {}",
+            no_services().join("; ")
+        )
+    );
 
     // A deleted key is not counted; a set one is.
     let thresholds = stack
@@ -173,7 +191,7 @@ async fn status_check_fails_while_a_view_lags() {
     assert!(!stderr(&out).contains("sales_velocity"), "{}", stderr(&out));
 
     let out = stack.run(&["status", "--check", "--max-lag", "4"]);
-    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("lags"), "{}", stderr(&out));
     // Without --check, a lag is shown but is not a failure.
     let out = stack.run(&["status", "--max-lag", "0"]);
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
@@ -378,8 +396,9 @@ async fn a_dead_letter_is_listed_shown_replayed_and_purged() {
     );
     assert_eq!(stack.ok(&["deadletter", "list"]).trim(), "no dead letters");
     assert_eq!(dead_letter_count(&js).await, 0);
+    // Only the projector runs here: the check fails for the other services alone.
     let out = stack.run(&["status", "--check"]);
-    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("dead letter"), "{}", stderr(&out));
     assert_eq!(status_json(&stack)["dead_letters"], 0);
 
     stop.cancel();

@@ -161,6 +161,29 @@ async fn every_role_does_its_job_under_nats_conf() {
     let out = stack.run_as("admin", &["rebuild", "stock"]);
     assert!(out.status.success(), "rebuild as admin: {}", stderr(&out));
 
+    // Every service answers the service API as its own user, and each has one instance
+    // active: the health check passes.
+    let status: serde_json::Value =
+        serde_json::from_str(stack.ok(&["status", "--json"]).trim()).expect("status JSON");
+    let instances = status["instances"].as_array().expect("instances");
+    let mut active: Vec<&str> = instances
+        .iter()
+        .filter(|i| i["active"] == true)
+        .filter_map(|i| i["service"].as_str())
+        .collect();
+    active.sort();
+    assert_eq!(
+        active,
+        [
+            "low-stock-watcher",
+            "stock-projector",
+            "velocity-projector",
+            "velocity-watcher"
+        ],
+        "{status}"
+    );
+    stack.ok(&["status", "--check"]);
+
     // After a server restart the services re-create their consumers and watches, which
     // asks the server for more than the first start did; they still may.
     stack.server.restart().expect("restart nats-server");

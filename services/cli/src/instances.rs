@@ -1,0 +1,61 @@
+//! The running instances of every service, for `stockwire status`: each answers the NATS
+//! service API (`$SRV.STATS.<service>`) with its instance id, version, whether it is
+//! active or standby, and its counters. A service with no active instance is a problem.
+
+use std::time::Duration;
+
+use stockwire::instance::{self, Listed};
+
+use crate::failure::Failure;
+use crate::output;
+
+/// How long to wait for one more instance to answer.
+const QUIET: Duration = Duration::from_millis(250);
+
+/// Every running instance, and what `--check` finds wrong with them.
+pub(crate) async fn gather(
+    client: &async_nats::Client,
+) -> Result<(Vec<Listed>, Vec<String>), Failure> {
+    let listed = instance::list(client, QUIET)
+        .await
+        .map_err(|e| anyhow::anyhow!("asking the services for their state: {e}"))?;
+    let mut problems = Vec::new();
+    for service in instance::SERVICES {
+        let running = listed.iter().filter(|l| l.service == service).count();
+        let active = listed
+            .iter()
+            .any(|l| l.service == service && l.stats.active);
+        if running == 0 {
+            problems.push(format!("no instance of {service} is running"));
+        } else if !active {
+            problems.push(format!(
+                "no active instance of {service} ({running} standing by)"
+            ));
+        }
+    }
+    Ok((listed, problems))
+}
+
+pub(crate) fn print(listed: &[Listed]) {
+    let mut table = output::table([
+        "service", "instance", "state", "version", "lag", "applied", "commits", "errors",
+    ]);
+    for l in listed {
+        let s = &l.stats;
+        table.add_row(vec![
+            l.service.clone(),
+            s.instance.clone(),
+            if s.active { "active" } else { "standby" }.to_string(),
+            l.version.clone(),
+            s.lag.to_string(),
+            s.applied.to_string(),
+            s.commits.to_string(),
+            s.errors.to_string(),
+        ]);
+    }
+    if listed.is_empty() {
+        output::line("instances: none running");
+    } else {
+        output::line(&table);
+    }
+}
