@@ -13,6 +13,7 @@ use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{Context, ErrorCode};
 
+use crate::retry::Backoff;
 use crate::subjects;
 use crate::views;
 
@@ -81,6 +82,20 @@ pub struct ProvisionError {
 }
 
 impl ProvisionError {
+    /// Whether JetStream was not ready to answer (a timeout, no leader yet), as opposed
+    /// to a refusal: worth asking again.
+    pub fn is_transient(&self) -> bool {
+        let text = self.source.to_string().to_lowercase();
+        [
+            "timed out",
+            "temporarily unavailable",
+            "no responders",
+            "code 503",
+        ]
+        .iter()
+        .any(|clue| text.contains(clue))
+    }
+
     /// Whether the server refused the replica count (more than the cluster has, or more
     /// than one on a single server).
     pub fn is_about_replicas(&self) -> bool {
@@ -234,41 +249,19 @@ fn differs(current: &Config, wanted: &Config) -> bool {
 pub async fn provision(js: &Context, options: &Options) -> Result<Vec<Change>, ProvisionError> {
     let mut report = Vec::new();
     for (what, wanted) in desired(options) {
-        let fail = |source: async_nats::Error| ProvisionError {
-            stream: wanted.name.clone(),
-            source,
-        };
-        let outcome = match js.get_stream(&wanted.name).await {
-            Ok(mut stream) => {
-                let current = stream
-                    .info()
-                    .await
-                    .map_err(|e| fail(e.into()))?
-                    .config
-                    .clone();
-                let next = merged(&current, &wanted, options.replicas);
-                if differs(&current, &next) {
-                    js.update_stream(&next).await.map_err(|e| fail(e.into()))?;
-                    Outcome::Updated
-                } else {
-                    Outcome::Unchanged
+        // A cluster that has just started (or is electing a leader) answers some requests
+        // late: each step is idempotent, so it is asked again for a while.
+        let started = std::time::Instant::now();
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(2));
+        let outcome = loop {
+            match provision_one(js, &wanted, options.replicas).await {
+                Ok(outcome) => break outcome,
+                Err(e) if e.is_transient() && started.elapsed() < Duration::from_secs(60) => {
+                    tracing::debug!(error = %e, "JetStream not ready; asking again");
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
+                Err(e) => return Err(e),
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    GetStreamErrorKind::JetStream(api)
-                        if api.error_code() == ErrorCode::STREAM_NOT_FOUND
-                ) =>
-            {
-                let new = Config {
-                    num_replicas: options.replicas.unwrap_or(1),
-                    ..wanted.clone()
-                };
-                js.create_stream(new).await.map_err(|e| fail(e.into()))?;
-                Outcome::Created
-            }
-            Err(e) => return Err(fail(e.into())),
         };
         report.push(Change {
             stream: wanted.name.clone(),
@@ -277,4 +270,48 @@ pub async fn provision(js: &Context, options: &Options) -> Result<Vec<Change>, P
         });
     }
     Ok(report)
+}
+
+/// Creates `wanted`, or updates it in what setup owns.
+async fn provision_one(
+    js: &Context,
+    wanted: &Config,
+    replicas: Option<usize>,
+) -> Result<Outcome, ProvisionError> {
+    let fail = |source: async_nats::Error| ProvisionError {
+        stream: wanted.name.clone(),
+        source,
+    };
+    match js.get_stream(&wanted.name).await {
+        Ok(mut stream) => {
+            let current = stream
+                .info()
+                .await
+                .map_err(|e| fail(e.into()))?
+                .config
+                .clone();
+            let next = merged(&current, wanted, replicas);
+            if differs(&current, &next) {
+                js.update_stream(&next).await.map_err(|e| fail(e.into()))?;
+                Ok(Outcome::Updated)
+            } else {
+                Ok(Outcome::Unchanged)
+            }
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                GetStreamErrorKind::JetStream(api)
+                    if api.error_code() == ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            let new = Config {
+                num_replicas: replicas.unwrap_or(1),
+                ..wanted.clone()
+            };
+            js.create_stream(new).await.map_err(|e| fail(e.into()))?;
+            Ok(Outcome::Created)
+        }
+        Err(e) => Err(fail(e.into())),
+    }
 }
