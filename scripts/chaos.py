@@ -9,10 +9,17 @@ user would: `stockwire verify` is clean, every event is stored exactly once, no 
 event is a dead letter, and each product's low-stock alerts alternate low/recovered with
 no repeat and end in agreement with its final stock. The events and the schedule of
 faults follow from --seed; exit 0 when every check passes, 1 otherwise.
+
+With --cluster: three nodes (routes on loopback, fsync always, the repo's users), every
+stream R3, two instances of each service (one active, one standing by), and instead of
+one server restart, three node faults: SIGKILL of the node leading INVENTORY, then of the
+one leading KV_stock, then of a random node, each started again after a pause. At the end
+every stream's replicas must also be current.
 """
 
 import argparse
 import json
+import socket
 import os
 import random
 import re
@@ -36,12 +43,15 @@ def password(user):
 class Stack:
     """nats-server and the services, as processes this drill owns."""
 
-    def __init__(self, root, bin_dir, work):
+    def __init__(self, root, bin_dir, work, cluster=False):
         self.root, self.bin_dir, self.work = root, bin_dir, work
         self.server = None
         self.port = None
         self.services = {}
         self.lock = threading.Lock()
+        self.nodes = []
+        if cluster:
+            self.write_cluster()
         self.conf = os.path.join(work, "nats.conf")
         with open(os.path.join(root, "nats.conf")) as f:
             text = f.read()
@@ -52,11 +62,71 @@ class Stack:
         # nats.conf includes the users from ./accounts.conf, next to the including file.
         shutil.copy(os.path.join(root, "accounts.conf"), work)
 
+    def write_cluster(self):
+        """Three node configs with free ports, each including the repo's users."""
+        def free_port():
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                return sock.getsockname()[1]
+        ports = [(free_port(), free_port()) for _ in range(3)]
+        for i, (client, route) in enumerate(ports):
+            name = "n%d" % (i + 1)
+            routes = ", ".join('"nats-route://127.0.0.1:%d"' % r
+                               for j, (_, r) in enumerate(ports) if j != i)
+            conf = os.path.join(self.work, name + ".conf")
+            with open(conf, "w") as f:
+                f.write("server_name: %s\nlisten: 127.0.0.1:%d\nmax_payload: 1MB\n"
+                        "jetstream {\n  store_dir: %s\n  sync_interval: always\n}\n"
+                        "cluster {\n  name: chaos\n  listen: 127.0.0.1:%d\n  routes: [%s]\n}\n"
+                        "include ./accounts.conf\n"
+                        % (name, client, json.dumps(os.path.join(self.work, name)), route, routes))
+            self.nodes.append({"name": name, "port": client, "conf": conf, "proc": None})
+
+    def url(self):
+        if self.nodes:
+            return ",".join("nats://127.0.0.1:%d" % n["port"] for n in self.nodes)
+        return "nats://127.0.0.1:%d" % self.port
+
     def env(self, user):
         env = dict(os.environ)
-        env.update(NATS_URL="nats://127.0.0.1:%d" % self.port, NATS_USER=user,
+        env.update(NATS_URL=self.url(), NATS_USER=user,
                    NATS_PASSWORD=password(user), RUST_LOG=env.get("RUST_LOG", "warn"))
         return env
+
+    def start_node(self, i):
+        node = self.nodes[i]
+        log = open(os.path.join(self.work, node["name"] + ".log"), "a")
+        node["proc"] = subprocess.Popen(
+            [os.path.join(self.root, ".tools/bin/nats-server"), "-c", node["conf"]],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", node["port"]), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit("chaos: node %s did not start; see %s/%s.log"
+                         % (node["name"], self.work, node["name"]))
+
+    def kill_node(self, i):
+        proc = self.nodes[i]["proc"]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def node_leading(self, what):
+        """The index of the node leading a stream or bucket, from `stockwire status`
+        (None when status cannot tell in a few tries: the cluster is busy)."""
+        for _ in range(10):
+            out = self.cli("cli", "status", "--json")
+            if out.returncode == 0:
+                status = json.loads(out.stdout)
+                entry = status["streams"].get(what) or status["buckets"].get(what) or {}
+                for i, node in enumerate(self.nodes):
+                    if node["name"] == entry.get("leader"):
+                        return i
+            time.sleep(0.5)
+        return None
 
     def start_server(self):
         ports = os.path.join(self.work, "ports")
@@ -86,8 +156,10 @@ class Stack:
         self.server.wait()
 
     def start_service(self, name):
-        log = open(os.path.join(self.work, name + ".log"), "a")
-        proc = subprocess.Popen([os.path.join(self.bin_dir, name)], env=self.env(name),
+        """`name` is a service, or `service#k` for its k-th instance."""
+        binary = name.split("#")[0]
+        log = open(os.path.join(self.work, name.replace("#", "-") + ".log"), "a")
+        proc = subprocess.Popen([os.path.join(self.bin_dir, binary)], env=self.env(binary),
                                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         with self.lock:
             self.services[name] = proc
@@ -125,7 +197,8 @@ class Stack:
     def stop(self):
         with self.lock:
             procs = list(self.services.values())
-        for proc in procs + ([self.server] if self.server else []):
+        nodes = [n["proc"] for n in self.nodes if n["proc"]]
+        for proc in procs + ([self.server] if self.server else []) + nodes:
             if proc.poll() is None:
                 proc.terminate()
                 try:
@@ -204,6 +277,8 @@ def main():
     ap.add_argument("--bin-dir", required=True)
     ap.add_argument("--root", required=True)
     ap.add_argument("--keep", action="store_true", help="keep the store and logs")
+    ap.add_argument("--cluster", action="store_true",
+                    help="three nodes, R3, two instances of each service, node faults")
     args = ap.parse_args()
     # Stopped from outside: still stop what it started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -212,19 +287,26 @@ def main():
     deadline = started + args.deadline_s
     rng = random.Random(args.seed)
     work = tempfile.mkdtemp(prefix="stockwire-chaos-")
-    stack = Stack(args.root, args.bin_dir, work)
+    stack = Stack(args.root, args.bin_dir, work, cluster=args.cluster)
+    instances = (["%s#%d" % (name, k) for name in SERVICES for k in (1, 2)]
+                 if args.cluster else SERVICES)
     failures, stats = [], defaultdict(int)
     try:
         files, final = generate(rng, args.seed, args.events, args.products, args.publishers)
-        faults = sorted((rng.uniform(0.05, 0.95) * args.duration_s, rng.choice(SERVICES),
+        faults = sorted((rng.uniform(0.05, 0.95) * args.duration_s, rng.choice(instances),
                          rng.uniform(0.1, 1.0), rng.choice(["SIGKILL", "SIGTERM"]))
                         for _ in range(args.kills))
         server_restart_at = rng.uniform(0.3, 0.7) * args.duration_s
 
-        stack.start_server()
-        stack.ok("admin", "setup")
+        if args.cluster:
+            for i in range(len(stack.nodes)):
+                stack.start_node(i)
+            stack.ok("admin", "setup", "--replicas", "3")
+        else:
+            stack.start_server()
+            stack.ok("admin", "setup")
         stack.ok("cli", "threshold", "set", "--default", "--low-stock-below", str(THRESHOLD))
-        for name in SERVICES:
+        for name in instances:
             stack.start_service(name)
 
         chunk = 200
@@ -241,7 +323,12 @@ def main():
             time.sleep(max(0.0, t0 + offset - time.time()))
 
         plan = [(t, how, name, down) for t, name, down, how in faults]
-        plan.append((server_restart_at, "server", "nats-server", 1.0))
+        if args.cluster:
+            node_faults = [("INVENTORY", 0.3), ("stock", 0.55), (None, 0.8)]
+            for what, at_share in node_faults:
+                plan.append((at_share * args.duration_s, "node", what, 3.0))
+        else:
+            plan.append((server_restart_at, "server", "nats-server", 1.0))
         stop_ms = defaultdict(list)
         started_at = defaultdict(float)
         for offset, what, name, down in sorted(plan):
@@ -253,6 +340,13 @@ def main():
                 time.sleep(down)
                 stack.start_server()
                 stats["nats-server restarts"] += 1
+            elif what == "node":
+                leading = stack.node_leading(name) if name else None
+                i = leading if leading is not None else rng.randrange(len(stack.nodes))
+                stack.kill_node(i)
+                time.sleep(down)
+                stack.start_node(i)
+                stats["node SIGKILLs (%s)" % (("leader of " + name) if name else "random")] += 1
             elif what == "SIGKILL":
                 stack.kill_service(name)
                 time.sleep(down)
@@ -287,7 +381,11 @@ def main():
         # Catch up: both projectors at the end of the log.
         status = None
         while time.time() < deadline:
-            status = json.loads(stack.ok("cli", "status", "--json"))
+            out = stack.cli("cli", "status", "--json")
+            if out.returncode != 0:
+                time.sleep(0.5)
+                continue
+            status = json.loads(out.stdout)
             views = status["projectors"]
             if all(views[v]["lag"] == 0 for v in ("stock", "sales_velocity")):
                 break
@@ -297,6 +395,19 @@ def main():
                             % status["projectors"])
         caught_up_s = time.time() - t0
 
+        if args.cluster:
+            # Every replica catches up with its leader.
+            streams = None
+            while time.time() < deadline:
+                out = stack.cli("cli", "status", "--json")
+                if out.returncode == 0:
+                    streams = json.loads(out.stdout)["streams"]
+                    if all(s and s.get("replicas_current") for s in streams.values()):
+                        break
+                time.sleep(0.5)
+            else:
+                failures.append("a stream's replicas were not all current by the deadline: %s"
+                                % streams)
         stored = status["streams"]["INVENTORY"]["messages"]
         if stored != args.events:
             failures.append("%d events stored, %d published" % (stored, args.events))
@@ -330,7 +441,9 @@ def main():
     finally:
         stack.stop()
         if failures:
-            for name in ["nats-server"] + SERVICES:
+            logs = ["nats-server"] + [n["name"] for n in stack.nodes] + \
+                [i.replace("#", "-") for i in instances]
+            for name in logs:
                 path = os.path.join(work, name + ".log")
                 if os.path.exists(path):
                     with open(path, errors="replace") as f:

@@ -40,8 +40,8 @@ use crate::subjects;
 use crate::view::{view_error, Change, ViewError, ViewErrorKind, ViewStore};
 use crate::views;
 
-/// Runs the projector until `shutdown` is cancelled. Transient failures are retried
-/// with backoff; this returns an error only if the view's bucket cannot be opened.
+/// Runs the projector until `shutdown` is cancelled. Failures are retried with backoff,
+/// opening the view's bucket included (it may be electing a leader, or not set up yet).
 pub async fn run<P: Projection>(
     client: async_nats::Client,
     projection: P,
@@ -50,8 +50,21 @@ pub async fn run<P: Projection>(
 ) -> Result<(), ViewError> {
     let js = jetstream::new(client.clone());
     let bucket = projection.bucket();
-    let mut store: ViewStore<P::View> =
-        ViewStore::open(client.clone(), bucket, config.commit_timeout).await?;
+    // On a cluster, opening the bucket times out while its stream elects a leader: wait,
+    // as for any other transient failure, until it opens or the service is stopped.
+    let mut opening = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    let mut store: ViewStore<P::View> = loop {
+        match ViewStore::open(client.clone(), bucket, config.commit_timeout).await {
+            Ok(store) => break store,
+            Err(e) => {
+                tracing::warn!(view = bucket, error = %e, "cannot open the view yet; retrying");
+                pause(&shutdown, opening.next_delay()).await;
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+            }
+        }
+    };
     let mut rebuilds = rebuild::Listener::new(&client, bucket);
     let mut reconnects = crate::connect::Reconnects::new(&client);
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));

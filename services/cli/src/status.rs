@@ -74,6 +74,8 @@ struct StreamStats {
 #[derive(Debug, Serialize)]
 struct BucketStats {
     keys: u64,
+    /// The node that leads the bucket's stream (on a cluster).
+    leader: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -165,17 +167,19 @@ async fn gather(js: &Context, max_lag: u64) -> Result<Report, Failure> {
     let mut buckets = BTreeMap::new();
     let mut stores = BTreeMap::new();
     for bucket in BUCKETS {
-        let stats = if find_stream(js, &subjects::kv_stream(bucket))
-            .await?
-            .is_some()
-        {
+        let stats = if let Some(stream) = find_stream(js, &subjects::kv_stream(bucket)).await? {
+            let leader = stream
+                .cached_info()
+                .cluster
+                .as_ref()
+                .and_then(|c| c.leader.clone());
             let kv = js
                 .get_key_value(bucket)
                 .await
                 .with_context(|| format!("opening bucket {bucket}"))?;
             let keys = count_keys(&kv, bucket).await?;
             stores.insert(bucket, kv);
-            Some(BucketStats { keys })
+            Some(BucketStats { keys, leader })
         } else {
             problems.push(format!("bucket {bucket} is {MISSING}"));
             None
