@@ -1,5 +1,6 @@
 //! Atomic batch publish (nats-server 2.12+, stream setting `allow_atomic`): up to 1,000
-//! messages that are stored together or not at all.
+//! messages that are stored together or not at all; and the single acknowledged publish
+//! beside it, with the same typed error.
 //!
 //! async-nats has no builder for it, so this sets the raw `Nats-Batch-*` headers: every
 //! message but the last goes out as a plain publish, the last carries `Nats-Batch-Commit: 1`
@@ -67,6 +68,21 @@ impl std::error::Error for ApiError {}
 enum Response {
     Err { error: ApiError },
     Ok(BatchAck),
+}
+
+/// Publishes one message and waits for its PubAck; a failure says which subject.
+pub async fn publish_acked(
+    js: &async_nats::jetstream::Context,
+    out: Outbound,
+) -> Result<async_nats::jetstream::publish::PublishAck, AppendError> {
+    let subject = out.subject.clone();
+    async {
+        js.publish_with_headers(out.subject, out.headers, out.payload)
+            .await?
+            .await
+    }
+    .await
+    .map_err(|e| AppendError::from(e).context(format!("publishing to {subject}")))
 }
 
 /// Publishes `messages` as one atomic batch and waits for its PubAck.

@@ -270,15 +270,7 @@ impl Executor {
             let Some(out) = messages.pop() else {
                 return Err(AppendError::new(AppendErrorKind::BadAnswer));
             };
-            let subject = out.subject.clone();
-            let ack = async {
-                self.js
-                    .publish_with_headers(out.subject, out.headers, out.payload)
-                    .await?
-                    .await
-            }
-            .await
-            .map_err(|e| AppendError::from(e).context(format!("publishing to {subject}")))?;
+            let ack = batch::publish_acked(&self.js, out).await?;
             let outcome = if ack.duplicate {
                 Outcome::AlreadyStored
             } else {

@@ -11,10 +11,10 @@ use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use async_nats::jetstream::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
+use stockwire::batch;
 use stockwire::deadletter::{self, DeadLetter};
 use stockwire::domain::format_ms;
 use stockwire::envelope::Outbound;
-use stockwire::retry::AppendError;
 use stockwire::subjects;
 
 use crate::failure::{Failure, Outcome};
@@ -232,17 +232,7 @@ async fn replay(ctx: &Ctx, js: &Context, stream: &Stream, seq: u64) -> Outcome {
         headers,
         payload: letter.payload.clone(),
     };
-    let ack = async {
-        js.publish_with_headers(
-            out.subject.clone(),
-            out.headers.clone(),
-            out.payload.clone(),
-        )
-        .await?
-        .await
-    }
-    .await
-    .map_err(|e| AppendError::from(e).context(format!("publishing to {}", out.subject)))?;
+    let ack = batch::publish_acked(js, out.clone()).await?;
     if ctx.json {
         output::json_line(&Replayed {
             dead_letter: seq,

@@ -555,25 +555,11 @@ async fn publish_again(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     loop {
         tokio::time::sleep(backoff.next_delay()).await;
-        let result = async {
-            js.publish_with_headers(
-                out.subject.clone(),
-                out.headers.clone(),
-                out.payload.clone(),
-            )
-            .await?
-            .await
-        }
-        .await
-        .map_err(AppendError::from);
+        let result = batch::publish_acked(js, out.clone()).await;
         match result {
             Ok(ack) => return Ok(ack),
             Err(e) if e.kind().next() == Next::Retry && started.elapsed() < UNAVAILABLE_FOR => {}
-            Err(e) => {
-                return Err(Failure::from(
-                    e.context(format!("publishing to {}", out.subject)),
-                ))
-            }
+            Err(e) => return Err(Failure::from(e)),
         }
     }
 }
