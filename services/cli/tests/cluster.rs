@@ -34,6 +34,22 @@ fn run(cluster: &NatsCluster, args: &[&str]) -> Output {
         .expect("run stockwire")
 }
 
+/// A stored message's msg id.
+fn msg_id(msg: &stockwire::read::StoredMessage) -> Option<String> {
+    msg.headers
+        .as_ref()?
+        .get(subjects::NATS_MSG_ID)
+        .map(|v| v.to_string())
+}
+
+/// No msg id is stored twice.
+fn assert_each_id_once(stored: &[stockwire::read::StoredMessage]) {
+    let mut ids: Vec<String> = stored.iter().filter_map(msg_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), stored.len(), "no msg id stored twice");
+}
+
 fn ok(cluster: &NatsCluster, args: &[&str]) -> String {
     let out = run(cluster, args);
     assert!(
@@ -201,28 +217,12 @@ async fn an_import_and_a_transfer_go_through_while_the_inventory_leader_changes(
 
     let stored = events(&js, subjects::INVENTORY_SUBJECTS).await;
     assert_eq!(stored.len(), 1 + lines + 2, "every event once");
-    let mut ids: Vec<String> = stored
-        .iter()
-        .filter_map(|m| {
-            m.headers
-                .as_ref()?
-                .get(subjects::NATS_MSG_ID)
-                .map(|v| v.to_string())
-        })
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), stored.len(), "no msg id stored twice");
+    assert_each_id_once(&stored);
     // Each product's deliveries in file order.
     let p7: Vec<String> = stored
         .iter()
         .filter(|m| m.subject == "warehouse.rtm1.product.p7.received")
-        .filter_map(|m| {
-            m.headers
-                .as_ref()?
-                .get(subjects::NATS_MSG_ID)
-                .map(|v| v.to_string())
-        })
+        .filter_map(msg_id)
         .collect();
     let expected: Vec<String> = (0..lines)
         .filter(|i| i % 50 == 7)
@@ -516,17 +516,6 @@ async fn a_killed_inventory_leader_fails_no_command() {
     );
     assert!(failures.is_empty(), "{failures:#?}");
     let stored = events(&js, subjects::INVENTORY_SUBJECTS).await;
-    let mut ids: Vec<String> = stored
-        .iter()
-        .filter_map(|m| {
-            m.headers
-                .as_ref()?
-                .get(subjects::NATS_MSG_ID)
-                .map(|v| v.to_string())
-        })
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), stored.len(), "no msg id stored twice");
+    assert_each_id_once(&stored);
     assert_eq!(stored.len(), commands, "every command stored once");
 }
