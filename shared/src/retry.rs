@@ -18,6 +18,8 @@ use crate::error::Error;
 pub enum AppendErrorKind {
     /// 10071: an expectation did not hold; another writer got in first. Decide again.
     WrongLastSequence,
+    /// 10070: the stream's last message is not the one expected (`Nats-Expected-Last-Msg-Id`).
+    WrongLastMsgId,
     /// 10164: on a replicated stream, another write with an expectation on the same
     /// subject is still being stored; nothing is decided yet. Read again and retry.
     ExpectationInFlight,
@@ -62,6 +64,7 @@ impl AppendErrorKind {
     pub fn from_err_code(code: u64) -> Self {
         match code {
             10071 => Self::WrongLastSequence,
+            10070 => Self::WrongLastMsgId,
             10164 => Self::ExpectationInFlight,
             10158 => Self::DuplicateInProcess,
             10163 => Self::LastSequenceNotReady,
@@ -76,7 +79,9 @@ impl AppendErrorKind {
     /// What to do about it.
     pub fn next(self) -> Next {
         match self {
-            Self::WrongLastSequence | Self::ExpectationInFlight => Next::Decide,
+            Self::WrongLastSequence | Self::WrongLastMsgId | Self::ExpectationInFlight => {
+                Next::Decide
+            }
             Self::DuplicateInProcess
             | Self::LastSequenceNotReady
             | Self::IncompleteBatch
@@ -96,6 +101,7 @@ impl fmt::Display for AppendErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::WrongLastSequence => "wrong last sequence: another writer got in first",
+            Self::WrongLastMsgId => "the stream's last message is not the one expected",
             Self::ExpectationInFlight => "another checked write of the same subject is in flight",
             Self::DuplicateInProcess => "a message with the same msg id is still being stored",
             Self::LastSequenceNotReady => "the expected last sequence is not ready yet",

@@ -41,6 +41,7 @@ pub const DEFAULT_HEADER_PREFIX: &str = "myorg";
 /// JetStream headers Stockwire sets itself.
 pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
 pub const NATS_EXPECTED_LAST_SEQUENCE: &str = "Nats-Expected-Last-Sequence";
+pub const NATS_EXPECTED_LAST_MSG_ID: &str = "Nats-Expected-Last-Msg-Id";
 pub const NATS_EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
 pub const NATS_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
     "Nats-Expected-Last-Subject-Sequence-Subject";

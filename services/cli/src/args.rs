@@ -17,6 +17,10 @@ pub struct PublishArgs {
     /// With --file: return once the stock view has applied every event of the file.
     #[arg(long, requires = "file")]
     pub wait: bool,
+    /// With --file: how to write the events (auto: time both on the first lines, keep the
+    /// faster).
+    #[arg(long, value_enum, requires = "file", default_value = "auto")]
+    pub write_method: crate::import::WriteMethod,
     #[command(subcommand)]
     pub kind: Option<PublishKind>,
 }

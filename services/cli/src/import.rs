@@ -1,11 +1,13 @@
 //! `stockwire publish --file FILE|-`: bulk import of facts recorded elsewhere.
 //!
 //! Every line is validated first; one bad line and nothing is published (exit 2, each bad
-//! line named with its field). Then the events go out in file order as atomic batches of
-//! up to 1,000, each committed with one PubAck. A line without `msg_id` gets one derived
+//! line named with its field). Then the events go out in file order, by one of two write
+//! methods ([`WriteMethod`]): atomic batches of up to 1,000 (`batches`), or pipelined
+//! single publishes chained to each other (`chained`). By default the import times both
+//! on its first lines and keeps the faster for the rest. Either way each event is stored
+//! once and in file order, whatever is retried. A line without `msg_id` gets one derived
 //! from its line number and content, so re-running a file inside the duplicate window
-//! stores nothing twice: a batch that repeats a stored id is refused whole by the server,
-//! and is then published one event at a time (pipelined), each deduplicated on its own.
+//! stores nothing twice.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -15,39 +17,70 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use serde::Serialize;
-use stockwire::batch::{self, MAX_BATCH};
+use stockwire::batch::MAX_BATCH;
+use stockwire::connect::{connect_with, Startup};
 use stockwire::domain::Event;
 use stockwire::envelope::{Envelope, EventMeta, Outbound};
 use stockwire::event_line::{self, LineError};
 use stockwire::execute::UNAVAILABLE_FOR;
-use stockwire::retry::{AppendErrorKind, Backoff, Next};
 use stockwire::subjects;
 
 use crate::failure::{Failure, Outcome};
 use crate::meta::{check_server_clock, now_ms, server_now_ms};
 use crate::{output, Ctx};
-use stockwire::connect::{connect_with, Startup};
-use stockwire::retry::AppendError;
+
+mod batches;
+mod chained;
 
 /// At most this many bad lines are printed; the rest are counted.
 const MAX_REPORTED: usize = 50;
 
-/// Batches sent before the oldest one is acknowledged.
-const IN_FLIGHT: usize = 3;
+/// A file at least this long is written both ways on its first lines, to pick the faster.
+const PROBE_FROM: usize = 8 * MAX_BATCH;
 
-/// Unacknowledged single publishes in flight, when a batch falls back to them.
-const WINDOW: usize = 256;
+/// Lines the probe writes by single publishes (between two batches of [`MAX_BATCH`]).
+const PROBE_SINGLES: usize = MAX_BATCH / 2;
 
 /// A line checked: its event, and the id and time it is recorded with.
 type Checked = (Event, EventMeta);
 
 /// The valid lines, ready to publish: each event with its line number. They are
-/// encoded batch by batch as they go out, so encoding overlaps the server storing the
-/// batches before.
+/// encoded as they go out, so encoding overlaps the server storing the ones before.
 #[derive(Default)]
 struct Lines {
     events: Vec<Checked>,
     numbers: Vec<usize>,
+}
+
+/// How the import writes its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WriteMethod {
+    /// Time both on the first 4,000 lines (of a file of 8,000 or more) and keep the faster.
+    Auto,
+    /// Atomic batches of 1,000, three in flight: fastest when the server fsyncs each
+    /// acknowledgement (`sync_interval: always`).
+    Batches,
+    /// Pipelined single publishes, each expecting the one before it to be the stream's
+    /// last message: fastest when the server syncs lazily.
+    Singles,
+}
+
+impl WriteMethod {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Batches => "batches",
+            Self::Singles => "singles",
+        }
+    }
+}
+
+/// What each write method needs: the connection, and how events are encoded.
+struct Writer<'a> {
+    client: &'a async_nats::Client,
+    js: &'a async_nats::jetstream::Context,
+    envelope: &'a Envelope,
+    timeout: Duration,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -59,10 +92,24 @@ struct Summary {
     last_seq: Option<u64>,
     seconds: f64,
     events_per_s: f64,
+    write_method: &'static str,
+}
+
+impl Summary {
+    /// Counts the events stored as `first..=last`.
+    fn stored_run(&mut self, first: u64, last: u64) {
+        self.stored += (last + 1 - first) as usize;
+        self.first_seq = Some(self.first_seq.map_or(first, |s| s.min(first)));
+        self.last_seq = Some(self.last_seq.map_or(last, |s| s.max(last)));
+    }
 }
 
 /// Returns the sequence of the last event the file stored, if any.
-pub(crate) async fn run(ctx: &Ctx, file: &Path) -> Result<Option<u64>, Failure> {
+pub(crate) async fn run(
+    ctx: &Ctx,
+    file: &Path,
+    method: WriteMethod,
+) -> Result<Option<u64>, Failure> {
     let started = Instant::now();
     // Connect while the file is read and checked; nothing is sent before every line is valid.
     let connecting = {
@@ -80,7 +127,6 @@ pub(crate) async fn run(ctx: &Ctx, file: &Path) -> Result<Option<u64>, Failure> 
         .map_err(|e| anyhow::anyhow!("connecting: {e}"))?
         .map_err(anyhow::Error::new)?;
     let js = async_nats::jetstream::new(client.clone());
-    let timeout = ctx.connect.request_timeout();
     let latest = lines
         .events
         .iter()
@@ -96,16 +142,14 @@ pub(crate) async fn run(ctx: &Ctx, file: &Path) -> Result<Option<u64>, Failure> 
         ..Summary::default()
     };
     let mut last_line_stored: Option<usize> = None;
-    if let Err(failure) = publish_all(
-        &client,
-        &js,
-        &ctx.envelope,
-        &lines,
-        timeout,
-        &mut summary,
-        &mut last_line_stored,
-    )
-    .await
+    let writer = Writer {
+        client: &client,
+        js: &js,
+        envelope: &ctx.envelope,
+        timeout: ctx.connect.request_timeout(),
+    };
+    if let Err(failure) =
+        publish_all(&writer, &lines, method, &mut summary, &mut last_line_stored).await
     {
         let where_ = match last_line_stored {
             Some(n) => format!("every line up to line {n} is stored"),
@@ -133,8 +177,13 @@ pub(crate) async fn run(ctx: &Ctx, file: &Path) -> Result<Option<u64>, Failure> 
             _ => String::new(),
         };
         output::line(format!(
-            "stored {} events{seqs}, {} duplicates not stored again, from {} lines in {:.2} s ({:.0} events/s)",
-            summary.stored, summary.duplicates, summary.lines, summary.seconds, summary.events_per_s
+            "stored {} events{seqs}, {} duplicates not stored again, from {} lines in {:.2} s ({:.0} events/s, {})",
+            summary.stored,
+            summary.duplicates,
+            summary.lines,
+            summary.seconds,
+            summary.events_per_s,
+            summary.write_method
         ));
     }
     Ok(summary.last_seq)
@@ -240,102 +289,109 @@ struct Parsed {
     result: Result<Checked, LineError>,
 }
 
-/// Publishes every line in file order: atomic batches, up to [`IN_FLIGHT`] of them sent
-/// before the oldest is acknowledged. Each batch expects the stream's last sequence to be
-/// where the previous batch ends, so batches land in order and back to back, or not at
-/// all. When one is refused (a repeated id, or another writer got in between), the ones
-/// sent after it are refused too; that chunk is then published on its own
-/// ([`publish_chunk`]) and pipelining resumes from the stream's new end.
+/// Publishes every line in file order by `method`; `Auto` writes the first lines both
+/// ways, a thousand at a time and in turns, and keeps the faster for the rest (shorter
+/// files go in batches). The
+/// guarantees are the same either way (each event stored once, in file order; a re-run
+/// stores nothing twice); only a failed import differs, by how much of it is stored:
+/// whole batches, or single events.
 async fn publish_all(
-    client: &async_nats::Client,
-    js: &async_nats::jetstream::Context,
-    envelope: &Envelope,
+    w: &Writer<'_>,
     lines: &Lines,
-    timeout: Duration,
+    method: WriteMethod,
     summary: &mut Summary,
     last_line_stored: &mut Option<usize>,
 ) -> Outcome {
-    let chunks: Vec<(&[Checked], &[usize])> = lines
-        .events
-        .chunks(MAX_BATCH)
-        .zip(lines.numbers.chunks(MAX_BATCH))
-        .collect();
-    let mut pipeline =
-        batch::Pipeline::new(client, timeout, IN_FLIGHT, Some(stream_end(js).await?));
-    let mut next = 0;
-    loop {
-        while pipeline.has_room() && next < chunks.len() {
-            let (events, _) = chunks[next];
-            let after = pipeline.expected();
-            pipeline
-                .send((next, after), encode(envelope, events))
-                .await
-                .context("sending a batch")?;
-            next += 1;
+    let (events, numbers) = (&lines.events[..], &lines.numbers[..]);
+    let mut from = 0;
+    // On a replicated stream, nats-server (2.15) checks `Nats-Expected-Last-Msg-Id` only
+    // as it applies a message, and a check that fails there stalls the stream: chained
+    // singles are for streams of one replica.
+    if method != WriteMethod::Batches {
+        let replicas = inventory(w.js).await?.config.num_replicas;
+        if replicas > 1 && method == WriteMethod::Singles {
+            return Err(Failure::invalid(format!(
+                "--write-method singles needs INVENTORY at 1 replica, it has {replicas}: \
+                 use batches (the default picks them); nothing was published"
+            )));
         }
-        let Some(((index, after), acked)) = pipeline.next().await else {
-            return Ok(());
-        };
-        let (events, numbers) = chunks[index];
-        // A batch whose answer was lost may have been stored: it would be right after the
-        // end it expected.
-        let acked = match (acked, after) {
-            (Err(e), Some(after)) if e.kind().next() == Next::Retry => {
-                let first_id = events.first().map_or("", |(_, meta)| meta.msg_id.as_str());
-                if stored_at(js, after + 1, first_id).await? {
-                    Ok(batch::BatchAck {
-                        stream: subjects::INVENTORY_STREAM.to_string(),
-                        sequence: after + events.len() as u64,
-                        batch_id: String::new(),
-                        count: events.len() as u64,
-                    })
-                } else {
-                    Err(e)
+        if replicas > 1 {
+            summary.write_method = WriteMethod::Batches.name();
+            let all = 0..events.len();
+            return write(
+                w,
+                WriteMethod::Batches,
+                events,
+                numbers,
+                all,
+                summary,
+                last_line_stored,
+            )
+            .await;
+        }
+    }
+    let method = match method {
+        WriteMethod::Auto if events.len() >= PROBE_FROM => {
+            // An untimed batch first (a cold connection), then each way in turn. Singles
+            // go half as many at a time: where the server fsyncs each of them, a few
+            // hundred show it, and a clear difference after one turn each decides.
+            use WriteMethod::{Batches, Singles};
+            let turns = [
+                (Batches, MAX_BATCH),
+                (Batches, MAX_BATCH),
+                (Singles, PROBE_SINGLES),
+                (Batches, MAX_BATCH),
+                (Singles, PROBE_SINGLES),
+            ];
+            // How long a thousand lines took, each way.
+            let (mut batches, mut singles) = (Duration::ZERO, Duration::ZERO);
+            for (turn, (method, lines)) in turns.into_iter().enumerate() {
+                let range = from..from + lines;
+                let started = Instant::now();
+                write(w, method, events, numbers, range, summary, last_line_stored).await?;
+                let took = started.elapsed() * (MAX_BATCH / lines) as u32;
+                from += lines;
+                match (turn, method) {
+                    (0, _) => {}
+                    (_, Batches) => batches += took,
+                    (_, _) => singles += took,
+                }
+                if turn == 2 && (singles > batches * 3 / 2 || singles * 3 / 2 < batches) {
+                    break;
                 }
             }
-            (acked, _) => acked,
-        };
-        match acked {
-            Ok(ack) => {
-                summary.stored += events.len();
-                summary.first_seq.get_or_insert(ack.first_sequence());
-                summary.last_seq = Some(ack.sequence);
-                *last_line_stored = numbers.last().copied();
+            tracing::debug!(?batches, ?singles, "a thousand lines, each way");
+            if singles < batches {
+                Singles
+            } else {
+                Batches
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    AppendErrorKind::BatchDuplicate | AppendErrorKind::WrongLastSequence
-                ) || e.kind().next() == Next::Retry =>
-            {
-                // A repeated id, another writer, or (in a cluster) a leader election: the
-                // batches sent after this one expected it to be stored, so they are
-                // refused (or their fate is as unknown as its own); this chunk is
-                // published on its own, then the pipeline resumes from the stream's end.
-                tracing::debug!(batch = index, error = %e, "batch not stored in turn; publishing it alone");
-                while let Some(((later, _), acked)) = pipeline.next().await {
-                    if let Ok(ack) = acked {
-                        tracing::warn!(
-                            batch = later,
-                            seq = ack.sequence,
-                            "a later batch was stored out of turn"
-                        );
-                        summary.stored += chunks[later].0.len();
-                    }
-                }
-                let messages = encode(envelope, events);
-                publish_chunk(client, js, messages, numbers, timeout, summary).await?;
-                *last_line_stored = numbers.last().copied();
-                next = index + 1;
-                pipeline.expect(Some(stream_end(js).await?));
-            }
-            Err(e) => {
-                return Err(Failure::from(anyhow::Error::new(e).context(format!(
-                    "publishing lines {}..{}",
-                    numbers.first().copied().unwrap_or(0),
-                    numbers.last().copied().unwrap_or(0)
-                ))))
-            }
+        }
+        WriteMethod::Auto => WriteMethod::Batches,
+        chosen => chosen,
+    };
+    summary.write_method = method.name();
+    let rest = from..events.len();
+    write(w, method, events, numbers, rest, summary, last_line_stored).await
+}
+
+/// Writes the lines in `range` by `method` (`Auto` writes batches).
+async fn write(
+    w: &Writer<'_>,
+    method: WriteMethod,
+    events: &[Checked],
+    numbers: &[usize],
+    range: std::ops::Range<usize>,
+    summary: &mut Summary,
+    last_line_stored: &mut Option<usize>,
+) -> Outcome {
+    let (events, numbers) = (&events[range.clone()], &numbers[range]);
+    match method {
+        WriteMethod::Singles => {
+            chained::publish(w, events, numbers, summary, last_line_stored).await
+        }
+        WriteMethod::Auto | WriteMethod::Batches => {
+            batches::publish(w, events, numbers, summary, last_line_stored).await
         }
     }
 }
@@ -348,9 +404,16 @@ fn encode(envelope: &Envelope, events: &[Checked]) -> Vec<Outbound> {
         .collect()
 }
 
-/// The sequence of the last message of `INVENTORY`; asked again for a while when the
-/// stream does not answer (a leader election).
+/// The sequence of the last message of `INVENTORY`.
 async fn stream_end(js: &async_nats::jetstream::Context) -> Result<u64, Failure> {
+    Ok(inventory(js).await?.state.last_sequence)
+}
+
+/// What `INVENTORY` says of itself; asked again for a while when the stream does not
+/// answer (a leader election).
+async fn inventory(
+    js: &async_nats::jetstream::Context,
+) -> Result<async_nats::jetstream::stream::Info, Failure> {
     let started = Instant::now();
     loop {
         let answer = async {
@@ -363,13 +426,12 @@ async fn stream_end(js: &async_nats::jetstream::Context) -> Result<u64, Failure>
                     .info()
                     .await
                     .context("reading stream INVENTORY")?
-                    .state
-                    .last_sequence,
+                    .clone(),
             )
         }
         .await;
         match answer {
-            Ok(last) => return Ok(last),
+            Ok(info) => return Ok(info),
             Err(e)
                 if started.elapsed() < UNAVAILABLE_FOR && !e.to_string().contains("not found") =>
             {
@@ -379,84 +441,6 @@ async fn stream_end(js: &async_nats::jetstream::Context) -> Result<u64, Failure>
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// Publishes one chunk as an atomic batch, expecting the stream's end; on a repeated id,
-/// one event at a time. While the stream cannot take it (no leader during an election,
-/// an incomplete batch, a lost acknowledgement), it is sent again for up to
-/// `UNAVAILABLE_FOR`, but only after looking where it would have landed: a batch is
-/// stored whole right after the end it expected, or not at all, so the message there says
-/// whether an attempt whose answer was lost had in fact been stored. (A stream's new
-/// leader may not yet know the msg ids its predecessor was storing, so the duplicate
-/// window alone would let such a batch in twice.)
-async fn publish_chunk(
-    client: &async_nats::Client,
-    js: &async_nats::jetstream::Context,
-    messages: Vec<Outbound>,
-    numbers: &[usize],
-    timeout: Duration,
-    summary: &mut Summary,
-) -> Outcome {
-    let count = messages.len();
-    let first_id = msg_id_of(&messages);
-    let started = Instant::now();
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
-    loop {
-        let end = stream_end(js).await?;
-        let sent = batch::send_atomic(client, messages.clone(), Some(end), timeout).await;
-        let acked = match sent {
-            Ok(sent) => sent.ack().await,
-            Err(e) => Err(e),
-        };
-        match acked {
-            Ok(ack) => {
-                summary.stored += count;
-                summary.first_seq.get_or_insert(ack.first_sequence());
-                summary.last_seq = Some(ack.sequence);
-                return Ok(());
-            }
-            Err(e) if e.kind() == AppendErrorKind::BatchDuplicate => {
-                tracing::debug!(
-                    lines = count,
-                    "batch holds a stored msg id; publishing one by one"
-                );
-                return publish_singly(js, messages, summary).await;
-            }
-            Err(e)
-                if e.kind().next() == Next::Retry && stored_at(js, end + 1, &first_id).await? =>
-            {
-                tracing::debug!(error = %e, "the batch was stored although its answer was lost");
-                summary.stored += count;
-                summary.first_seq.get_or_insert(end + 1);
-                summary.last_seq = Some(end + count as u64);
-                return Ok(());
-            }
-            Err(e)
-                if (e.kind().next() == Next::Retry
-                    || e.kind() == AppendErrorKind::WrongLastSequence)
-                    && started.elapsed() < UNAVAILABLE_FOR =>
-            {
-                tracing::debug!(error = %e, "the stream cannot take the batch yet; sending it again");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-            Err(e) => {
-                return Err(Failure::from(anyhow::Error::new(e).context(format!(
-                    "publishing lines {}..{}",
-                    numbers.first().copied().unwrap_or(0),
-                    numbers.last().copied().unwrap_or(0)
-                ))))
-            }
-        }
-    }
-}
-
-/// The msg id of the first message (empty if none).
-fn msg_id_of(messages: &[Outbound]) -> String {
-    messages
-        .first()
-        .and_then(|m| m.headers.get(subjects::NATS_MSG_ID))
-        .map(|v| v.to_string())
-        .unwrap_or_default()
 }
 
 /// Whether the message stored at `seq` in `INVENTORY` carries `msg_id` (asked of the
@@ -489,77 +473,6 @@ async fn stored_at(
                     anyhow::Error::new(e).context(format!("reading INVENTORY #{seq}")),
                 ))
             }
-        }
-    }
-}
-
-/// Publishes in order with a window of unacknowledged publishes. One that the stream
-/// could not take is published again, alone and with the same msg id, until it is
-/// stored: it may then land after the ones sent behind it in its window.
-async fn publish_singly(
-    js: &async_nats::jetstream::Context,
-    messages: Vec<Outbound>,
-    summary: &mut Summary,
-) -> Outcome {
-    let mut messages = messages.into_iter().peekable();
-    while messages.peek().is_some() {
-        let window: Vec<Outbound> = messages.by_ref().take(WINDOW).collect();
-        let mut pending = Vec::with_capacity(window.len());
-        for out in &window {
-            let ack = js
-                .publish_with_headers(
-                    out.subject.clone(),
-                    out.headers.clone(),
-                    out.payload.clone(),
-                )
-                .await;
-            pending.push(async move {
-                match ack {
-                    Ok(ack) => ack.await,
-                    Err(e) => Err(e),
-                }
-            });
-        }
-        let acks = futures::future::join_all(pending).await;
-        for (out, ack) in window.into_iter().zip(acks) {
-            let ack = match ack {
-                Ok(ack) => ack,
-                Err(e) => match AppendError::from(e) {
-                    e if e.kind().next() == Next::Retry => publish_again(js, out).await?,
-                    e => {
-                        return Err(Failure::from(
-                            e.context(format!("publishing to {}", out.subject)),
-                        ))
-                    }
-                },
-            };
-            if ack.duplicate {
-                summary.duplicates += 1;
-            } else {
-                summary.stored += 1;
-                summary.first_seq.get_or_insert(ack.sequence);
-                summary.last_seq = Some(ack.sequence);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Publishes one message until it is stored (or found stored: same msg id), for up to
-/// `UNAVAILABLE_FOR`.
-async fn publish_again(
-    js: &async_nats::jetstream::Context,
-    out: Outbound,
-) -> Result<async_nats::jetstream::publish::PublishAck, Failure> {
-    let started = Instant::now();
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
-    loop {
-        tokio::time::sleep(backoff.next_delay()).await;
-        let result = batch::publish_acked(js, out.clone()).await;
-        match result {
-            Ok(ack) => return Ok(ack),
-            Err(e) if e.kind().next() == Next::Retry && started.elapsed() < UNAVAILABLE_FOR => {}
-            Err(e) => return Err(Failure::from(e)),
         }
     }
 }

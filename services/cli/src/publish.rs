@@ -17,7 +17,7 @@ use crate::{import, output, Ctx};
 pub(crate) async fn run(ctx: &Ctx, args: PublishArgs) -> Outcome {
     match (args.file, args.kind) {
         (Some(file), None) => {
-            let last = import::run(ctx, &file).await?;
+            let last = import::run(ctx, &file, args.write_method).await?;
             match last {
                 Some(seq) if args.wait => wait_applied(ctx, seq).await,
                 _ => Ok(()),

@@ -450,66 +450,85 @@ async fn a_file_with_a_bad_line_publishes_nothing() {
 
 #[tokio::test]
 async fn a_file_of_10000_lines_is_stored_completely_in_order() {
-    let stack = Stack::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("events.ndjson");
-    let mut text = String::new();
-    for i in 0..10_000u32 {
-        let line = json!({
-            "type": if i % 4 == 3 { "stock.sold" } else { "stock.received" },
-            "warehouse": format!("w{}", i % 3),
-            "sku": format!("sku{}", i % 100),
-            "location": "A1",
-            "quantity": i + 1,
-            "timestamp_ms": 1_795_176_000_000i64 + i as i64,
-        });
-        text.push_str(&line.to_string());
-        text.push('\n');
-    }
-    std::fs::write(&path, &text).expect("write file");
-    let file = path.to_str().expect("utf-8 path");
-    let out = stack.ok(&["publish", "--file", file, "--json"]);
-    let summary: Value = serde_json::from_str(out.trim()).expect("summary JSON");
-    assert_eq!(summary["stored"], 10_000);
-    assert_eq!(summary["duplicates"], 0);
-    let events = stack.events().await;
-    assert_eq!(events.len(), 10_000);
-    for (i, msg) in events.iter().enumerate() {
-        assert_eq!(msg.sequence, i as u64 + 1);
-        assert_eq!(
-            payload(msg)["quantity"],
-            i + 1,
-            "line {} out of order",
-            i + 1
-        );
-        assert_eq!(
-            header(msg, "myorg_timestamp_ms"),
-            (1_795_176_000_000i64 + i as i64).to_string()
-        );
+    // Either write method keeps the same promises.
+    for method in ["batches", "singles"] {
+        let stack = Stack::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.ndjson");
+        let mut text = String::new();
+        for i in 0..10_000u32 {
+            let line = json!({
+                "type": if i % 4 == 3 { "stock.sold" } else { "stock.received" },
+                "warehouse": format!("w{}", i % 3),
+                "sku": format!("sku{}", i % 100),
+                "location": "A1",
+                "quantity": i + 1,
+                "timestamp_ms": 1_795_176_000_000i64 + i as i64,
+            });
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+        std::fs::write(&path, &text).expect("write file");
+        let file = path.to_str().expect("utf-8 path");
+        let out = stack.ok(&[
+            "publish",
+            "--file",
+            file,
+            "--json",
+            "--write-method",
+            method,
+        ]);
+        let summary: Value = serde_json::from_str(out.trim()).expect("summary JSON");
+        assert_eq!(summary["stored"], 10_000);
+        assert_eq!(summary["duplicates"], 0);
+        let events = stack.events().await;
+        assert_eq!(events.len(), 10_000);
+        for (i, msg) in events.iter().enumerate() {
+            assert_eq!(msg.sequence, i as u64 + 1);
+            assert_eq!(
+                payload(msg)["quantity"],
+                i + 1,
+                "line {} out of order",
+                i + 1
+            );
+            assert_eq!(
+                header(msg, "myorg_timestamp_ms"),
+                (1_795_176_000_000i64 + i as i64).to_string()
+            );
+        }
     }
 }
 
 #[tokio::test]
 async fn re_running_a_file_stores_nothing_new() {
-    let stack = Stack::start();
-    let text: String = (0..1000)
-        .map(|i| {
-            // Lines 0 and 500 are identical: their line numbers keep them apart.
-            let q = if i == 500 { 1 } else { i % 7 + 1 };
-            format!(
-                "{{\"type\":\"stock.received\",\"warehouse\":\"ams1\",\"sku\":\"s{}\",\"location\":\"A1\",\"quantity\":{q}}}\n",
-                if i == 500 { 0 } else { i }
-            )
-        })
-        .collect();
-    let first = stack.run_with_input(&["publish", "--file", "-", "--json"], Some(&text));
-    assert!(first.status.success(), "{}", stderr(&first));
-    let second = stack.run_with_input(&["publish", "--file", "-", "--json"], Some(&text));
-    assert!(second.status.success(), "{}", stderr(&second));
-    let summary: Value = serde_json::from_slice(&second.stdout).expect("summary JSON");
-    assert_eq!(summary["stored"], 0);
-    assert_eq!(summary["duplicates"], 1000);
-    assert_eq!(stack.events().await.len(), 1000);
+    // Either write method keeps the same promises.
+    for method in ["batches", "singles"] {
+        let stack = Stack::start();
+        let text: String = (0..1000)
+            .map(|i| {
+                // Lines 0 and 500 are identical: their line numbers keep them apart.
+                let q = if i == 500 { 1 } else { i % 7 + 1 };
+                format!(
+                    "{{\"type\":\"stock.received\",\"warehouse\":\"ams1\",\"sku\":\"s{}\",\"location\":\"A1\",\"quantity\":{q}}}\n",
+                    if i == 500 { 0 } else { i }
+                )
+            })
+            .collect();
+        let first = stack.run_with_input(
+            &["publish", "--file", "-", "--json", "--write-method", method],
+            Some(&text),
+        );
+        assert!(first.status.success(), "{}", stderr(&first));
+        let second = stack.run_with_input(
+            &["publish", "--file", "-", "--json", "--write-method", method],
+            Some(&text),
+        );
+        assert!(second.status.success(), "{}", stderr(&second));
+        let summary: Value = serde_json::from_slice(&second.stdout).expect("summary JSON");
+        assert_eq!(summary["stored"], 0);
+        assert_eq!(summary["duplicates"], 1000);
+        assert_eq!(stack.events().await.len(), 1000);
+    }
 }
 
 #[tokio::test]
@@ -613,77 +632,93 @@ fn numbered_file(lines: std::ops::Range<u32>, id_prefix: &str) -> String {
 
 #[tokio::test]
 async fn an_import_stays_in_file_order_while_another_writer_publishes() {
-    let stack = Stack::start();
-    let js = stack.js().await;
-    let writer = tokio::spawn(async move {
-        let mut stored = 0;
-        for i in 0..300 {
-            let payload = json!({"warehouse":"ams1","sku":"other","location":"A1","quantity":1});
-            let mut headers = async_nats::HeaderMap::new();
-            for (k, v) in [
-                ("myorg_format", "application/json".to_string()),
-                ("myorg_type", "stock.received".to_string()),
-                ("myorg_msg_id", format!("other-{i}")),
-                ("myorg_timestamp_ms", "1795176000000".to_string()),
-                ("myorg_version", "1".to_string()),
-                ("Nats-Msg-Id", format!("other-{i}")),
-            ] {
-                headers.insert(k, v.as_str());
+    // Either write method keeps the same promises.
+    for method in ["batches", "singles"] {
+        let stack = Stack::start();
+        let js = stack.js().await;
+        let writer = tokio::spawn(async move {
+            let mut stored = 0;
+            for i in 0..300 {
+                let payload =
+                    json!({"warehouse":"ams1","sku":"other","location":"A1","quantity":1});
+                let mut headers = async_nats::HeaderMap::new();
+                for (k, v) in [
+                    ("myorg_format", "application/json".to_string()),
+                    ("myorg_type", "stock.received".to_string()),
+                    ("myorg_msg_id", format!("other-{i}")),
+                    ("myorg_timestamp_ms", "1795176000000".to_string()),
+                    ("myorg_version", "1".to_string()),
+                    ("Nats-Msg-Id", format!("other-{i}")),
+                ] {
+                    headers.insert(k, v.as_str());
+                }
+                let ack = js
+                    .publish_with_headers(
+                        "warehouse.ams1.product.other.received",
+                        headers,
+                        payload.to_string().into(),
+                    )
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("ack");
+                assert!(!ack.duplicate);
+                stored += 1;
             }
-            let ack = js
-                .publish_with_headers(
-                    "warehouse.ams1.product.other.received",
-                    headers,
-                    payload.to_string().into(),
-                )
-                .await
-                .expect("publish")
-                .await
-                .expect("ack");
-            assert!(!ack.duplicate);
-            stored += 1;
-        }
-        stored
-    });
-    let text = numbered_file(0..8000, "imp");
-    let out = stack.run_with_input(&["publish", "--file", "-", "--json"], Some(&text));
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(writer.await.expect("writer"), 300);
-    let events = stack.events().await;
-    assert_eq!(events.len(), 8300);
-    let imported: Vec<u64> = events
-        .iter()
-        .filter(|m| header(m, "myorg_msg_id").starts_with("imp-"))
-        .map(|m| payload(m)["quantity"].as_u64().expect("quantity"))
-        .collect();
-    assert_eq!(
-        imported,
-        (1..=8000).collect::<Vec<u64>>(),
-        "file order kept"
-    );
+            stored
+        });
+        let text = numbered_file(0..8000, "imp");
+        let out = stack.run_with_input(
+            &["publish", "--file", "-", "--json", "--write-method", method],
+            Some(&text),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(writer.await.expect("writer"), 300);
+        let events = stack.events().await;
+        assert_eq!(events.len(), 8300);
+        let imported: Vec<u64> = events
+            .iter()
+            .filter(|m| header(m, "myorg_msg_id").starts_with("imp-"))
+            .map(|m| payload(m)["quantity"].as_u64().expect("quantity"))
+            .collect();
+        assert_eq!(
+            imported,
+            (1..=8000).collect::<Vec<u64>>(),
+            "file order kept"
+        );
+    }
 }
 
 #[tokio::test]
 async fn a_file_holding_some_stored_ids_stores_the_rest_once_in_order() {
-    let stack = Stack::start();
-    // Lines 2500..2600 were published before (e.g. by an earlier, partial import).
-    let earlier = numbered_file(2500..2600, "mix");
-    stack.ok_with_input(&["publish", "--file", "-"], &earlier);
-    let text = numbered_file(0..5000, "mix");
-    let out = stack.run_with_input(&["publish", "--file", "-", "--json"], Some(&text));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let summary: Value = serde_json::from_slice(&out.stdout).expect("summary JSON");
-    assert_eq!(
-        (summary["stored"].as_u64(), summary["duplicates"].as_u64()),
-        (Some(4900), Some(100))
-    );
-    let quantities: Vec<u64> = stack
-        .events()
-        .await
-        .iter()
-        .skip(100)
-        .map(|m| payload(m)["quantity"].as_u64().expect("quantity"))
-        .collect();
-    let expected: Vec<u64> = (1..=5000).filter(|q| !(2501..=2600).contains(q)).collect();
-    assert_eq!(quantities, expected);
+    // Either write method keeps the same promises.
+    for method in ["batches", "singles"] {
+        let stack = Stack::start();
+        // Lines 2500..2600 were published before (e.g. by an earlier, partial import).
+        let earlier = numbered_file(2500..2600, "mix");
+        stack.ok_with_input(
+            &["publish", "--file", "-", "--write-method", method],
+            &earlier,
+        );
+        let text = numbered_file(0..5000, "mix");
+        let out = stack.run_with_input(
+            &["publish", "--file", "-", "--json", "--write-method", method],
+            Some(&text),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let summary: Value = serde_json::from_slice(&out.stdout).expect("summary JSON");
+        assert_eq!(
+            (summary["stored"].as_u64(), summary["duplicates"].as_u64()),
+            (Some(4900), Some(100))
+        );
+        let quantities: Vec<u64> = stack
+            .events()
+            .await
+            .iter()
+            .skip(100)
+            .map(|m| payload(m)["quantity"].as_u64().expect("quantity"))
+            .collect();
+        let expected: Vec<u64> = (1..=5000).filter(|q| !(2501..=2600).contains(q)).collect();
+        assert_eq!(quantities, expected);
+    }
 }

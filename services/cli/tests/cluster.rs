@@ -232,6 +232,41 @@ async fn an_import_and_a_transfer_go_through_while_the_inventory_leader_changes(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chained_single_publishes_are_refused_on_a_replicated_stream() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = NatsCluster::start(3).await.expect("cluster");
+    let js = r3(&cluster).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("deliveries.ndjson");
+    std::fs::write(&file, deliveries(20)).expect("write the file");
+    let out = stockwire(&cluster)
+        .args(["publish", "--file", &file.to_string_lossy()])
+        .args(["--write-method", "singles"])
+        .output()
+        .expect("the import");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--write-method singles needs INVENTORY at 1 replica, it has 3"),
+        "{stderr}"
+    );
+    assert!(events(&js, subjects::INVENTORY_SUBJECTS).await.is_empty());
+    // The default writes batches there.
+    let out = stockwire(&cluster)
+        .args(["publish", "--file", &file.to_string_lossy(), "--json"])
+        .output()
+        .expect("the import");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary");
+    assert_eq!(summary["write_method"], "batches");
+    assert_eq!(events(&js, subjects::INVENTORY_SUBJECTS).await.len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stock_view_is_exact_after_its_leader_changes_during_commits() {
     let _one = ONE_AT_A_TIME.lock().await;
     let cluster = NatsCluster::start(3).await.expect("cluster");
