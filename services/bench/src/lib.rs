@@ -151,6 +151,8 @@ struct Report {
     events: usize,
     products: usize,
     fsync: String,
+    /// Replicas of INVENTORY (and of the bench's scratch buckets).
+    replicas: usize,
     machine: Machine,
     raw_pipelined_per_s: f64,
     raw_batch_per_s: f64,
@@ -225,12 +227,8 @@ async fn measure(ctx: &Ctx, args: BenchArgs) -> Outcome {
         .get_stream(subjects::INVENTORY_STREAM)
         .await
         .context("finding stream INVENTORY (run `stockwire setup` first)")?;
-    let held = inventory
-        .info()
-        .await
-        .context("reading INVENTORY")?
-        .state
-        .messages;
+    let info = inventory.info().await.context("reading INVENTORY")?;
+    let (held, replicas) = (info.state.messages, info.config.num_replicas.max(1));
     if held > 0 && !args.allow_existing {
         return Err(Failure::invalid(format!(
             "INVENTORY already holds {held} events and the bench would add more; \
@@ -357,6 +355,7 @@ async fn measure(ctx: &Ctx, args: BenchArgs) -> Outcome {
         events,
         products: args.products,
         fsync: args.fsync,
+        replicas,
         machine: Machine {
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             nats_server_version: client.server_info().version,

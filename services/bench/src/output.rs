@@ -58,10 +58,11 @@ pub(crate) fn report(ctx: &Ctx, r: &Report) {
         format!("{:.2}", r.ingest_ratio),
     ]);
     line(format!(
-        "{} events over {} products; fsync {}; {} cores; nats-server {}; each figure the median of {} rounds",
+        "{} events over {} products; fsync {}; R{}; {} cores; nats-server {}; each figure the median of {} rounds",
         r.events,
         r.products,
         r.fsync,
+        r.replicas,
         r.machine.cores,
         r.machine.nats_server_version,
         r.ingest_rounds.len()

@@ -118,12 +118,27 @@ async fn publish_all(
     Ok(stored.unwrap_or((1, 0)))
 }
 
+/// A fresh bucket for one figure, with as many replicas as INVENTORY (a view on a
+/// cluster is replicated like the log).
 async fn scratch_bucket(
     js: &Context,
     bucket: &str,
 ) -> Result<async_nats::jetstream::kv::Store, Failure> {
+    let replicas = js
+        .get_stream(subjects::INVENTORY_STREAM)
+        .await
+        .context("INVENTORY")?
+        .info()
+        .await
+        .context("reading INVENTORY")?
+        .config
+        .num_replicas;
     let _ = js.delete_stream(subjects::kv_stream(bucket)).await;
-    js.create_stream(kv_config(bucket, "stockwire bench scratch view", true))
+    let config = async_nats::jetstream::stream::Config {
+        num_replicas: replicas.max(1),
+        ..kv_config(bucket, "stockwire bench scratch view", true)
+    };
+    js.create_stream(config)
         .await
         .with_context(|| format!("creating scratch bucket {bucket}"))?;
     Ok(js
