@@ -64,7 +64,7 @@ pub(crate) async fn import_file(
     ctx: &Ctx,
     events: &[Event],
     run_id: &str,
-) -> Result<Duration, Failure> {
+) -> Result<(Duration, String), Failure> {
     let now = SystemClock.now_ms();
     let mut text = String::with_capacity(events.len() * 110);
     for (i, e) in events.iter().enumerate() {
@@ -84,19 +84,26 @@ pub(crate) async fn import_file(
         .arg("publish")
         .arg("--file")
         .arg(&path)
-        .stdout(std::process::Stdio::null());
+        .arg("--json")
+        .stderr(std::process::Stdio::inherit());
     let started = Instant::now();
-    let status = command
-        .status()
+    let output = command
+        .output()
         .await
         .context("running stockwire publish --file");
     let took = started.elapsed();
     let _ = std::fs::remove_file(&path);
-    let status = status?;
-    if !status.success() {
-        return Err(anyhow::anyhow!("stockwire publish --file failed: {status}").into());
+    let output = output?;
+    if !output.status.success() {
+        return Err(anyhow::anyhow!("stockwire publish --file failed: {}", output.status).into());
     }
-    Ok(took)
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .context("reading the summary of stockwire publish --file --json")?;
+    let method = summary["write_method"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_string();
+    Ok((took, method))
 }
 
 /// What one event costs alone, one at a time (each waits for its PubAck): as a plain

@@ -184,11 +184,13 @@ struct Report {
     get_put_ack_speedup: f64,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct IngestRound {
     raw_pipelined_per_s: f64,
     raw_batch_per_s: f64,
     ingest_events_per_s: f64,
+    /// The write method the import picked.
+    write_method: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -298,12 +300,16 @@ async fn measure(ctx: &Ctx, args: BenchArgs) -> Outcome {
             ingest::raw_batches(&client, ctx, &sample, &id, timeout).await?,
         );
         eprintln!("bench: round {round}: raw atomic batches        {batched:>10.0} events/s");
-        let ingest = rate(events, ingest::import_file(ctx, &sample, &id).await?);
-        eprintln!("bench: round {round}: stockwire publish --file  {ingest:>10.0} events/s");
+        let (took, write_method) = ingest::import_file(ctx, &sample, &id).await?;
+        let ingest = rate(events, took);
+        eprintln!(
+            "bench: round {round}: stockwire publish --file  {ingest:>10.0} events/s ({write_method})"
+        );
         ingest_rounds.push(IngestRound {
             raw_pipelined_per_s: pipelined.round(),
             raw_batch_per_s: batched.round(),
             ingest_events_per_s: ingest.round(),
+            write_method,
         });
     }
     let pipelined = median(ingest_rounds.iter().map(|r| r.raw_pipelined_per_s));

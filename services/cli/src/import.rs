@@ -46,9 +46,10 @@ type Checked = (Event, EventMeta);
 
 /// The valid lines, ready to publish: each event with its line number. They are
 /// encoded as they go out, so encoding overlaps the server storing the ones before.
+/// (The events are shared, so that single publishes are encoded on a thread of their own.)
 #[derive(Default)]
 struct Lines {
-    events: Vec<Checked>,
+    events: std::sync::Arc<Vec<Checked>>,
     numbers: Vec<usize>,
 }
 
@@ -81,6 +82,8 @@ struct Writer<'a> {
     js: &'a async_nats::jetstream::Context,
     envelope: &'a Envelope,
     timeout: Duration,
+    /// Replicas of `INVENTORY`.
+    replicas: usize,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -147,6 +150,7 @@ pub(crate) async fn run(
         js: &js,
         envelope: &ctx.envelope,
         timeout: ctx.connect.request_timeout(),
+        replicas: inventory(&js).await?.config.num_replicas,
     };
     if let Err(failure) =
         publish_all(&writer, &lines, method, &mut summary, &mut last_line_stored).await
@@ -242,22 +246,20 @@ fn parse_all(text: &str, file: &Path) -> Result<Lines, Failure> {
             file.display()
         )));
     }
-    let mut lines = Lines {
-        events: Vec::with_capacity(checked),
-        numbers: Vec::with_capacity(checked),
-    };
+    let mut events = Vec::with_capacity(checked);
+    let mut numbers = Vec::with_capacity(checked);
     let mut errors: Vec<(usize, String)> = Vec::new();
     for Parsed { number, result } in parsed.into_iter().flatten() {
         match result {
             Ok(event) => {
-                lines.events.push(event);
-                lines.numbers.push(number);
+                events.push(event);
+                numbers.push(number);
             }
             Err(e) => errors.push((number, format!("line {number}: {e}"))),
         }
     }
-    let mut seen_ids: HashMap<&str, usize> = HashMap::with_capacity(lines.events.len());
-    for ((_, meta), &number) in lines.events.iter().zip(&lines.numbers) {
+    let mut seen_ids: HashMap<&str, usize> = HashMap::with_capacity(events.len());
+    for ((_, meta), &number) in events.iter().zip(&numbers) {
         if let Some(first) = seen_ids.insert(&meta.msg_id, number) {
             errors.push((
                 number,
@@ -266,7 +268,10 @@ fn parse_all(text: &str, file: &Path) -> Result<Lines, Failure> {
         }
     }
     if errors.is_empty() {
-        return Ok(lines);
+        return Ok(Lines {
+            events: std::sync::Arc::new(events),
+            numbers,
+        });
     }
     errors.sort_by_key(|(number, _)| *number);
     for (_, e) in errors.iter().take(MAX_REPORTED) {
@@ -302,13 +307,13 @@ async fn publish_all(
     summary: &mut Summary,
     last_line_stored: &mut Option<usize>,
 ) -> Outcome {
-    let (events, numbers) = (&lines.events[..], &lines.numbers[..]);
+    let events = &lines.events[..];
     let mut from = 0;
     // On a replicated stream, nats-server (2.15) checks `Nats-Expected-Last-Msg-Id` only
     // as it applies a message, and a check that fails there stalls the stream: chained
     // singles are for streams of one replica.
     if method != WriteMethod::Batches {
-        let replicas = inventory(w.js).await?.config.num_replicas;
+        let replicas = w.replicas;
         if replicas > 1 && method == WriteMethod::Singles {
             return Err(Failure::invalid(format!(
                 "--write-method singles needs INVENTORY at 1 replica, it has {replicas}: \
@@ -321,8 +326,7 @@ async fn publish_all(
             return write(
                 w,
                 WriteMethod::Batches,
-                events,
-                numbers,
+                lines,
                 all,
                 summary,
                 last_line_stored,
@@ -345,12 +349,12 @@ async fn publish_all(
             ];
             // How long a thousand lines took, each way.
             let (mut batches, mut singles) = (Duration::ZERO, Duration::ZERO);
-            for (turn, (method, lines)) in turns.into_iter().enumerate() {
-                let range = from..from + lines;
+            for (turn, (method, count)) in turns.into_iter().enumerate() {
+                let range = from..from + count;
                 let started = Instant::now();
-                write(w, method, events, numbers, range, summary, last_line_stored).await?;
-                let took = started.elapsed() * (MAX_BATCH / lines) as u32;
-                from += lines;
+                write(w, method, lines, range, summary, last_line_stored).await?;
+                let took = started.elapsed() * (MAX_BATCH / count) as u32;
+                from += count;
                 match (turn, method) {
                     (0, _) => {}
                     (_, Batches) => batches += took,
@@ -372,25 +376,22 @@ async fn publish_all(
     };
     summary.write_method = method.name();
     let rest = from..events.len();
-    write(w, method, events, numbers, rest, summary, last_line_stored).await
+    write(w, method, lines, rest, summary, last_line_stored).await
 }
 
 /// Writes the lines in `range` by `method` (`Auto` writes batches).
 async fn write(
     w: &Writer<'_>,
     method: WriteMethod,
-    events: &[Checked],
-    numbers: &[usize],
+    lines: &Lines,
     range: std::ops::Range<usize>,
     summary: &mut Summary,
     last_line_stored: &mut Option<usize>,
 ) -> Outcome {
-    let (events, numbers) = (&events[range.clone()], &numbers[range]);
     match method {
-        WriteMethod::Singles => {
-            chained::publish(w, events, numbers, summary, last_line_stored).await
-        }
+        WriteMethod::Singles => chained::publish(w, lines, range, summary, last_line_stored).await,
         WriteMethod::Auto | WriteMethod::Batches => {
+            let (events, numbers) = (&lines.events[range.clone()], &lines.numbers[range]);
             batches::publish(w, events, numbers, summary, last_line_stored).await
         }
     }

@@ -631,6 +631,56 @@ fn numbered_file(lines: std::ops::Range<u32>, id_prefix: &str) -> String {
 }
 
 #[tokio::test]
+async fn two_imports_at_once_by_single_publishes_each_stay_in_file_order() {
+    // Two imports of the same shape into the same products: every time one gets in, the
+    // other's chain breaks, and what it had in flight is published again in turn. (By
+    // batches this is not promised: a refused batch can let the one behind it land where
+    // the other import's batch, just as long, happened to end; see the README.)
+    let method = "singles";
+    {
+        let stack = Stack::start();
+        let files = [
+            numbered_file(0..30_000, "one"),
+            numbered_file(0..30_000, "two"),
+        ];
+        let outs: Vec<Output> = std::thread::scope(|scope| {
+            let imports: Vec<_> = files
+                .iter()
+                .map(|text| {
+                    let stack = &stack;
+                    scope.spawn(move || {
+                        stack.run_with_input(
+                            &["publish", "--file", "-", "--write-method", method],
+                            Some(text),
+                        )
+                    })
+                })
+                .collect();
+            imports
+                .into_iter()
+                .map(|i| i.join().expect("import thread"))
+                .collect()
+        });
+        for out in &outs {
+            assert!(out.status.success(), "{method}: {}", stderr(out));
+        }
+        let events = stack.events().await;
+        assert_eq!(events.len(), 60_000, "{method}: each line once");
+        for prefix in ["one-", "two-"] {
+            let quantities: Vec<u64> = events
+                .iter()
+                .filter(|m| header(m, "myorg_msg_id").starts_with(prefix))
+                .map(|m| payload(m)["quantity"].as_u64().expect("quantity"))
+                .collect();
+            assert!(
+                quantities.windows(2).all(|w| w[0] < w[1]),
+                "{method}: {prefix}* out of file order"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn an_import_stays_in_file_order_while_another_writer_publishes() {
     // Either write method keeps the same promises.
     for method in ["batches", "singles"] {

@@ -79,12 +79,11 @@ pub(super) async fn publish(
                 *last_line_stored = numbers.last().copied();
             }
             Err(e)
-                if matches!(
-                    e.kind(),
-                    AppendErrorKind::BatchDuplicate | AppendErrorKind::WrongLastSequence
-                ) || e.kind().next() == Next::Retry =>
+                if e.kind() == AppendErrorKind::BatchDuplicate
+                    || matches!(e.kind().next(), Next::Decide | Next::Retry) =>
             {
-                // A repeated id, another writer, or (in a cluster) a leader election: the
+                // A repeated id, another writer (on a replicated stream, 10164 while the
+                // batch before is still being stored), or a leader election: the
                 // batches sent after this one expected it to be stored, so they are
                 // refused (or their fate is as unknown as its own); this chunk is
                 // published on its own, then the pipeline resumes from the stream's end.
@@ -100,7 +99,7 @@ pub(super) async fn publish(
                     }
                 }
                 let messages = encode(envelope, events);
-                publish_chunk(client, js, messages, numbers, timeout, summary).await?;
+                publish_chunk(client, js, messages, numbers, timeout, true, summary).await?;
                 *last_line_stored = numbers.last().copied();
                 next = index + 1;
                 pipeline.expect(Some(stream_end(js).await?));
@@ -116,20 +115,23 @@ pub(super) async fn publish(
     }
 }
 
-/// Publishes one chunk as an atomic batch, expecting the stream's end; on a repeated id,
-/// one event at a time. While the stream cannot take it (no leader during an election,
-/// an incomplete batch, a lost acknowledgement), it is sent again for up to
-/// `UNAVAILABLE_FOR`, but only after looking where it would have landed: a batch is
-/// stored whole right after the end it expected, or not at all, so the message there says
-/// whether an attempt whose answer was lost had in fact been stored. (A stream's new
-/// leader may not yet know the msg ids its predecessor was storing, so the duplicate
-/// window alone would let such a batch in twice.)
+/// Publishes one chunk as an atomic batch; on a repeated id, one event at a time. While
+/// the stream cannot take it (no leader during an election, an incomplete batch, a lost
+/// acknowledgement), it is sent again for up to `UNAVAILABLE_FOR`.
+///
+/// With `at_end`, the batch expects the stream's end, and before it is sent again the
+/// message where it would have landed says whether an attempt whose answer was lost had
+/// in fact been stored: a stream's new leader may not yet know the msg ids its
+/// predecessor was storing, so on a replicated stream the duplicate window alone would
+/// let such a batch in twice. Without it (a stream of one replica, where the duplicate
+/// window is the stream's own), the batch lands wherever the stream ends, however busy.
 pub(super) async fn publish_chunk(
     client: &async_nats::Client,
     js: &async_nats::jetstream::Context,
     messages: Vec<Outbound>,
     numbers: &[usize],
     timeout: Duration,
+    at_end: bool,
     summary: &mut Summary,
 ) -> Outcome {
     let count = messages.len();
@@ -137,8 +139,12 @@ pub(super) async fn publish_chunk(
     let started = Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     loop {
-        let end = stream_end(js).await?;
-        let sent = batch::send_atomic(client, messages.clone(), Some(end), timeout).await;
+        let end = if at_end {
+            Some(stream_end(js).await?)
+        } else {
+            None
+        };
+        let sent = batch::send_atomic(client, messages.clone(), end, timeout).await;
         let acked = match sent {
             Ok(sent) => sent.ack().await,
             Err(e) => Err(e),
@@ -156,15 +162,19 @@ pub(super) async fn publish_chunk(
                 return publish_singly(js, messages, summary).await;
             }
             Err(e)
-                if e.kind().next() == Next::Retry && stored_at(js, end + 1, &first_id).await? =>
+                if e.kind().next() == Next::Retry
+                    && match end {
+                        Some(end) => stored_at(js, end + 1, &first_id).await?,
+                        None => false,
+                    } =>
             {
+                let end = end.unwrap_or_default();
                 tracing::debug!(error = %e, "the batch was stored although its answer was lost");
                 summary.stored_run(end + 1, end + count as u64);
                 return Ok(());
             }
             Err(e)
-                if (e.kind().next() == Next::Retry
-                    || e.kind() == AppendErrorKind::WrongLastSequence)
+                if (e.kind().next() == Next::Retry || e.kind().next() == Next::Decide)
                     && started.elapsed() < UNAVAILABLE_FOR =>
             {
                 tracing::debug!(error = %e, "the stream cannot take the batch yet; sending it again");

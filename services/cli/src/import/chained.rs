@@ -8,22 +8,27 @@
 //!
 //! When an answer is anything but "stored", every publish in flight is taken stock of:
 //! those stored count, repeats count as duplicates, and the rest are published again as
-//! atomic batches ([`batches::publish_chunk`]) in file order, before a new chain starts
-//! from the stream's end.
+//! atomic batches ([`batches::publish_chunk`]) in file order, wherever the stream then
+//! ends, before a new chain starts from there.
+//!
+//! Only for a stream of one replica: on a replicated stream nats-server (2.15) checks
+//! `Nats-Expected-Last-Msg-Id` only as it applies a message, and a check that fails there
+//! stalls the stream (`publish_all` keeps singles off such streams).
 
 use std::collections::VecDeque;
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use async_nats::jetstream::publish::PublishAck;
 use stockwire::batch::MAX_BATCH;
+use stockwire::envelope::Outbound;
 use stockwire::retry::{AppendError, Next};
 use stockwire::subjects;
 
-use super::{batches, encode, stored_at, stream_end, Checked, Summary, Writer};
+use super::{batches, encode, stored_at, stream_end, Checked, Lines, Summary, Writer};
 use crate::failure::{Failure, Outcome};
 
 /// Unacknowledged publishes in flight.
-const WINDOW: usize = 512;
+const WINDOW: usize = 1024;
 
 /// A publish in flight: its index, the sequence it lands at if stored, and its answer.
 struct Sent {
@@ -32,17 +37,45 @@ struct Sent {
     ack: PublishAckFuture,
 }
 
-/// Publishes `events` (with their line numbers) in order.
+/// Publishes the lines in `range`, in order. They are encoded on a thread of their own,
+/// a window ahead of the publishing.
 pub(super) async fn publish(
     w: &Writer<'_>,
-    events: &[Checked],
-    numbers: &[usize],
+    lines: &Lines,
+    range: std::ops::Range<usize>,
     summary: &mut Summary,
     last_line_stored: &mut Option<usize>,
 ) -> Outcome {
+    let (events, numbers) = (&lines.events[range.clone()], &lines.numbers[range.clone()]);
     if events.is_empty() {
         return Ok(());
     }
+    let (tx, mut encoded) = tokio::sync::mpsc::channel(WINDOW);
+    let encoder = {
+        let (all, envelope) = (std::sync::Arc::clone(&lines.events), w.envelope.clone());
+        tokio::task::spawn_blocking(move || {
+            for (event, meta) in &all[range] {
+                if tx.blocking_send(envelope.encode(event, meta)).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let result = publish_encoded(w, events, numbers, &mut encoded, summary, last_line_stored).await;
+    // The encoder stops at its next message once the receiver is gone.
+    drop(encoded);
+    let _ = encoder.await;
+    result
+}
+
+async fn publish_encoded(
+    w: &Writer<'_>,
+    events: &[Checked],
+    numbers: &[usize],
+    encoded: &mut tokio::sync::mpsc::Receiver<Outbound>,
+    summary: &mut Summary,
+    last_line_stored: &mut Option<usize>,
+) -> Outcome {
     let mut end = stream_end(w.js).await?;
     let mut in_flight: VecDeque<Sent> = VecDeque::with_capacity(WINDOW);
     let mut next = 0;
@@ -50,8 +83,13 @@ pub(super) async fn publish(
     let mut chained_to: Option<&str> = None;
     loop {
         while in_flight.len() < WINDOW && next < events.len() {
-            let (event, meta) = &events[next];
-            let mut out = w.envelope.encode(event, meta);
+            let meta = &events[next].1;
+            let Some(mut out) = encoded.recv().await else {
+                return Err(Failure::from(anyhow::anyhow!(
+                    "encoding line {}: the encoder stopped",
+                    numbers[next]
+                )));
+            };
             match chained_to {
                 Some(before) => out
                     .headers
@@ -113,7 +151,10 @@ pub(super) async fn publish(
                     let chunk: Vec<Checked> = piece.iter().map(|&k| events[k].clone()).collect();
                     let lines: Vec<usize> = piece.iter().map(|&k| numbers[k]).collect();
                     let messages = encode(w.envelope, &chunk);
-                    batches::publish_chunk(w.client, w.js, messages, &lines, w.timeout, summary)
+                    // Single publishes run on a stream of one replica: these may land
+                    // wherever the stream ends, after every line before them.
+                    let (client, js, timeout) = (w.client, w.js, w.timeout);
+                    batches::publish_chunk(client, js, messages, &lines, timeout, false, summary)
                         .await?;
                 }
                 *last_line_stored = Some(numbers[next - 1]);
