@@ -9,7 +9,8 @@ transfer` between the warehouses, each with its own msg id / transfer id, tried 
 the same id after exit 1 until the deadline; exit 0 is an acknowledgement, exit 3 a refusal
 (not enough stock, or contended). Meanwhile it kills services with SIGKILL or SIGTERM (which
 must stop them within 2 s, exit 0) at random moments and restarts them, and kills and
-restarts nats-server once. Then it waits for the views to catch up and checks what a user
+restarts nats-server once, sending one service SIGTERM while the server is down (it must
+not wait on a server that is gone). Then it waits for the views to catch up and checks what a user
 would: `stockwire verify` is clean; the log holds exactly what was acknowledged (the
 generator's events, the stock, and every acknowledged checked command, each once); each of
 the generator's products has the stock of its books; no event is a dead letter; on the
@@ -24,7 +25,8 @@ from --seed; exit 0 when every check passes, 1 otherwise.
 With --cluster: three nodes (routes on loopback, fsync always, the repo's users), every
 stream R3, two instances of each service (one active, one standing by), and instead of
 one server restart, three node faults: SIGKILL of the node leading INVENTORY, then of the
-one leading KV_stock, then of a random node, each started again after 3 s. At the end
+one leading KV_stock, then of a random node, each started again after 3 s; while each is
+down, both instances of one service (a different one each time) get SIGTERM. At the end
 every stream (the buckets' too) must also be at the same last sequence on all three
 nodes, as each node's monitoring endpoint reports its own replica.
 """
@@ -436,6 +438,9 @@ def main():
                          rng.uniform(0.1, 1.0), rng.choice(["SIGKILL", "SIGTERM"]))
                         for _ in range(args.kills))
         server_restart_at = rng.uniform(0.3, 0.7) * args.duration_s
+        # Under each server or node outage, one service (both instances on a cluster) is
+        # asked to stop: it must not wait on the server that is gone.
+        stopped_in_outage = rng.sample(SERVICES, 3 if args.cluster else 1)
 
         if args.cluster:
             for i in range(len(stack.nodes)):
@@ -479,21 +484,42 @@ def main():
             plan.append((server_restart_at, "server", "nats-server", 1.0))
         stop_ms = defaultdict(list)
         started_at = defaultdict(float)
+
+        def sigterm(name, when):
+            took, code = stack.stop_service(name)
+            stop_ms[name].append(took * 1000)
+            stats["%s SIGTERMs" % name] += 1
+            if took > 2 or code != 0:
+                failures.append("%s: SIGTERM %s took %.1f s, exit code %s"
+                                % (name, when, took, code))
+
+        def outage(kill, start, down):
+            """Kills the server or a node, stops a service meanwhile, starts both again."""
+            killed = time.time()
+            kill()
+            time.sleep(down / 3)
+            service = stopped_in_outage.pop()
+            names = [n for n in instances if n.split("#")[0] == service]
+            for name in names:
+                sigterm(name, "while a server was down")
+            stats["SIGTERMs while a server was down"] += len(names)
+            time.sleep(max(0.0, killed + down - time.time()))
+            start()
+            for name in names:
+                stack.start_service(name)
+                started_at[name] = time.time()
+
         for offset, what, name, down in sorted(plan):
             at(offset)
             # A fault hits a running service, not one still starting.
             time.sleep(max(0.0, started_at[name] + 0.2 - time.time()))
             if what == "server":
-                stack.kill_server()
-                time.sleep(down)
-                stack.start_server()
+                outage(stack.kill_server, stack.start_server, down)
                 stats["nats-server restarts"] += 1
             elif what == "node":
                 leading = stack.node_leading(name) if name else None
                 i = leading if leading is not None else rng.randrange(len(stack.nodes))
-                stack.kill_node(i)
-                time.sleep(down)
-                stack.start_node(i)
+                outage(lambda: stack.kill_node(i), lambda: stack.start_node(i), down)
                 stats["node SIGKILLs (%s)" % (("leader of " + name) if name else "random")] += 1
             elif what == "SIGKILL":
                 stack.kill_service(name)
@@ -502,15 +528,10 @@ def main():
                 started_at[name] = time.time()
                 stats["%s SIGKILLs" % name] += 1
             else:
-                took, code = stack.stop_service(name)
-                stop_ms[name].append(took * 1000)
-                if took > 2 or code != 0:
-                    failures.append("%s: SIGTERM under load took %.1f s, exit code %s"
-                                    % (name, took, code))
+                sigterm(name, "under load")
                 time.sleep(down)
                 stack.start_service(name)
                 started_at[name] = time.time()
-                stats["%s SIGTERMs" % name] += 1
         for name, took in sorted(stop_ms.items()):
             stats["%s stop on SIGTERM (max)" % name] = "%.0f ms" % max(took)
         for t in threads:
