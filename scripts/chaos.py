@@ -55,6 +55,33 @@ CHECKED_WAREHOUSES = ["ams1", "ber1"]
 CLERKS = 2
 
 
+PICKED_PORTS = set()
+
+
+def free_port():
+    """A free port on loopback below the kernel's range for outgoing connections: a port
+    from that range (what binding port 0 gives) may be taken by a client's connection
+    while the server that listens on it is down, and the server cannot start again."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    while low > 10100:
+        port = random.SystemRandom().randrange(10000, low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in PICKED_PORTS:
+            PICKED_PORTS.add(port)
+            return port
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def password(user):
     return os.environ["STOCKWIRE_%s_PASSWORD" % user.replace("-", "_").upper()]
 
@@ -83,10 +110,6 @@ class Stack:
 
     def write_cluster(self):
         """Three node configs with free ports, each including the repo's users."""
-        def free_port():
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                return sock.getsockname()[1]
         ports = [(free_port(), free_port(), free_port()) for _ in range(3)]
         for i, (client, route, http) in enumerate(ports):
             name = "n%d" % (i + 1)
@@ -171,7 +194,8 @@ class Stack:
         shutil.rmtree(ports, ignore_errors=True)
         os.makedirs(ports)
         log = open(os.path.join(self.work, "nats-server.log"), "a")
-        port = str(self.port) if self.port else "-1"
+        self.port = self.port or free_port()
+        port = str(self.port)
         self.server = subprocess.Popen(
             [os.path.join(self.root, ".tools/bin/nats-server"), "-c", self.conf, "-p", port,
              "-m", "-1", "--ports_file_dir", ports],
@@ -618,6 +642,10 @@ def main():
             failures.extend(problems[:10])
         stats["low-stock alerts"] = alerts
         return report(stack, args, stats, failures, started, published_s, caught_up_s)
+    except BaseException as stopped:
+        # Stopped early (a node that did not start, a signal): keep the logs too.
+        failures.append("stopped early: %s" % (stopped,))
+        raise
     finally:
         stack.stop()
         if failures:
