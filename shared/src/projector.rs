@@ -139,8 +139,12 @@ pub async fn run<P: Projection>(
                 }
             };
             // Reading and decoding run ahead in their own task while a batch is committed.
-            let (reader, mut incoming) =
-                spawn_reader(messages, config.envelope.clone(), config.max_batch);
+            let (reader, mut incoming) = spawn_reader(
+                messages,
+                checkpoint + 1,
+                config.envelope.clone(),
+                config.max_batch,
+            );
             let _stop_reader = AbortOnDrop(reader);
             tracing::info!(view = bucket, checkpoint, "reading the log");
             let mut ticker = projection.tick_every().map(|every| {
@@ -327,10 +331,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Reads the ordered consumer and decodes, up to `2 * max_batch` events ahead. A read
-/// error ends the channel, and the projector restarts from its checkpoint.
+/// Reads the ordered consumer from `first_seq` and decodes, up to `2 * max_batch` events
+/// ahead. A read error ends the channel, and the projector restarts from its checkpoint.
+/// An event before the next one expected is passed over (a consumer re-created before its
+/// first message starts over from the beginning: see `read`).
 fn spawn_reader(
     mut messages: jetstream::consumer::pull::Ordered,
+    first_seq: u64,
     envelope: Envelope,
     max_batch: usize,
 ) -> (
@@ -339,7 +346,13 @@ fn spawn_reader(
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel(2 * max_batch.max(1));
     let task = tokio::spawn(async move {
+        let mut next_seq = first_seq;
         while let Some(item) = messages.next().await {
+            if let Ok(msg) = &item {
+                if msg.info().is_ok_and(|info| info.stream_sequence < next_seq) {
+                    continue;
+                }
+            }
             let incoming = item
                 .map_err(|e| format!("reading the log: {e}"))
                 .and_then(|msg| {
@@ -371,6 +384,9 @@ fn spawn_reader(
                     })
                 });
             let failed = incoming.is_err();
+            if let Ok(incoming) = &incoming {
+                next_seq = incoming.seq + 1;
+            }
             if tx.send(incoming).await.is_err() || failed {
                 return;
             }
