@@ -3,18 +3,32 @@
 Starts nats-server (the repo's nats.conf: users, fsync always) on free ports with a fresh
 store, the four services as their own users, and several publishers at once, each
 publishing its share of the events in small files through `stockwire publish --file`.
-Meanwhile it kills services with SIGKILL at random moments and restarts them, and kills
-and restarts nats-server once. Then it waits for the views to catch up and checks what a
-user would: `stockwire verify` is clean, every event is stored exactly once, no valid
-event is a dead letter, and each product's low-stock alerts alternate low/recovered with
-no repeat and end in agreement with its final stock. The events and the schedule of
-faults follow from --seed; exit 0 when every check passes, 1 otherwise.
+Beside them, on products of their own (stocked first through the CLI, in two
+warehouses), two clerks run checked commands: `stockwire publish sold` and `stockwire
+transfer` between the warehouses, each with its own msg id / transfer id, tried again with
+the same id after exit 1 until the deadline; exit 0 is an acknowledgement, exit 3 a refusal
+(not enough stock, or contended). Meanwhile it kills services with SIGKILL or SIGTERM (which
+must stop them within 2 s, exit 0) at random moments and restarts them, and kills and
+restarts nats-server once, sending one service SIGTERM while the server is down (it must
+not wait on a server that is gone). Then it waits for the views to catch up and checks what a user
+would: `stockwire verify` is clean; the log holds exactly what was acknowledged (the
+generator's events, the stock, and every acknowledged checked command, each once); each of
+the generator's products has the stock of its books; no event is a dead letter; on the
+checked products (their history read back with `stockwire history`) no msg id is stored
+twice, an acknowledged sale or transfer is stored and a refused one is not, every transfer
+has both legs or neither, no location is ever below zero, and the stock view equals what
+was received minus the acknowledged sales, transfers counted on both sides; and each
+product's low-stock alerts alternate low/recovered with no repeat and end in agreement
+with its final stock. The events, the clerks' commands and the schedule of faults follow
+from --seed; exit 0 when every check passes, 1 otherwise.
 
 With --cluster: three nodes (routes on loopback, fsync always, the repo's users), every
 stream R3, two instances of each service (one active, one standing by), and instead of
 one server restart, three node faults: SIGKILL of the node leading INVENTORY, then of the
-one leading KV_stock, then of a random node, each started again after a pause. At the end
-every stream's replicas must also be current.
+one leading KV_stock, then of a random node, each started again after 3 s; while each is
+down, both instances of one service (a different one each time) get SIGTERM. At the end
+every stream (the buckets' too) must also be at the same last sequence on all three
+nodes, as each node's monitoring endpoint reports its own replica.
 """
 
 import argparse
@@ -30,10 +44,42 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import defaultdict
 
 SERVICES = ["stock-projector", "low-stock-watcher", "velocity-projector", "velocity-watcher"]
 THRESHOLD = 20
+# The checked products: apart from the generator's, so that its books stay exact. Each is
+# stocked in both warehouses first, then only sold and transferred by checked commands.
+CHECKED_WAREHOUSES = ["ams1", "ber1"]
+CLERKS = 2
+
+
+PICKED_PORTS = set()
+
+
+def free_port():
+    """A free port on loopback below the kernel's range for outgoing connections: a port
+    from that range (what binding port 0 gives) may be taken by a client's connection
+    while the server that listens on it is down, and the server cannot start again."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    while low > 10100:
+        port = random.SystemRandom().randrange(10000, low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in PICKED_PORTS:
+            PICKED_PORTS.add(port)
+            return port
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def password(user):
@@ -64,23 +110,22 @@ class Stack:
 
     def write_cluster(self):
         """Three node configs with free ports, each including the repo's users."""
-        def free_port():
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                return sock.getsockname()[1]
-        ports = [(free_port(), free_port()) for _ in range(3)]
-        for i, (client, route) in enumerate(ports):
+        ports = [(free_port(), free_port(), free_port()) for _ in range(3)]
+        for i, (client, route, http) in enumerate(ports):
             name = "n%d" % (i + 1)
-            routes = ", ".join('"nats-route://127.0.0.1:%d"' % r
-                               for j, (_, r) in enumerate(ports) if j != i)
+            routes = ", ".join('"nats-route://127.0.0.1:%d"' % p[1]
+                               for j, p in enumerate(ports) if j != i)
             conf = os.path.join(self.work, name + ".conf")
             with open(conf, "w") as f:
-                f.write("server_name: %s\nlisten: 127.0.0.1:%d\nmax_payload: 1MB\n"
+                f.write("server_name: %s\nlisten: 127.0.0.1:%d\nhttp: 127.0.0.1:%d\n"
+                        "max_payload: 1MB\n"
                         "jetstream {\n  store_dir: %s\n  sync_interval: always\n}\n"
                         "cluster {\n  name: chaos\n  listen: 127.0.0.1:%d\n  routes: [%s]\n}\n"
                         "include ./accounts.conf\n"
-                        % (name, client, json.dumps(os.path.join(self.work, name)), route, routes))
-            self.nodes.append({"name": name, "port": client, "conf": conf, "proc": None})
+                        % (name, client, http, json.dumps(os.path.join(self.work, name)),
+                           route, routes))
+            self.nodes.append({"name": name, "port": client, "http": http, "conf": conf,
+                               "proc": None})
 
     def url(self):
         if self.nodes:
@@ -128,12 +173,29 @@ class Stack:
             time.sleep(0.5)
         return None
 
+    def replica_ends(self):
+        """Per stream, the last sequence of its replica on each node, as each node's
+        monitoring endpoint (/jsz) reports its own copy."""
+        ends = defaultdict(dict)
+        for node in self.nodes:
+            url = "http://127.0.0.1:%d/jsz?accounts=true&streams=true" % node["http"]
+            try:
+                with urllib.request.urlopen(url, timeout=5) as answer:
+                    jsz = json.load(answer)
+            except (OSError, ValueError):
+                continue
+            for account in jsz.get("account_details") or []:
+                for stream in account.get("stream_detail") or []:
+                    ends[stream["name"]][node["name"]] = stream["state"]["last_seq"]
+        return ends
+
     def start_server(self):
         ports = os.path.join(self.work, "ports")
         shutil.rmtree(ports, ignore_errors=True)
         os.makedirs(ports)
         log = open(os.path.join(self.work, "nats-server.log"), "a")
-        port = str(self.port) if self.port else "-1"
+        self.port = self.port or free_port()
+        port = str(self.port)
         self.server = subprocess.Popen(
             [os.path.join(self.root, ".tools/bin/nats-server"), "-c", self.conf, "-p", port,
              "-m", "-1", "--ports_file_dir", ports],
@@ -264,6 +326,103 @@ def publisher(stack, lines, chunk, pace_s, deadline, stats, failures):
         time.sleep(pace_s)
 
 
+def settled(stack, args, deadline, stats):
+    """Runs a checked command until it settles: its JSON outcome (`stored`, `already_stored`,
+    `rejected`, `contended`), or None when it has not by the deadline. Exit 1 (it failed
+    after the CLI's own retries) is tried again with the same id: stored at most once."""
+    while True:
+        out = stack.cli("cli", "--json", *args)
+        if out.returncode in (0, 3):
+            return json.loads(out.stdout.splitlines()[-1])["outcome"]
+        if out.returncode != 1 or time.time() > deadline:
+            return None
+        stats["checked command retries"] += 1
+        time.sleep(0.3)
+
+
+def stock_checked(stack, seed, skus, units, deadline):
+    """The stocker: `units` of each checked product at A1 in each warehouse."""
+    lines = [json.dumps({"type": "stock.received", "warehouse": w, "sku": sku, "location": "A1",
+                         "quantity": units, "msg_id": "chaos-%d-stock-%s-%s" % (seed, w, sku)})
+             for w in CHECKED_WAREHOUSES for sku in skus]
+    while stack.cli("cli", "publish", "--file", "-", stdin="\n".join(lines) + "\n").returncode:
+        if time.time() > deadline:
+            raise SystemExit("chaos: the checked products could not be stocked")
+        time.sleep(0.3)
+    return len(lines)
+
+
+def clerk(stack, rng, name, skus, count, t0, pace_s, deadline, told, stats):
+    """Checked sales (3 in 4) and transfers between the two warehouses, one every pace_s;
+    each command, with its outcome, goes to `told`."""
+    for n in range(count):
+        time.sleep(max(0.0, t0 + n * pace_s - time.time()))
+        sku = rng.choice(skus)
+        src, dst = rng.sample(CHECKED_WAREHOUSES, 2)
+        cid = "%s-%d" % (name, n)
+        if rng.random() < 0.75:
+            c = dict(kind="sale", id=cid, warehouse=src, sku=sku, quantity=rng.randint(1, 6))
+            args = ["publish", "sold", "-w", src, "-s", sku, "-l", "A1",
+                    "-q", str(c["quantity"]), "--msg-id", cid]
+        else:
+            c = dict(kind="transfer", id=cid, warehouse=src, to=dst, sku=sku,
+                     quantity=rng.randint(1, 10))
+            args = ["transfer", "-s", sku, "--from-warehouse", src, "--from", "A1",
+                    "--to-warehouse", dst, "--to", "A1", "-q", str(c["quantity"]),
+                    "--transfer-id", cid]
+        c["outcome"] = settled(stack, args, deadline, stats)
+        told.append(c)
+
+
+def check_checked(stack, skus, units, told, view):
+    """The checked products' log against what their commands were told: each id stored at
+    most once, an acknowledged command stored and a refused one not, a transfer both legs
+    or neither, no location below zero at any point, and the view equal to the books."""
+    log = []
+    for w in CHECKED_WAREHOUSES:
+        for sku in skus:
+            log += [json.loads(l) for l in stack.ok("cli", "history", "-w", w, "-s", sku,
+                                                    "--json").splitlines()]
+    log.sort(key=lambda e: e["seq"])
+    stored = defaultdict(int)
+    for e in log:
+        stored[e["msg_id"]] += 1
+    problems = ["msg id %s stored %d times" % (i, n) for i, n in stored.items() if n > 1]
+    legs = defaultdict(set)
+    for e in log:
+        if "transfer_id" in e:
+            legs[e["transfer_id"]].add(e["type"])
+    problems += ["transfer %s stored with one leg only: %s" % (t, sorted(k))
+                 for t, k in legs.items() if len(k) != 2]
+    books = {(w, sku): units for w in CHECKED_WAREHOUSES for sku in skus}
+    for c in told:
+        ids = [c["id"]] if c["kind"] == "sale" else [c["id"] + "-out", c["id"] + "-in"]
+        acked = c["outcome"] in ("stored", "already_stored")
+        if c["outcome"] is None:
+            problems.append("%s %s never settled" % (c["kind"], c["id"]))
+        elif any(stored[i] != int(acked) for i in ids):
+            problems.append("%s %s was told %s, stored %s times"
+                            % (c["kind"], c["id"], c["outcome"], [stored[i] for i in ids]))
+        if acked:
+            books[(c["warehouse"], c["sku"])] -= c["quantity"]
+            if c["kind"] == "transfer":
+                books[(c["to"], c["sku"])] += c["quantity"]
+    sign = {"stock.received": 1, "stock.transferred_in": 1, "stock.sold": -1,
+            "stock.transferred_out": -1}
+    on_hand = defaultdict(int)
+    for e in log:
+        where = (e["warehouse"], e["sku"], e["location"])
+        on_hand[where] += sign[e["type"]] * e["quantity"]
+        if on_hand[where] < 0:
+            problems.append("%s/%s/%s below zero after #%d" % (where + (e["seq"],)))
+    for (w, sku), n in sorted(books.items()):
+        locations = view.get("%s.%s" % (w, sku), {}).get("locations", {})
+        if locations != ({"A1": n} if n else {}):
+            problems.append("%s.%s: the stock view says %s, the books %d"
+                            % (w, sku, locations, n))
+    return problems
+
+
 def main():
     ap = argparse.ArgumentParser(prog="scripts/chaos", description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=1)
@@ -273,6 +432,10 @@ def main():
     ap.add_argument("--kills", type=int, default=12,
                     help="service kills in all, each SIGKILL or SIGTERM")
     ap.add_argument("--duration-s", type=float, default=30, help="how long publishing lasts")
+    ap.add_argument("--checked-products", type=int, default=10,
+                    help="products sold and transferred only by checked commands")
+    ap.add_argument("--checked-commands", type=int, default=400,
+                    help="checked sales and transfers in all, from %d clerks" % CLERKS)
     ap.add_argument("--deadline-s", type=float, default=600, help="fail if not done by then")
     ap.add_argument("--bin-dir", required=True)
     ap.add_argument("--root", required=True)
@@ -280,6 +443,8 @@ def main():
     ap.add_argument("--cluster", action="store_true",
                     help="three nodes, R3, two instances of each service, node faults")
     args = ap.parse_args()
+    if args.checked_commands > 0 and args.checked_products < 1:
+        ap.error("--checked-commands needs at least one --checked-products")
     # Stopped from outside: still stop what it started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -297,6 +462,9 @@ def main():
                          rng.uniform(0.1, 1.0), rng.choice(["SIGKILL", "SIGTERM"]))
                         for _ in range(args.kills))
         server_restart_at = rng.uniform(0.3, 0.7) * args.duration_s
+        # Under each server or node outage, one service (both instances on a cluster) is
+        # asked to stop: it must not wait on the server that is gone.
+        stopped_in_outage = rng.sample(SERVICES, 3 if args.cluster else 1)
 
         if args.cluster:
             for i in range(len(stack.nodes)):
@@ -308,6 +476,10 @@ def main():
         stack.ok("cli", "threshold", "set", "--default", "--low-stock-below", str(THRESHOLD))
         for name in instances:
             stack.start_service(name)
+        skus = ["chk%03d" % i for i in range(args.checked_products)]
+        # Sales would take about a third more than this: some are refused for want of stock.
+        units = max(5, args.checked_commands // max(1, args.checked_products))
+        stocked = stock_checked(stack, args.seed, skus, units, deadline)
 
         chunk = 200
         chunks = max(1, max(len(f) for f in files) // chunk)
@@ -316,6 +488,11 @@ def main():
                                     args=(stack, f, chunk, pace, deadline, stats, failures))
                    for f in files]
         t0 = time.time()
+        told, per_clerk = [], args.checked_commands // CLERKS
+        threads += [threading.Thread(target=clerk, daemon=True, args=(
+            stack, random.Random("%d-clerk%d" % (args.seed, k)), "chaos-%d-clerk%d" % (args.seed, k),
+            skus, per_clerk, t0, args.duration_s / max(1, per_clerk), deadline, told, stats))
+            for k in range(CLERKS)]
         for t in threads:
             t.start()
 
@@ -331,21 +508,42 @@ def main():
             plan.append((server_restart_at, "server", "nats-server", 1.0))
         stop_ms = defaultdict(list)
         started_at = defaultdict(float)
+
+        def sigterm(name, when):
+            took, code = stack.stop_service(name)
+            stop_ms[name].append(took * 1000)
+            stats["%s SIGTERMs" % name] += 1
+            if took > 2 or code != 0:
+                failures.append("%s: SIGTERM %s took %.1f s, exit code %s"
+                                % (name, when, took, code))
+
+        def outage(kill, start, down):
+            """Kills the server or a node, stops a service meanwhile, starts both again."""
+            killed = time.time()
+            kill()
+            time.sleep(down / 3)
+            service = stopped_in_outage.pop()
+            names = [n for n in instances if n.split("#")[0] == service]
+            for name in names:
+                sigterm(name, "while a server was down")
+            stats["SIGTERMs while a server was down"] += len(names)
+            time.sleep(max(0.0, killed + down - time.time()))
+            start()
+            for name in names:
+                stack.start_service(name)
+                started_at[name] = time.time()
+
         for offset, what, name, down in sorted(plan):
             at(offset)
             # A fault hits a running service, not one still starting.
             time.sleep(max(0.0, started_at[name] + 0.2 - time.time()))
             if what == "server":
-                stack.kill_server()
-                time.sleep(down)
-                stack.start_server()
+                outage(stack.kill_server, stack.start_server, down)
                 stats["nats-server restarts"] += 1
             elif what == "node":
                 leading = stack.node_leading(name) if name else None
                 i = leading if leading is not None else rng.randrange(len(stack.nodes))
-                stack.kill_node(i)
-                time.sleep(down)
-                stack.start_node(i)
+                outage(lambda: stack.kill_node(i), lambda: stack.start_node(i), down)
                 stats["node SIGKILLs (%s)" % (("leader of " + name) if name else "random")] += 1
             elif what == "SIGKILL":
                 stack.kill_service(name)
@@ -354,22 +552,17 @@ def main():
                 started_at[name] = time.time()
                 stats["%s SIGKILLs" % name] += 1
             else:
-                took, code = stack.stop_service(name)
-                stop_ms[name].append(took * 1000)
-                if took > 2 or code != 0:
-                    failures.append("%s: SIGTERM under load took %.1f s, exit code %s"
-                                    % (name, took, code))
+                sigterm(name, "under load")
                 time.sleep(down)
                 stack.start_service(name)
                 started_at[name] = time.time()
-                stats["%s SIGTERMs" % name] += 1
         for name, took in sorted(stop_ms.items()):
             stats["%s stop on SIGTERM (max)" % name] = "%.0f ms" % max(took)
         for t in threads:
             t.join(max(1.0, deadline - time.time()))
         published_s = time.time() - t0
         if any(t.is_alive() for t in threads):
-            failures.append("publishers did not finish by the deadline")
+            failures.append("publishers or clerks did not finish by the deadline")
             return report(stack, args, stats, failures, started, published_s, None)
 
         # Every service is still up: one that stopped by itself (refused, crashed) is a failure.
@@ -396,34 +589,45 @@ def main():
         caught_up_s = time.time() - t0
 
         if args.cluster:
-            # Every replica catches up with its leader.
-            streams = None
+            # Every stream (buckets included) at the same last sequence on all three nodes.
+            ends, agreed = {}, False
             while time.time() < deadline:
-                out = stack.cli("cli", "status", "--json")
-                if out.returncode == 0:
-                    streams = json.loads(out.stdout)["streams"]
-                    if all(s and s.get("replicas_current") for s in streams.values()):
-                        break
+                ends = stack.replica_ends()
+                agreed = "INVENTORY" in ends and all(
+                    len(e) == len(stack.nodes) and len(set(e.values())) == 1
+                    for e in ends.values())
+                if agreed:
+                    break
                 time.sleep(0.5)
+            if agreed:
+                stats["streams at one last sequence on every node"] = len(ends)
             else:
-                failures.append("a stream's replicas were not all current by the deadline: %s"
-                                % streams)
+                failures.append("replicas not at the same last sequence by the deadline: %s"
+                                % {k: e for k, e in ends.items() if len(set(e.values())) != 1
+                                   or len(e) != len(stack.nodes)})
+        acked = [c for c in told if c["outcome"] in ("stored", "already_stored")]
+        expected = args.events + stocked + sum(1 if c["kind"] == "sale" else 2 for c in acked)
         stored = status["streams"]["INVENTORY"]["messages"]
-        if stored != args.events:
-            failures.append("%d events stored, %d published" % (stored, args.events))
+        if stored != expected:
+            failures.append("%d events stored, %d acknowledged" % (stored, expected))
         if status["dead_letters"]:
             failures.append("%d dead letters for valid events" % status["dead_letters"])
         out = stack.cli("cli", "verify")
         if out.returncode != 0:
             failures.append("verify: %s%s" % (out.stdout.strip()[-2000:], out.stderr.strip()))
-        view = {}
+        rows = {}
         for line in stack.ok("cli", "stock", "--json").splitlines():
             v = json.loads(line)
-            view["%s.%s" % (v["warehouse"], v["sku"])] = v["on_hand"]
+            rows["%s.%s" % (v["warehouse"], v["sku"])] = v
+        view = {k: v["on_hand"] for k, v in rows.items()}
         wrong = {k: (view.get(k), n) for k, n in final.items() if view.get(k, 0) != n}
         if wrong:
             failures.append("%d products differ from the generator's books, e.g. %s"
                             % (len(wrong), list(wrong.items())[:3]))
+        failures.extend(check_checked(stack, skus, units, told, rows)[:10])
+        for c in told:
+            kind = "checked sales" if c["kind"] == "sale" else "transfers"
+            stats["%s %s" % (kind, c["outcome"])] += 1
 
         # The watcher settles: alternate, no repeat, last one agrees with the final stock.
         problems, alerts = None, 0
@@ -438,6 +642,10 @@ def main():
             failures.extend(problems[:10])
         stats["low-stock alerts"] = alerts
         return report(stack, args, stats, failures, started, published_s, caught_up_s)
+    except BaseException as stopped:
+        # Stopped early (a node that did not start, a signal): keep the logs too.
+        failures.append("stopped early: %s" % (stopped,))
+        raise
     finally:
         stack.stop()
         if failures:
@@ -485,14 +693,17 @@ def check_alerts(stack, view):
 
 def report(stack, args, stats, failures, started, published_s, caught_up_s):
     rows = [("seed", args.seed), ("events", args.events), ("products", args.products),
-            ("publishers", args.publishers)]
+            ("publishers", args.publishers),
+            ("checked commands", "%d on %d skus in %s" % (
+                args.checked_commands, args.checked_products, " and ".join(CHECKED_WAREHOUSES)))]
     rows += sorted(stats.items())
     rows.append(("publishing took", "%.1f s" % published_s))
     if caught_up_s is not None:
         rows.append(("views caught up after", "%.1f s" % caught_up_s))
     rows.append(("whole drill", "%.1f s" % (time.time() - started)))
     rows.append(("result", "FAILED" if failures else "ok: verify clean, no loss, no duplicates, "
-                 "no dead letters, alerts alternate"))
+                 "no dead letters, checked commands agree with the log, alerts alternate"
+                 + (", replicas agree" if args.cluster else "")))
     width = max(len(k) for k, _ in rows)
     print("chaos drill")
     for k, v in rows:

@@ -9,7 +9,10 @@
 //!   wrote last; a refused renewal means another instance holds it now;
 //! - a holder that dies (SIGKILL) stops renewing, the server drops the key when its TTL
 //!   runs out, and a standby polling the key takes it: take-over within TTL + poll interval;
-//! - a clean stop deletes the key (expecting its revision), so a standby takes over at once.
+//! - a clean stop deletes the key (expecting its revision), so a standby takes over at once;
+//!   a stop never waits on the server for more than [`RELEASE_WITHIN`]: a request still in
+//!   flight is abandoned (a cluster node that died may hold its answer for seconds), and a
+//!   lease the server does not delete in time expires as after a crash.
 //!
 //! Correctness never depends on it (every write Stockwire makes to a view or to `ALERTS`
 //! is a compare-and-set, so a second writer is harmless); the lease only saves the work
@@ -47,6 +50,9 @@ impl Default for Timing {
         }
     }
 }
+
+/// How long a clean stop waits for the server to delete the lease.
+pub const RELEASE_WITHIN: Duration = Duration::from_millis(300);
 
 /// This instance's id: `STOCKWIRE_INSTANCE_ID` when set (1 to 64 of `A-Z a-z 0-9 _ -`:
 /// it names a subject too), else a fresh UUID (one per service run: a process runs one
@@ -129,25 +135,33 @@ impl Holder {
         let mut held: Option<(u64, Instant)> = None;
         while !stop.is_cancelled() {
             match held {
-                None => match self.take(&kv).await {
-                    Ok(Some(revision)) => {
-                        tracing::info!(
-                            job = self.job,
-                            instance = self.instance,
-                            "active: lease taken"
-                        );
-                        held = Some((revision, Instant::now()));
-                        self.active.send_replace(true);
-                        pause(&stop, self.timing.renew_every).await;
+                None => {
+                    let Some(taken) = until_stopped(&stop, self.take(&kv)).await else {
+                        break;
+                    };
+                    match taken {
+                        Ok(Some(revision)) => {
+                            tracing::info!(
+                                job = self.job,
+                                instance = self.instance,
+                                "active: lease taken"
+                            );
+                            held = Some((revision, Instant::now()));
+                            self.active.send_replace(true);
+                            pause(&stop, self.timing.renew_every).await;
+                        }
+                        Ok(None) => pause(&stop, self.timing.poll_every).await,
+                        Err(e) => {
+                            tracing::warn!(job = self.job, error = %e, "cannot take the lease; retrying");
+                            pause(&stop, self.timing.poll_every).await;
+                        }
                     }
-                    Ok(None) => pause(&stop, self.timing.poll_every).await,
-                    Err(e) => {
-                        tracing::warn!(job = self.job, error = %e, "cannot take the lease; retrying");
-                        pause(&stop, self.timing.poll_every).await;
-                    }
-                },
+                }
                 Some((revision, since)) => {
-                    match self.write(revision).await {
+                    let Some(renewed) = until_stopped(&stop, self.write(revision)).await else {
+                        break;
+                    };
+                    match renewed {
                         Ok(Some(revision)) => held = Some((revision, Instant::now())),
                         Ok(None) => {
                             tracing::info!(
@@ -174,11 +188,16 @@ impl Holder {
         }
         self.active.send_replace(false);
         if let Some((revision, _)) = held {
-            match kv.delete_expect_revision(&self.job, Some(revision)).await {
-                Ok(()) => tracing::info!(job = self.job, "lease released"),
-                Err(e) => {
+            let deleted = kv.delete_expect_revision(&self.job, Some(revision));
+            match tokio::time::timeout(RELEASE_WITHIN, deleted).await {
+                Ok(Ok(())) => tracing::info!(job = self.job, "lease released"),
+                Ok(Err(e)) => {
                     tracing::warn!(job = self.job, error = %e, "lease not released; it expires")
                 }
+                Err(_) => tracing::warn!(
+                    job = self.job,
+                    "lease not released: no answer in time; it expires"
+                ),
             }
         }
     }
@@ -188,7 +207,7 @@ impl Holder {
         let mut backoff =
             crate::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
-            match self.js.get_key_value(subjects::LEASES_BUCKET).await {
+            match until_stopped(stop, self.js.get_key_value(subjects::LEASES_BUCKET)).await? {
                 Ok(kv) => return Some(kv),
                 Err(e) => {
                     tracing::warn!(job = self.job, error = %e, "cannot open the leases bucket (run `stockwire setup`?); retrying");
@@ -231,5 +250,16 @@ impl Holder {
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// `request`'s answer, or `None` if `stop` is cancelled first (the request is abandoned).
+async fn until_stopped<T>(
+    stop: &CancellationToken,
+    request: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        _ = stop.cancelled() => None,
+        answer = request => Some(answer),
     }
 }

@@ -35,7 +35,7 @@ use crate::projection::{Config, Projection};
 use crate::read;
 use crate::rebuild;
 use crate::retry::Backoff;
-use crate::shutdown::pause;
+use crate::shutdown::{finish_within, pause, GRACE};
 use crate::subjects;
 use crate::view::{view_error, Change, ViewError, ViewErrorKind, ViewStore};
 use crate::views;
@@ -54,7 +54,11 @@ pub async fn run<P: Projection>(
     // as for any other transient failure, until it opens or the service is stopped.
     let mut opening = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     let mut store: ViewStore<P::View> = loop {
-        match ViewStore::open(client.clone(), bucket, config.commit_timeout).await {
+        let opened = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            opened = ViewStore::open(client.clone(), bucket, config.commit_timeout) => opened,
+        };
+        match opened {
             Ok(store) => break store,
             Err(e) => {
                 tracing::warn!(view = bucket, error = %e, "cannot open the view yet; retrying");
@@ -78,128 +82,143 @@ pub async fn run<P: Projection>(
         Registration::start(&client, &job, &instance, lease.active(), counters.clone()).await;
     tracing::info!(view = bucket, "projector started");
 
-    'restart: loop {
-        if shutdown.is_cancelled() {
-            break;
-        }
-        if !*active.borrow_and_update() {
-            // A standby reads nothing and takes no rebuild request; what it cached may be
-            // stale by the time it takes over.
-            rebuilds.stop();
-            store.invalidate();
-            tracing::info!(view = bucket, job, "standing by");
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                held = active.wait_for(|a| *a) => if held.is_err() { break },
+    // Stopped between batches, or cut short after a grace (see `finish_within`): every
+    // commit is a compare-and-set and the checkpoint comes last, so a commit left midway
+    // is redone from the checkpoint by the next instance.
+    let working = async {
+        'restart: loop {
+            if shutdown.is_cancelled() {
+                break;
             }
-            tracing::info!(view = bucket, job, "active");
-            continue;
-        }
-        rebuilds.start().await;
-        // One pass over the bucket beats a round trip per key on first touch.
-        if !store.is_complete() {
-            if let Err(e) = store.load_all().await {
-                tracing::warn!(view = bucket, error = %e, "cannot read the view; retrying");
-                counters.failed();
-                pause(&shutdown, backoff.next_delay()).await;
+            if !*active.borrow_and_update() {
+                // A standby reads nothing and takes no rebuild request; what it cached may be
+                // stale by the time it takes over.
+                rebuilds.stop();
+                store.invalidate();
+                tracing::info!(view = bucket, job, "standing by");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    held = active.wait_for(|a| *a) => if held.is_err() { break },
+                }
+                tracing::info!(view = bucket, job, "active");
                 continue;
             }
-        }
-        let checkpoint = match store.checkpoint().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(view = bucket, error = %e, "cannot read checkpoint; retrying");
-                counters.failed();
-                pause(&shutdown, backoff.next_delay()).await;
-                continue;
+            rebuilds.start().await;
+            // One pass over the bucket beats a round trip per key on first touch.
+            if !store.is_complete() {
+                if let Err(e) = store.load_all().await {
+                    tracing::warn!(view = bucket, error = %e, "cannot read the view; retrying");
+                    counters.failed();
+                    pause(&shutdown, backoff.next_delay()).await;
+                    continue;
+                }
             }
-        };
-        let messages = match read::messages_from(
-            &js,
-            subjects::INVENTORY_STREAM,
-            &projection.filter(),
-            checkpoint + 1,
-        )
-        .await
-        {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(view = bucket, error = %e, "cannot read the log; retrying");
-                counters.failed();
-                pause(&shutdown, backoff.next_delay()).await;
-                continue;
-            }
-        };
-        // Reading and decoding run ahead in their own task while a batch is committed.
-        let (reader, mut incoming) =
-            spawn_reader(messages, config.envelope.clone(), config.max_batch);
-        let _stop_reader = AbortOnDrop(reader);
-        tracing::info!(view = bucket, checkpoint, "reading the log");
-        let mut ticker = projection.tick_every().map(|every| {
-            let mut t = tokio::time::interval(every);
-            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            t
-        });
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break 'restart,
-                _ = next_tick(&mut ticker) => {
-                    if let Err(e) = tick_all(&projection, &mut store).await {
-                        tracing::warn!(view = bucket, error = %e, "tick not committed; reloading");
-                        counters.failed();
-                        store.invalidate();
-                        pause(&shutdown, backoff.next_delay()).await;
-                        continue 'restart;
-                    }
+            let checkpoint = match store.checkpoint().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(view = bucket, error = %e, "cannot read checkpoint; retrying");
+                    counters.failed();
+                    pause(&shutdown, backoff.next_delay()).await;
+                    continue;
                 }
-                Ok(()) = active.changed() => {
-                    if !*active.borrow() {
-                        // Another instance holds the lease: stop now (a late commit of
-                        // ours would be refused or redone harmlessly).
-                        continue 'restart;
-                    }
+            };
+            let messages = match read::messages_from(
+                &js,
+                subjects::INVENTORY_STREAM,
+                &projection.filter(),
+                checkpoint + 1,
+            )
+            .await
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(view = bucket, error = %e, "cannot read the log; retrying");
+                    counters.failed();
+                    pause(&shutdown, backoff.next_delay()).await;
+                    continue;
                 }
-                _ = reconnects.changed() => {
-                    // The server may have restarted: read on from the checkpoint with a
-                    // new consumer now, rather than once heartbeats are missed.
-                    tracing::info!(view = bucket, "reconnected; reopening the log");
-                    continue 'restart;
-                }
-                request = rebuilds.next() => {
-                    if let Some(request) = request {
-                        rebuild::run(&js, &projection, &config, &mut store, request).await;
-                    }
-                    continue 'restart;
-                }
-                first = incoming.recv() => {
-                    let Some(first) = first else {
-                        tracing::warn!(view = bucket, "the log reader ended; reopening");
-                        continue 'restart;
-                    };
-                    let chunk = fill_batch(first, &mut incoming, config.max_batch, config.live_linger).await;
-                    let (events, lag) = (chunk.len() as u64, chunk.last().and_then(|i| i.as_ref().ok()).map_or(0, |i| i.pending));
-                    match apply_chunk(&js, &projection, &mut store, chunk).await {
-                        Ok(()) => {
-                            backoff.reset();
-                            counters.applied(events);
-                            counters.committed();
-                            counters.set_lag(lag);
-                        }
-                        Err(e) => {
+            };
+            // Reading and decoding run ahead in their own task while a batch is committed.
+            let (reader, mut incoming) = spawn_reader(
+                messages,
+                checkpoint + 1,
+                config.envelope.clone(),
+                config.max_batch,
+            );
+            let _stop_reader = AbortOnDrop(reader);
+            tracing::info!(view = bucket, checkpoint, "reading the log");
+            let mut ticker = projection.tick_every().map(|every| {
+                let mut t = tokio::time::interval(every);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break 'restart,
+                    _ = next_tick(&mut ticker) => {
+                        if let Err(e) = tick_all(&projection, &mut store).await {
+                            tracing::warn!(view = bucket, error = %e, "tick not committed; reloading");
                             counters.failed();
-                            match e.kind() {
-                                ViewErrorKind::Conflict => tracing::info!(view = bucket, "another writer moved the view; reloading"),
-                                _ => tracing::warn!(view = bucket, error = %e, "batch not committed; redoing from the checkpoint"),
-                            }
                             store.invalidate();
                             pause(&shutdown, backoff.next_delay()).await;
                             continue 'restart;
                         }
                     }
+                    Ok(()) = active.changed() => {
+                        if !*active.borrow() {
+                            // Another instance holds the lease: stop now (a late commit of
+                            // ours would be refused or redone harmlessly).
+                            continue 'restart;
+                        }
+                    }
+                    _ = reconnects.changed() => {
+                        // The server may have restarted: read on from the checkpoint with a
+                        // new consumer now, rather than once heartbeats are missed.
+                        tracing::info!(view = bucket, "reconnected; reopening the log");
+                        continue 'restart;
+                    }
+                    request = rebuilds.next() => {
+                        if let Some(request) = request {
+                            rebuild::run(&js, &projection, &config, &mut store, request).await;
+                        }
+                        continue 'restart;
+                    }
+                    first = incoming.recv() => {
+                        let Some(first) = first else {
+                            tracing::warn!(view = bucket, "the log reader ended; reopening");
+                            continue 'restart;
+                        };
+                        let chunk = fill_batch(first, &mut incoming, config.max_batch, config.live_linger).await;
+                        let (events, lag) = (chunk.len() as u64, chunk.last().and_then(|i| i.as_ref().ok()).map_or(0, |i| i.pending));
+                        match apply_chunk(&js, &projection, &mut store, chunk).await {
+                            Ok(()) => {
+                                backoff.reset();
+                                counters.applied(events);
+                                counters.committed();
+                                counters.set_lag(lag);
+                            }
+                            Err(e) => {
+                                counters.failed();
+                                match e.kind() {
+                                    ViewErrorKind::Conflict => tracing::info!(view = bucket, "another writer moved the view; reloading"),
+                                    _ => tracing::warn!(view = bucket, error = %e, "batch not committed; redoing from the checkpoint"),
+                                }
+                                store.invalidate();
+                                pause(&shutdown, backoff.next_delay()).await;
+                                continue 'restart;
+                            }
+                        }
+                    }
                 }
             }
         }
+    };
+    if finish_within(&shutdown, GRACE, working).await.is_none() {
+        tracing::warn!(
+            view = bucket,
+            "stopped with a request unanswered; the next instance redoes it"
+        );
     }
     rebuilds.stop();
     registration.stop().await;
@@ -312,10 +331,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Reads the ordered consumer and decodes, up to `2 * max_batch` events ahead. A read
-/// error ends the channel, and the projector restarts from its checkpoint.
+/// Reads the ordered consumer from `first_seq` and decodes, up to `2 * max_batch` events
+/// ahead. A read error ends the channel, and the projector restarts from its checkpoint.
+/// An event before the next one expected is passed over (a consumer re-created before its
+/// first message starts over from the beginning: see `read`).
 fn spawn_reader(
     mut messages: jetstream::consumer::pull::Ordered,
+    first_seq: u64,
     envelope: Envelope,
     max_batch: usize,
 ) -> (
@@ -324,7 +346,13 @@ fn spawn_reader(
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel(2 * max_batch.max(1));
     let task = tokio::spawn(async move {
+        let mut next_seq = first_seq;
         while let Some(item) = messages.next().await {
+            if let Ok(msg) = &item {
+                if msg.info().is_ok_and(|info| info.stream_sequence < next_seq) {
+                    continue;
+                }
+            }
             let incoming = item
                 .map_err(|e| format!("reading the log: {e}"))
                 .and_then(|msg| {
@@ -356,6 +384,9 @@ fn spawn_reader(
                     })
                 });
             let failed = incoming.is_err();
+            if let Ok(incoming) = &incoming {
+                next_seq = incoming.seq + 1;
+            }
             if tx.send(incoming).await.is_err() || failed {
                 return;
             }

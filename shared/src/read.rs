@@ -3,6 +3,13 @@
 //! An ordered consumer (no acks, no redelivery, recreated by the client on a gap) is
 //! created at the start point; reading stops after the message the server reports as
 //! the last one pending. Used by `history`, and by anything that replays the log.
+//!
+//! Every reader here passes over a message at or before the last one it delivered (or
+//! before its start): async-nats re-creates an ordered consumer that has delivered nothing
+//! yet from the stream's first message, whatever its start was (0.51, `pull::Ordered`:
+//! stream sequence 0 means `DeliverPolicy::All`). Seen on a cluster under node kills: a
+//! checked sale that read its product from a view's value plus "the events after it" got
+//! every event of the product again, counted them twice, and oversold.
 
 use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
 use async_nats::jetstream::{self, Context};
@@ -66,6 +73,8 @@ pub struct Reader {
     filter: String,
     /// Messages still to come, as the server last counted them.
     remaining: u64,
+    /// The last sequence delivered (before the first: the one before the start).
+    delivered: u64,
 }
 
 impl Reader {
@@ -100,8 +109,22 @@ impl Reader {
         filter: &str,
         deliver_policy: DeliverPolicy,
     ) -> Result<Self, ReadError> {
-        let fail = |e: &dyn std::fmt::Display| read_error(ReadErrorKind::Open, stream, filter, e);
+        let delivered = match deliver_policy {
+            DeliverPolicy::ByStartSequence { start_sequence } => start_sequence.saturating_sub(1),
+            _ => 0,
+        };
         let consumer = ordered_consumer(js, stream, filter, deliver_policy).await?;
+        Self::reading(consumer, stream, filter, delivered).await
+    }
+
+    /// Reads what `consumer` delivers after sequence `delivered`.
+    async fn reading(
+        consumer: jetstream::consumer::Consumer<OrderedConfig>,
+        stream: &str,
+        filter: &str,
+        delivered: u64,
+    ) -> Result<Self, ReadError> {
+        let fail = |e: &dyn std::fmt::Display| read_error(ReadErrorKind::Open, stream, filter, e);
         let remaining = consumer.cached_info().num_pending;
         let messages = if remaining == 0 {
             None
@@ -113,6 +136,7 @@ impl Reader {
             stream: stream.to_string(),
             filter: filter.to_string(),
             remaining,
+            delivered,
         })
     }
 
@@ -121,39 +145,51 @@ impl Reader {
         self.remaining
     }
 
-    /// The next message, or `None` at the end.
+    /// The next message, or `None` at the end. One at or before the last delivered is
+    /// passed over (see the module's note).
     pub async fn next(&mut self) -> Option<Result<StoredMessage, ReadError>> {
-        let messages = self.messages.as_mut()?;
-        let next = tokio::time::timeout(IDLE, messages.next()).await;
-        let result = match next {
-            Err(_) => Err((
-                ReadErrorKind::Stalled,
-                format!(
-                    "none within {} s although {} were still to come (purged or deleted meanwhile?)",
-                    IDLE.as_secs(),
-                    self.remaining
-                ),
-            )),
-            Ok(None) => Err((ReadErrorKind::Broken, "it ended early".to_string())),
-            Ok(Some(Err(e))) => Err((ReadErrorKind::Broken, e.to_string())),
-            Ok(Some(Ok(msg))) => match msg.info() {
-                Ok(info) => {
-                    self.remaining = info.pending;
-                    Ok(StoredMessage {
-                        sequence: info.stream_sequence,
-                        stored_ms: stored_ms(&info),
-                        subject: msg.subject.to_string(),
-                        headers: msg.headers.clone(),
-                        payload: msg.payload.clone(),
-                    })
-                }
-                Err(e) => Err((ReadErrorKind::Broken, e.to_string())),
-            },
-        };
-        if result.is_err() || self.remaining == 0 {
-            self.messages = None;
+        loop {
+            let messages = self.messages.as_mut()?;
+            let next = tokio::time::timeout(IDLE, messages.next()).await;
+            let result = match next {
+                Err(_) => Err((
+                    ReadErrorKind::Stalled,
+                    format!(
+                        "none within {} s although {} were still to come (purged or deleted meanwhile?)",
+                        IDLE.as_secs(),
+                        self.remaining
+                    ),
+                )),
+                Ok(None) => Err((ReadErrorKind::Broken, "it ended early".to_string())),
+                Ok(Some(Err(e))) => Err((ReadErrorKind::Broken, e.to_string())),
+                Ok(Some(Ok(msg))) => match msg.info() {
+                    Ok(info) => {
+                        self.remaining = info.pending;
+                        if info.stream_sequence <= self.delivered {
+                            if self.remaining == 0 {
+                                self.messages = None;
+                            }
+                            continue;
+                        }
+                        self.delivered = info.stream_sequence;
+                        Ok(StoredMessage {
+                            sequence: info.stream_sequence,
+                            stored_ms: stored_ms(&info),
+                            subject: msg.subject.to_string(),
+                            headers: msg.headers.clone(),
+                            payload: msg.payload.clone(),
+                        })
+                    }
+                    Err(e) => Err((ReadErrorKind::Broken, e.to_string())),
+                },
+            };
+            if result.is_err() || self.remaining == 0 {
+                self.messages = None;
+            }
+            return Some(
+                result.map_err(|(kind, why)| read_error(kind, &self.stream, &self.filter, why)),
+            );
         }
-        Some(result.map_err(|(kind, why)| read_error(kind, &self.stream, &self.filter, why)))
     }
 }
 
@@ -286,4 +322,43 @@ pub async fn messages_from(
 /// A message's stored time in milliseconds since the epoch.
 pub fn stored_ms(info: &async_nats::jetstream::message::Info<'_>) -> i64 {
     (info.published.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+    use crate::testing::NatsServer;
+
+    /// The consumer is gone before its first pull: async-nats re-creates it from the
+    /// stream's first message. The reader still gives only what follows its start, once.
+    #[tokio::test]
+    async fn a_consumer_recreated_before_its_first_message_delivers_nothing_twice() {
+        let server = NatsServer::start().expect("nats-server");
+        let js = jetstream::new(server.client().await);
+        js.create_stream(jetstream::stream::Config {
+            name: "READ".into(),
+            subjects: vec!["read.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        for n in 1..=6 {
+            js.publish(format!("read.{n}"), "x".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let start = DeliverPolicy::ByStartSequence { start_sequence: 4 };
+        let mut consumer = ordered_consumer(&js, "READ", "", start).await.unwrap();
+        let name = consumer.info().await.unwrap().name.clone();
+        js.delete_consumer_from_stream(&name, "READ").await.unwrap();
+
+        let mut reader = Reader::reading(consumer, "READ", "", 3).await.unwrap();
+        let mut read = Vec::new();
+        while let Some(msg) = reader.next().await {
+            read.push(msg.unwrap().sequence);
+        }
+        assert_eq!(read, [4, 5, 6]);
+    }
 }

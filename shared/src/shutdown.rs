@@ -1,5 +1,6 @@
-//! Stopping cleanly: ctrl-c or SIGTERM becomes a cancelled token, and every wait in a
-//! loop is a [`pause`] that ends early when it is.
+//! Stopping cleanly: ctrl-c or SIGTERM becomes a cancelled token, every wait in a loop is
+//! a [`pause`] that ends early when it is, and a service's work gets [`GRACE`] after it to
+//! end by itself ([`finish_within`]) before it is dropped.
 
 use std::time::Duration;
 
@@ -60,5 +61,29 @@ pub async fn pause(shutdown: &CancellationToken, delay: Duration) {
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = tokio::time::sleep(delay) => {}
+    }
+}
+
+/// How long a service's work may go on after it is asked to stop: the batch in hand is
+/// committed, an alert in flight announced. A request to a cluster node that has just died
+/// can go unanswered for seconds; it is abandoned then, and the stop stays within 2 s.
+pub const GRACE: Duration = Duration::from_millis(700);
+
+/// Runs `work` to its end, or until `grace` after `shutdown` is cancelled, whichever comes
+/// first; `None` when it was cut short. Only for work whose every write is safe to
+/// abandon midway (a compare-and-set, a checkpoint stored after what it covers): what
+/// it had not finished is redone by the next instance.
+pub async fn finish_within<T>(
+    shutdown: &CancellationToken,
+    grace: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let cut = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        done = work => Some(done),
+        _ = cut => None,
     }
 }

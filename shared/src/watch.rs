@@ -71,6 +71,9 @@ pub fn follow(
                     item = watch.next() => item,
                 };
                 match item {
+                    // A watch re-created by the client before its first entry may start
+                    // over (see `read`): what was sent already is not sent again.
+                    Some(Ok(entry)) if next_revision.is_some_and(|next| entry.revision < next) => {}
                     Some(Ok(entry)) => {
                         backoff.reset();
                         next_revision = Some(entry.revision + 1);

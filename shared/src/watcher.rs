@@ -33,7 +33,7 @@ use crate::envelope::Envelope;
 use crate::instance::{Counters, Registration};
 use crate::lease::{self, Lease, Timing};
 use crate::retry::Backoff;
-use crate::shutdown::pause;
+use crate::shutdown::{finish_within, pause, GRACE};
 use crate::subjects;
 use crate::watch::{follow, Followed};
 
@@ -97,33 +97,40 @@ pub async fn run(
     )
     .await;
     tracing::info!(watcher = watcher.name, "watcher started");
-    while !shutdown.is_cancelled() {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            held = active.wait_for(|a| *a) => if held.is_err() { break },
-        }
-        tracing::info!(watcher = watcher.name, "active");
-        // Watching stops as soon as another instance holds the lease (a late alert of ours
-        // expects the last one and is refused if that one has moved).
-        let stop = shutdown.child_token();
-        let lost = {
-            let (mut active, stop) = (active.clone(), stop.clone());
-            async move {
-                let _ = active.wait_for(|a| !*a).await;
-                stop.cancel();
+    // Stopped between changes, or cut short after a grace (see `finish_within`): an alert
+    // whose answer never came is stored or not, and the next decision reads which.
+    let watching = async {
+        while !shutdown.is_cancelled() {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                held = active.wait_for(|a| *a) => if held.is_err() { break },
             }
-        };
-        tokio::select! {
-            _ = watch(&js, &watcher, &envelope, clock.as_ref(), &counters, &stop) => {
-                if !stop.is_cancelled() {
-                    // Its inputs ended: start again, but not in a tight loop.
-                    tracing::warn!(watcher = watcher.name, "the inputs ended; restarting");
-                    pause(&shutdown, Duration::from_secs(1)).await;
+            tracing::info!(watcher = watcher.name, "active");
+            // Watching stops as soon as another instance holds the lease (a late alert of ours
+            // expects the last one and is refused if that one has moved).
+            let stop = shutdown.child_token();
+            let lost = {
+                let (mut active, stop) = (active.clone(), stop.clone());
+                async move {
+                    let _ = active.wait_for(|a| !*a).await;
+                    stop.cancel();
                 }
+            };
+            tokio::select! {
+                _ = watch(&js, &watcher, &envelope, clock.as_ref(), &counters, &stop) => {
+                    if !stop.is_cancelled() {
+                        // Its inputs ended: start again, but not in a tight loop.
+                        tracing::warn!(watcher = watcher.name, "the inputs ended; restarting");
+                        pause(&shutdown, Duration::from_secs(1)).await;
+                    }
+                }
+                _ = lost => tracing::info!(watcher = watcher.name, "standing by"),
             }
-            _ = lost => tracing::info!(watcher = watcher.name, "standing by"),
+            stop.cancel();
         }
-        stop.cancel();
+    };
+    if finish_within(&shutdown, GRACE, watching).await.is_none() {
+        tracing::warn!(watcher = watcher.name, "stopped with a request unanswered");
     }
     registration.stop().await;
     lease.release().await;

@@ -1,5 +1,6 @@
 //! Leases against a real nats-server: of two holders exactly one is active; a holder that
-//! dies without a word is replaced once its lease expires, one that stops cleanly at once.
+//! dies without a word is replaced once its lease expires, one that stops cleanly at once;
+//! a stop does not wait on a server that does not answer.
 
 use std::time::{Duration, Instant};
 
@@ -110,4 +111,20 @@ async fn a_holder_waits_for_the_bucket_and_gives_it_back_when_stolen() {
         async move { !*active.borrow() }
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_release_while_the_server_is_gone_ends_within_its_bound() {
+    let (server, js) = provisioned().await;
+    let holder = Lease::hold(&js, "stock-projector", "instance-a", TIMING);
+    becomes_active(&mut holder.active(), Duration::from_secs(2)).await;
+    // The server dies; the holder's next renewal waits for an answer that never comes
+    // (as a request to a cluster's dead leader does) when the service is asked to stop.
+    drop(server);
+    tokio::time::sleep(TIMING.renew_every + Duration::from_millis(200)).await;
+    let started = Instant::now();
+    holder.release().await;
+    let took = started.elapsed();
+    let bound = stockwire::lease::RELEASE_WITHIN + Duration::from_millis(300);
+    assert!(took < bound, "released after {took:?} (bound {bound:?})");
 }
