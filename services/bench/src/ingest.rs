@@ -99,10 +99,11 @@ pub(crate) async fn import_file(
     }
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout)
         .context("reading the summary of stockwire publish --file --json")?;
-    let method = summary["write_method"]
-        .as_str()
-        .unwrap_or("unknown")
-        .to_string();
+    let method = format!(
+        "{}, {:.2} s by its own count",
+        summary["write_method"].as_str().unwrap_or("unknown"),
+        summary["seconds"].as_f64().unwrap_or(0.0)
+    );
     Ok((took, method))
 }
 
