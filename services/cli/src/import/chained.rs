@@ -99,13 +99,13 @@ async fn publish_encoded(
                     end.to_string().as_str(),
                 ),
             }
-            let subject = out.subject.clone();
+            let line = numbers[next];
             let ack = w
                 .js
                 .publish_with_headers(out.subject, out.headers, out.payload)
                 .await
                 .map_err(|e| {
-                    Failure::from(AppendError::from(e).context(format!("publishing to {subject}")))
+                    Failure::from(AppendError::from(e).context(format!("publishing line {line}")))
                 })?;
             end += 1;
             in_flight.push_back(Sent {
