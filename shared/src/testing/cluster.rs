@@ -28,7 +28,27 @@ pub struct NatsCluster {
     nodes: Vec<Node>,
 }
 
+/// A free port on loopback below the kernel's range for outgoing connections: a port from
+/// that range (what binding port 0 gives) may be taken by a client's connection while the
+/// node listening on it is down, and the node could not start again on it.
 fn free_port() -> Result<u16, ServerError> {
+    static PICKED: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if low > 10_100 {
+        let mut picked = PICKED.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..1_000 {
+            let random = uuid::Uuid::new_v4().as_u128() as u16;
+            let port = 10_000 + random % (low - 10_000);
+            if !picked.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                picked.insert(port);
+                return Ok(port);
+            }
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
