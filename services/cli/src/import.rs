@@ -312,28 +312,17 @@ async fn publish_all(
     // On a replicated stream, nats-server (2.15) checks `Nats-Expected-Last-Msg-Id` only
     // as it applies a message, and a check that fails there stalls the stream: chained
     // singles are for streams of one replica.
-    if method != WriteMethod::Batches {
-        let replicas = w.replicas;
-        if replicas > 1 && method == WriteMethod::Singles {
+    let replicas = w.replicas;
+    let method = match method {
+        WriteMethod::Singles if replicas > 1 => {
             return Err(Failure::invalid(format!(
                 "--write-method singles needs INVENTORY at 1 replica, it has {replicas}: \
                  use batches (the default picks them); nothing was published"
-            )));
+            )))
         }
-        if replicas > 1 {
-            summary.write_method = WriteMethod::Batches.name();
-            let all = 0..events.len();
-            return write(
-                w,
-                WriteMethod::Batches,
-                lines,
-                all,
-                summary,
-                last_line_stored,
-            )
-            .await;
-        }
-    }
+        WriteMethod::Auto if replicas > 1 => WriteMethod::Batches,
+        method => method,
+    };
     let method = match method {
         WriteMethod::Auto if events.len() >= PROBE_FROM => {
             // An untimed batch first (a cold connection), then each way in turn. Singles
