@@ -149,38 +149,33 @@ pub(super) async fn publish_chunk(
             Ok(sent) => sent.ack().await,
             Err(e) => Err(e),
         };
-        match acked {
-            Ok(ack) => {
+        match (acked, end) {
+            (Ok(ack), _) => {
                 summary.stored_run(ack.first_sequence(), ack.sequence);
                 return Ok(());
             }
-            Err(e) if e.kind() == AppendErrorKind::BatchDuplicate => {
+            (Err(e), _) if e.kind() == AppendErrorKind::BatchDuplicate => {
                 tracing::debug!(
                     lines = count,
                     "batch holds a stored msg id; publishing one by one"
                 );
                 return publish_singly(js, messages, summary).await;
             }
-            Err(e)
-                if e.kind().next() == Next::Retry
-                    && match end {
-                        Some(end) => stored_at(js, end + 1, &first_id).await?,
-                        None => false,
-                    } =>
+            (Err(e), Some(end))
+                if e.kind().next() == Next::Retry && stored_at(js, end + 1, &first_id).await? =>
             {
-                let end = end.unwrap_or_default();
                 tracing::debug!(error = %e, "the batch was stored although its answer was lost");
                 summary.stored_run(end + 1, end + count as u64);
                 return Ok(());
             }
-            Err(e)
+            (Err(e), _)
                 if (e.kind().next() == Next::Retry || e.kind().next() == Next::Decide)
                     && started.elapsed() < UNAVAILABLE_FOR =>
             {
                 tracing::debug!(error = %e, "the stream cannot take the batch yet; sending it again");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
-            Err(e) => {
+            (Err(e), _) => {
                 return Err(Failure::from(anyhow::Error::new(e).context(format!(
                     "publishing lines {}..{}",
                     numbers.first().copied().unwrap_or(0),
