@@ -46,10 +46,9 @@ type Checked = (Event, EventMeta);
 
 /// The valid lines, ready to publish: each event with its line number. They are
 /// encoded as they go out, so encoding overlaps the server storing the ones before.
-/// (The events are shared, so that single publishes are encoded on a thread of their own.)
 #[derive(Default)]
 struct Lines {
-    events: std::sync::Arc<Vec<Checked>>,
+    events: Vec<Checked>,
     numbers: Vec<usize>,
 }
 
@@ -268,10 +267,7 @@ fn parse_all(text: &str, file: &Path) -> Result<Lines, Failure> {
         }
     }
     if errors.is_empty() {
-        return Ok(Lines {
-            events: std::sync::Arc::new(events),
-            numbers,
-        });
+        return Ok(Lines { events, numbers });
     }
     errors.sort_by_key(|(number, _)| *number);
     for (_, e) in errors.iter().take(MAX_REPORTED) {

@@ -20,7 +20,6 @@ use std::collections::VecDeque;
 use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use async_nats::jetstream::publish::PublishAck;
 use stockwire::batch::MAX_BATCH;
-use stockwire::envelope::Outbound;
 use stockwire::retry::{AppendError, Next};
 use stockwire::subjects;
 
@@ -37,8 +36,7 @@ struct Sent {
     ack: PublishAckFuture,
 }
 
-/// Publishes the lines in `range`, in order. They are encoded on a thread of their own,
-/// a window ahead of the publishing.
+/// Publishes the lines in `range`, in order, each encoded as it goes out.
 pub(super) async fn publish(
     w: &Writer<'_>,
     lines: &Lines,
@@ -46,36 +44,10 @@ pub(super) async fn publish(
     summary: &mut Summary,
     last_line_stored: &mut Option<usize>,
 ) -> Outcome {
-    let (events, numbers) = (&lines.events[range.clone()], &lines.numbers[range.clone()]);
+    let (events, numbers) = (&lines.events[range.clone()], &lines.numbers[range]);
     if events.is_empty() {
         return Ok(());
     }
-    let (tx, mut encoded) = tokio::sync::mpsc::channel(WINDOW);
-    let encoder = {
-        let (all, envelope) = (std::sync::Arc::clone(&lines.events), w.envelope.clone());
-        tokio::task::spawn_blocking(move || {
-            for (event, meta) in &all[range] {
-                if tx.blocking_send(envelope.encode(event, meta)).is_err() {
-                    return;
-                }
-            }
-        })
-    };
-    let result = publish_encoded(w, events, numbers, &mut encoded, summary, last_line_stored).await;
-    // The encoder stops at its next message once the receiver is gone.
-    drop(encoded);
-    let _ = encoder.await;
-    result
-}
-
-async fn publish_encoded(
-    w: &Writer<'_>,
-    events: &[Checked],
-    numbers: &[usize],
-    encoded: &mut tokio::sync::mpsc::Receiver<Outbound>,
-    summary: &mut Summary,
-    last_line_stored: &mut Option<usize>,
-) -> Outcome {
     let mut end = stream_end(w.js).await?;
     let mut in_flight: VecDeque<Sent> = VecDeque::with_capacity(WINDOW);
     let mut next = 0;
@@ -83,13 +55,8 @@ async fn publish_encoded(
     let mut chained_to: Option<&str> = None;
     loop {
         while in_flight.len() < WINDOW && next < events.len() {
-            let meta = &events[next].1;
-            let Some(mut out) = encoded.recv().await else {
-                return Err(Failure::from(anyhow::anyhow!(
-                    "encoding line {}: the encoder stopped",
-                    numbers[next]
-                )));
-            };
+            let (event, meta) = &events[next];
+            let mut out = w.envelope.encode(event, meta);
             match chained_to {
                 Some(before) => out
                     .headers
