@@ -51,6 +51,9 @@ pub const MAX_KEYS_PER_COMMIT: usize = MAX_BATCH - 1;
 /// into atomic batches and stays there.
 pub const SINGLE_PUBLISHES_UP_TO: usize = 8;
 
+/// Parts of a commit (atomic batches of keys) sent before the oldest is acknowledged.
+const PARTS_IN_FLIGHT: usize = 3;
+
 /// Why a view could not be read or written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ViewErrorKind {
@@ -202,16 +205,14 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
 
     /// Commits `changes` and the new checkpoint, if the bucket is still as last read.
     ///
-    /// Up to [`SINGLE_PUBLISHES_UP_TO`] keys go as single publishes, each expecting its
-    /// key's revision, then the checkpoint. More go as atomic batches of up to
-    /// [`MAX_KEYS_PER_COMMIT`] keys and the checkpoint, each expecting the bucket to end
-    /// where the batch before it ends. The batches before the last leave the checkpoint
-    /// where it is: until the last is stored, the keys are ahead of it, never behind.
-    ///
-    /// A batch is encoded while the one before it is being stored, but sent only once
-    /// that one is acknowledged: sent earlier, it could land on top of another writer's
-    /// batch that happened to end where ours was expected to, and the checkpoint would
-    /// then move past keys that were never written.
+    /// Every key expects its own revision, as this writer last read or wrote it, and the
+    /// checkpoint expects its own, so a commit on top of another writer's is refused
+    /// (a conflict: reload, redo). Up to [`SINGLE_PUBLISHES_UP_TO`] keys go as single
+    /// publishes, then the checkpoint. More go as atomic batches of up to
+    /// [`MAX_KEYS_PER_COMMIT`] keys, [`PARTS_IN_FLIGHT`] at a time; the last of them
+    /// carries the checkpoint and is sent only once all the others are stored. So the
+    /// keys may be ahead of the checkpoint (a projection applies an event to a key only
+    /// once), never behind it.
     pub async fn commit(
         &mut self,
         changes: Vec<(String, Change<V>)>,
@@ -286,41 +287,70 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         checkpoint: u64,
     ) -> Result<Committed<V>, ViewError> {
         let loaded = self.loaded().await?;
-        let (mut expected, mut checkpoint_revision, unchanged) = (
-            loaded.last_sequence,
-            loaded.checkpoint_revision,
-            loaded.checkpoint.last_seq,
-        );
-        let parts = changes.len().div_ceil(MAX_KEYS_PER_COMMIT).max(1);
-        let mut stored = Vec::with_capacity(changes.len());
-        let mut changes = changes.into_iter();
-        // One batch in flight: the next is encoded while the one before is stored, but
-        // sent only once that one is acknowledged where it was expected (a second writer
-        // must not be able to slip a later part in after a refused one).
-        let mut pipeline = batch::Pipeline::new(&self.client, self.timeout, 1, Some(expected));
-        for part in 1..=parts {
-            let keys: Vec<_> = changes.by_ref().take(MAX_KEYS_PER_COMMIT).collect();
-            let cp = if part == parts { checkpoint } else { unchanged };
-            let (mut messages, checkpoint_message) =
-                self.messages(&keys, cp, checkpoint_revision)?;
-            messages.push(checkpoint_message);
-            let count = messages.len() as u64;
-            if !pipeline.has_room() {
-                self.acked_in_turn(pipeline.next().await)?;
-            }
-            pipeline
-                .send((), messages)
-                .await
-                .map_err(|e| self.nats_error("committing", e))?;
-            for (i, (key, change)) in keys.into_iter().enumerate() {
-                stored.push((key, change.into_value(), expected + 1 + i as u64));
-            }
-            expected += count;
-            checkpoint_revision = expected;
+        let checkpoint_revision = loaded.checkpoint_revision;
+        let revisions: Vec<u64> = changes
+            .iter()
+            .map(|(key, _)| loaded.keys.get(key).map_or(0, |c| c.revision))
+            .collect();
+        let (mut messages, checkpoint_message) =
+            self.messages(&changes, checkpoint, checkpoint_revision)?;
+        for (message, revision) in messages.iter_mut().zip(&revisions) {
+            message.headers.insert(
+                subjects::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                revision.to_string().as_str(),
+            );
         }
-        self.acked_in_turn(pipeline.next().await)?;
+        // The last part holds the checkpoint; every part before it holds keys only.
+        let last_part = (messages.len() - 1) % MAX_KEYS_PER_COMMIT + 1;
+        let mut last = messages.split_off(messages.len() - last_part);
+        last.push(checkpoint_message);
+
+        // The parts before the last go a few at a time; the last, which moves the
+        // checkpoint, only once all of them are stored.
+        let mut sequences = Vec::with_capacity(changes.len() + 1);
+        let mut pipeline = batch::Pipeline::new(&self.client, self.timeout, PARTS_IN_FLIGHT, None);
+        let mut parts = messages.chunks(MAX_KEYS_PER_COMMIT);
+        let mut refused = None;
+        loop {
+            while pipeline.has_room() && refused.is_none() {
+                let Some(part) = parts.next() else { break };
+                if let Err(e) = pipeline.send((), part.to_vec()).await {
+                    refused = Some(self.refused(e));
+                }
+            }
+            // A refused part stops the sending; those in flight are still waited for.
+            match pipeline.next().await {
+                None => break,
+                Some((_, Ok(ack))) => sequences.extend(ack.first_sequence()..=ack.sequence),
+                Some((_, Err(e))) => {
+                    refused.get_or_insert(self.refused(e));
+                }
+            }
+        }
+        if let Some(e) = refused {
+            return Err(e);
+        }
+        let ack = batch::publish_atomic(&self.client, last, self.timeout)
+            .await
+            .map_err(|e| self.refused(e))?;
+        sequences.extend(ack.first_sequence()..=ack.sequence);
+        if sequences.len() != changes.len() + 1 {
+            return Err(self.nats_error(
+                "committing",
+                format!(
+                    "{} messages acknowledged for {} keys and the checkpoint",
+                    sequences.len(),
+                    changes.len()
+                ),
+            ));
+        }
+        let checkpoint_revision = sequences.pop().unwrap_or(checkpoint_revision);
         Ok(Committed {
-            keys: stored,
+            keys: changes
+                .into_iter()
+                .zip(sequences)
+                .map(|((key, change), revision)| (key, change.into_value(), revision))
+                .collect(),
             checkpoint_revision,
         })
     }
@@ -355,15 +385,11 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         Ok((messages, message))
     }
 
-    /// The acknowledgement of a batch of the chain: stored in turn, or a conflict.
-    fn acked_in_turn(
-        &self,
-        acked: Option<((), Result<batch::BatchAck, AppendError>)>,
-    ) -> Result<(), ViewError> {
-        match acked {
-            None | Some((_, Ok(_))) => Ok(()),
-            Some((_, Err(e))) if e.kind().next() == Next::Decide => Err(self.conflict()),
-            Some((_, Err(e))) => Err(self.nats_error("committing", e)),
+    /// Why a part of a commit was not stored: another writer (a conflict), or another failure.
+    fn refused(&self, e: AppendError) -> ViewError {
+        match e.kind().next() {
+            Next::Decide => self.conflict(),
+            _ => self.nats_error("committing", e),
         }
     }
 
@@ -409,10 +435,7 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
     ) -> Result<u64, ViewError> {
         match ack.await {
             Ok(ack) => Ok(ack.sequence),
-            Err(e) => match AppendError::from(e) {
-                e if e.kind().next() == Next::Decide => Err(self.conflict()),
-                e => Err(self.nats_error("committing", e)),
-            },
+            Err(e) => Err(self.refused(AppendError::from(e))),
         }
     }
 
