@@ -20,6 +20,8 @@ mod announce;
 mod instance;
 #[path = "nats/lease.rs"]
 mod lease;
+#[path = "nats/view.rs"]
+mod view;
 
 fn received(sku: &str, n: u64, msg_id: &str) -> Outbound {
     let event = Event::Received {
