@@ -35,6 +35,12 @@ pub trait Projection: Send + Sync + 'static {
     }
 }
 
+/// Events a projector folds into one commit while it catches up, at most: its keys go
+/// 999 to an atomic batch, a few batches in flight, and each commit ends with one more
+/// round trip for the checkpoint, so larger commits catch up faster (20,000 rather than
+/// 5,000: a tenth faster over 100,000 products).
+pub const DEFAULT_MAX_BATCH: usize = 20_000;
+
 /// Settings of a projector.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -53,7 +59,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             envelope: Envelope::default(),
-            max_batch: 5000,
+            max_batch: DEFAULT_MAX_BATCH,
             commit_timeout: Duration::from_secs(10),
             live_linger: Duration::ZERO,
         }

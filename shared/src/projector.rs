@@ -447,11 +447,14 @@ async fn apply_chunk<P: Projection>(
             }
             Ok(recorded) => {
                 let key = projection.key(&recorded.event);
-                if !pending.contains(&key) {
-                    let current = store.get(&key).await?;
-                    pending.insert(key.clone(), current);
-                }
-                pending.apply(&key, |view| projection.apply(view, recorded, seq));
+                let at = match pending.find(&key) {
+                    Some(at) => at,
+                    None => {
+                        let current = store.get(&key).await?;
+                        pending.insert(key, current)
+                    }
+                };
+                pending.apply(at, |view| projection.apply(view, recorded, seq));
             }
         }
         last_seq = seq;
@@ -464,31 +467,35 @@ async fn apply_chunk<P: Projection>(
 
 /// The values a batch touched, in the order first touched, and whether it changed them.
 struct Pending<V> {
-    order: Vec<String>,
-    values: HashMap<String, (Option<V>, bool)>,
+    index: HashMap<String, usize>,
+    touched: Vec<(String, Option<V>, bool)>,
 }
 
 impl<V> Default for Pending<V> {
     fn default() -> Self {
         Self {
-            order: Vec::new(),
-            values: HashMap::new(),
+            index: HashMap::new(),
+            touched: Vec::new(),
         }
     }
 }
 
 impl<V> Pending<V> {
-    fn contains(&self, key: &str) -> bool {
-        self.values.contains_key(key)
+    /// Where `key` is, if the batch touched it already.
+    fn find(&self, key: &str) -> Option<usize> {
+        self.index.get(key).copied()
     }
 
-    fn insert(&mut self, key: String, current: Option<V>) {
-        self.order.push(key.clone());
-        self.values.insert(key, (current, false));
+    /// Takes up `key` with its current value; returns where it is.
+    fn insert(&mut self, key: String, current: Option<V>) -> usize {
+        let at = self.touched.len();
+        self.index.insert(key.clone(), at);
+        self.touched.push((key, current, false));
+        at
     }
 
-    fn apply(&mut self, key: &str, f: impl FnOnce(&mut Option<V>) -> bool) {
-        if let Some((value, changed)) = self.values.get_mut(key) {
+    fn apply(&mut self, at: usize, f: impl FnOnce(&mut Option<V>) -> bool) {
+        if let Some((_, value, changed)) = self.touched.get_mut(at) {
             if f(value) {
                 *changed = true;
             }
@@ -497,11 +504,11 @@ impl<V> Pending<V> {
 
     /// The changed values, to commit; empties the batch.
     fn take(&mut self) -> Vec<(String, Change<V>)> {
-        let mut values = std::mem::take(&mut self.values);
-        std::mem::take(&mut self.order)
-            .into_iter()
-            .filter_map(|k| match values.remove(&k) {
-                Some((Some(v), true)) => Some((k, Change::Put(v))),
+        self.index.clear();
+        self.touched
+            .drain(..)
+            .filter_map(|(key, value, changed)| match (value, changed) {
+                (Some(v), true) => Some((key, Change::Put(v))),
                 _ => None,
             })
             .collect()

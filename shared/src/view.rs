@@ -294,11 +294,13 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
             .collect();
         let (mut messages, checkpoint_message) =
             self.messages(&changes, checkpoint, checkpoint_revision)?;
+        let expected: async_nats::HeaderName = subjects::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE
+            .parse()
+            .map_err(|e| self.nats_error("naming a header", e))?;
         for (message, revision) in messages.iter_mut().zip(&revisions) {
-            message.headers.insert(
-                subjects::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                revision.to_string().as_str(),
-            );
+            message
+                .headers
+                .insert(expected.clone(), revision.to_string());
         }
         // The last part holds the checkpoint; every part before it holds keys only.
         let last_part = (messages.len() - 1) % MAX_KEYS_PER_COMMIT + 1;

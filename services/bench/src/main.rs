@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+// The allocator the services ship with, so the projector loop measured here in-process
+// runs as it does in stock-projector (the raw ceilings get it too).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = stockwire_bench::Cli::parse();

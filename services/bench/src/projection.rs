@@ -3,7 +3,7 @@
 //! The same events (in a warehouse of their own) are applied three ways, each into a
 //! scratch bucket set up like `stock` and removed afterwards:
 //! - the ceiling: a plain loop that reads them in order and writes, per batch of up to
-//!   5,000 (the projector's size), one value per touched key (the last payload, no
+//!   20,000 (the projector's size), one value per touched key (the last payload, no
 //!   decoding, no checks) in atomic batches of 999, three in flight;
 //! - stock-projector's loop (`stockwire::projector::run` with the stock projection): decode,
 //!   fold per key, commit the keys and the checkpoint in chained atomic batches;
@@ -37,7 +37,7 @@ const PROJECTOR_BUCKET: &str = "bench_stock";
 const GET_PUT_ACK_BUCKET: &str = "bench_get_put_ack";
 
 /// Events folded into one write, at most (as stock-projector's default).
-const BATCH: usize = 5000;
+const BATCH: usize = stockwire::projection::DEFAULT_MAX_BATCH;
 
 /// Events the sequential get-put-ack loop is timed on, at most.
 const GET_PUT_ACK_EVENTS: usize = 3000;

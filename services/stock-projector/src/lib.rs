@@ -78,7 +78,7 @@ pub struct Config {
     #[arg(long, env = "STOCKWIRE_HEADER_PREFIX", default_value = subjects::DEFAULT_HEADER_PREFIX)]
     pub header_prefix: String,
     /// Events folded into one commit, at most (its keys are written 999 to an atomic batch).
-    #[arg(long, env = "STOCKWIRE_BATCH", default_value_t = 5000,
+    #[arg(long, env = "STOCKWIRE_BATCH", default_value_t = stockwire::projection::DEFAULT_MAX_BATCH as u64,
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub batch: u64,
 }
