@@ -11,7 +11,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::domain::{format_ms, Event, EventKind, InvalidField, MAX_FUTURE_MS};
+use crate::domain::{format_ms, Event, EventKind, InvalidField, KnownFields, MAX_FUTURE_MS};
 use crate::subjects;
 
 /// The payload schema version this code writes.
@@ -289,15 +289,27 @@ impl Envelope {
                 current,
             })?;
 
-        let mut fields = match serde_json::from_slice::<Value>(payload) {
-            Ok(Value::Object(map)) => map,
-            Ok(_) => return Err(DecodeError::BadJson("not an object".into())),
-            Err(e) => return Err(DecodeError::BadJson(e.to_string())),
+        let lifts = &upcasters[(version as usize - 1)..];
+        let known = if lifts.is_empty() {
+            KnownFields::read(payload)
+        } else {
+            None
         };
-        for lift in &upcasters[(version as usize - 1)..] {
-            lift(kind, &mut fields)?;
-        }
-        let event = Event::from_fields(kind, &fields)?;
+        let event = match known {
+            Some(known) => Event::from_lookup(kind, |name| known.get(name))?,
+            // An older version to lift, or a payload that is not a plain object.
+            None => {
+                let mut fields = match serde_json::from_slice::<Value>(payload) {
+                    Ok(Value::Object(map)) => map,
+                    Ok(_) => return Err(DecodeError::BadJson("not an object".into())),
+                    Err(e) => return Err(DecodeError::BadJson(e.to_string())),
+                };
+                for lift in lifts {
+                    lift(kind, &mut fields)?;
+                }
+                Event::from_fields(kind, &fields)?
+            }
+        };
 
         let matches = subjects::split_event(subject).is_some_and(|(w, sku, token)| {
             w == event.warehouse().as_str()

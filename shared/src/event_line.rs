@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::domain::{check_not_in_future, Event, EventKind, InvalidField};
+use crate::domain::{check_not_in_future, Event, EventKind, InvalidField, KnownFields};
 use crate::envelope::{check_msg_id, EventMeta};
 
 /// Namespace of the msg ids derived from a line's number and content.
@@ -22,12 +22,25 @@ pub enum LineError {
 
 /// One NDJSON line: `{"type":"stock.sold", <payload fields>, "msg_id"?, "timestamp_ms"?}`.
 pub fn parse(raw: &str, number: usize, now: i64) -> Result<(Event, EventMeta), LineError> {
+    if let Some(known) = KnownFields::read(raw.as_bytes()) {
+        return parse_fields(|name| known.get(name), raw, number, now);
+    }
     let fields: Map<String, Value> = match serde_json::from_str(raw) {
         Ok(Value::Object(map)) => map,
         Ok(_) => return Err(LineError::Json("a JSON object is expected".into())),
         Err(e) => return Err(LineError::Json(format!("not valid JSON: {e}"))),
     };
-    let kind = match fields.get("type") {
+    parse_fields(|name| fields.get(name), raw, number, now)
+}
+
+/// A line's fields, each looked up by `get`, checked.
+fn parse_fields<'v>(
+    get: impl Fn(&str) -> Option<&'v Value>,
+    raw: &str,
+    number: usize,
+    now: i64,
+) -> Result<(Event, EventMeta), LineError> {
+    let kind = match get("type") {
         None | Some(Value::Null) => return Err(InvalidField::new("type", "is missing").into()),
         Some(Value::String(t)) => EventKind::from_event_type(t).ok_or_else(|| {
             let known: Vec<_> = EventKind::ALL.iter().map(|k| k.event_type()).collect();
@@ -41,8 +54,8 @@ pub fn parse(raw: &str, number: usize, now: i64) -> Result<(Event, EventMeta), L
         })?,
         Some(_) => return Err(InvalidField::new("type", "must be a string").into()),
     };
-    let event = Event::from_fields(kind, &fields)?;
-    let timestamp_ms = match fields.get("timestamp_ms") {
+    let event = Event::from_lookup(kind, &get)?;
+    let timestamp_ms = match get("timestamp_ms") {
         None | Some(Value::Null) => now,
         Some(Value::Number(n)) => match n.as_i64().filter(|ms| *ms >= 0) {
             Some(ms) => ms,
@@ -63,7 +76,7 @@ pub fn parse(raw: &str, number: usize, now: i64) -> Result<(Event, EventMeta), L
         }
     };
     check_not_in_future("timestamp_ms", timestamp_ms, now)?;
-    let msg_id = match fields.get("msg_id") {
+    let msg_id = match get("msg_id") {
         None | Some(Value::Null) => {
             let name = format!("{number}\n{}", raw.trim());
             uuid::Uuid::new_v5(&LINE_ID_NAMESPACE, name.as_bytes()).to_string()

@@ -211,7 +211,15 @@ impl Event {
 
     /// Reads the payload fields of an event of `kind`, validating every one of them.
     pub fn from_fields(kind: EventKind, fields: &Map<String, Value>) -> Result<Self, InvalidField> {
-        let f = Fields(fields);
+        Self::from_lookup(kind, |name| fields.get(name))
+    }
+
+    /// [`from_fields`](Self::from_fields), with each field looked up by `get`.
+    pub fn from_lookup<'v>(
+        kind: EventKind,
+        get: impl Fn(&str) -> Option<&'v Value>,
+    ) -> Result<Self, InvalidField> {
+        let f = Fields(get);
         let warehouse = f.token(WarehouseId::FIELD, WarehouseId::parse)?;
         let sku = f.token(Sku::FIELD, Sku::parse)?;
         Ok(match kind {
@@ -268,11 +276,11 @@ impl Event {
 }
 
 /// Field access with errors that name the field.
-struct Fields<'a>(&'a Map<String, Value>);
+struct Fields<F>(F);
 
-impl Fields<'_> {
-    fn get(&self, name: &str) -> Result<&Value, InvalidField> {
-        match self.0.get(name) {
+impl<'v, F: Fn(&str) -> Option<&'v Value>> Fields<F> {
+    fn get(&self, name: &str) -> Result<&'v Value, InvalidField> {
+        match (self.0)(name) {
             None | Some(Value::Null) => Err(InvalidField::new(name, "is missing")),
             Some(value) => Ok(value),
         }
@@ -307,6 +315,59 @@ impl Fields<'_> {
     }
 }
 
+/// The fields an NDJSON line or an event's payload may hold, each as written: read from a
+/// JSON object without building a map of all of it (about half the work), and checked by
+/// the same rules as [`Event::from_fields`] through [`get`](Self::get).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct KnownFields {
+    #[serde(rename = "type")]
+    event_type: Option<Value>,
+    msg_id: Option<Value>,
+    timestamp_ms: Option<Value>,
+    warehouse: Option<Value>,
+    sku: Option<Value>,
+    location: Option<Value>,
+    quantity: Option<Value>,
+    reason: Option<Value>,
+    from: Option<Value>,
+    to: Option<Value>,
+    to_warehouse: Option<Value>,
+    from_warehouse: Option<Value>,
+    transfer_id: Option<Value>,
+}
+
+impl KnownFields {
+    /// The known fields of a JSON object; `None` when `json` is anything else, or an
+    /// object that names a field twice (the caller then reads it as a map, which says
+    /// what is wrong, or keeps the last of the two, as it always did).
+    pub fn read(json: &[u8]) -> Option<Self> {
+        if json.trim_ascii_start().first() != Some(&b'{') {
+            return None;
+        }
+        serde_json::from_slice(json).ok()
+    }
+
+    /// The field `name` (JSON `null` reads as absent, as a missing field does).
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        match name {
+            "type" => self.event_type.as_ref(),
+            "msg_id" => self.msg_id.as_ref(),
+            "timestamp_ms" => self.timestamp_ms.as_ref(),
+            "warehouse" => self.warehouse.as_ref(),
+            "sku" => self.sku.as_ref(),
+            "location" => self.location.as_ref(),
+            "quantity" => self.quantity.as_ref(),
+            "reason" => self.reason.as_ref(),
+            "from" => self.from.as_ref(),
+            "to" => self.to.as_ref(),
+            "to_warehouse" => self.to_warehouse.as_ref(),
+            "from_warehouse" => self.from_warehouse.as_ref(),
+            "transfer_id" => self.transfer_id.as_ref(),
+            _ => None,
+        }
+    }
+}
+
 fn describe(value: &Value) -> String {
     match value {
         Value::Null => "null".into(),
@@ -327,6 +388,75 @@ mod tests {
         match value {
             Value::Object(map) => map,
             _ => unreachable!("test input is an object"),
+        }
+    }
+
+    #[test]
+    fn known_fields_read_every_kind_as_the_whole_map_does() {
+        let payloads = [
+            (
+                EventKind::Received,
+                json!({"warehouse":"ams1","sku":"apple","location":"A1","quantity":3}),
+            ),
+            (
+                EventKind::Sold,
+                json!({"warehouse":"ams1","sku":"apple","location":"A1","quantity":3,"extra":[1]}),
+            ),
+            (
+                EventKind::Destroyed,
+                json!({"warehouse":"ams1","sku":"apple","location":"A1","quantity":3,"reason":"damaged"}),
+            ),
+            (
+                EventKind::Moved,
+                json!({"warehouse":"ams1","sku":"apple","from":"A1","to":"B2","quantity":3}),
+            ),
+            (
+                EventKind::Corrected,
+                json!({"warehouse":"ams1","sku":"apple","location":"A1","quantity":0}),
+            ),
+            (
+                EventKind::TransferredOut,
+                json!({"warehouse":"ams1","sku":"apple","location":"A1","quantity":3,"to_warehouse":"rtm2","transfer_id":"t-1"}),
+            ),
+            (
+                EventKind::TransferredIn,
+                json!({"warehouse":"rtm2","sku":"apple","location":"A1","quantity":3,"from_warehouse":"ams1","transfer_id":"t-1"}),
+            ),
+            // Wrong in each way a field can be: the same error either way.
+            (
+                EventKind::Sold,
+                json!({"warehouse":"ams1","sku":"apple","location":"A1","quantity":"3"}),
+            ),
+            (
+                EventKind::Sold,
+                json!({"warehouse":"ams1","sku":null,"location":"A1","quantity":3}),
+            ),
+            (
+                EventKind::Moved,
+                json!({"warehouse":"ams1","sku":"apple","from":"A1","to":"A1","quantity":3}),
+            ),
+        ];
+        for (kind, payload) in payloads {
+            let text = payload.to_string();
+            let known = KnownFields::read(text.as_bytes()).expect("a plain object");
+            let map = fields(payload);
+            assert_eq!(
+                Event::from_lookup(kind, |name| known.get(name)),
+                Event::from_fields(kind, &map),
+                "{text}"
+            );
+            // Every field an event writes is one it reads back through KnownFields.
+            if let Ok(event) = Event::from_fields(kind, &map) {
+                if let Ok(Value::Object(written)) = serde_json::to_value(&event) {
+                    for name in written.keys() {
+                        assert!(known.get(name).is_some(), "{name} of {text}");
+                    }
+                }
+            }
+        }
+        // Not a plain object naming each field once: read as a map instead.
+        for text in [r#"["ams1"]"#, r#"{"sku":"a","sku":"b"}"#, "{", " 3"] {
+            assert!(KnownFields::read(text.as_bytes()).is_none(), "{text}");
         }
     }
 

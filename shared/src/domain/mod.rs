@@ -17,7 +17,7 @@ pub use alert::{
     StockoutPayload, VelocityPayload,
 };
 pub use command::{decide, Command, DomainError};
-pub use event::{Event, EventKind};
+pub use event::{Event, EventKind, KnownFields};
 pub use ids::{
     parse_count_text, InvalidField, Location, Quantity, Reason, Sku, TransferId, WarehouseId,
     MAX_ID_LEN, MAX_REASON_LEN,
