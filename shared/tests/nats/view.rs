@@ -7,20 +7,11 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use stockwire::subjects;
-use stockwire::testing::NatsServer;
 use stockwire::view::{Change, ViewErrorKind, ViewStore};
 
-const KEYS: usize = 2_500;
+use super::provisioned;
 
-async fn provisioned() -> (NatsServer, async_nats::Client, jetstream::Context) {
-    let server = NatsServer::start().expect("nats-server");
-    let client = server.client().await;
-    let js = jetstream::new(client.clone());
-    stockwire::provision::provision(&js, &stockwire::provision::Options::default())
-        .await
-        .expect("provision");
-    (server, client, js)
-}
+const KEYS: usize = 2_500;
 
 fn changes(value: u64) -> Vec<(String, Change<u64>)> {
     (0..KEYS)
