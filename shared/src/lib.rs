@@ -50,6 +50,7 @@ pub mod event_line;
 pub mod execute;
 pub mod instance;
 pub mod lease;
+pub mod partition;
 pub mod projection;
 pub mod projector;
 pub mod provision;

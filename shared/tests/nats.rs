@@ -274,3 +274,58 @@ async fn tls_with_client_certificates() {
         .to_string();
     assert_eq!(error, "--tls-cert and --tls-key go together");
 }
+
+/// Partitions as the projectors compute them are the ones nats-server's subject transform
+/// `{{partition(N,1,2)}}` gives the same products.
+#[tokio::test]
+async fn partitions_agree_with_the_server_subject_transform() {
+    const PARTITIONS: u32 = 7;
+    let server = NatsServer::start().expect("nats-server");
+    let js = jetstream::new(server.client().await);
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: "PARTS".to_string(),
+            subjects: vec!["warehouse.*.product.*.*".to_string()],
+            subject_transform: Some(jetstream::stream::SubjectTransform {
+                source: "warehouse.*.product.*.*".to_string(),
+                destination: format!(
+                    "part.{{{{partition({PARTITIONS},1,2)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}"
+                ),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("a stream that partitions by transform");
+    let mut products = Vec::new();
+    for warehouse in ["ams1", "rtm-2", "b"] {
+        for n in 0..100 {
+            products.push((warehouse.to_string(), format!("sku-{n}")));
+        }
+    }
+    for (warehouse, sku) in &products {
+        js.publish(
+            format!("warehouse.{warehouse}.product.{sku}.sold"),
+            "{}".into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for (seq, (warehouse, sku)) in (1..).zip(&products) {
+        let stored = stream.get_raw_message(seq).await.expect("stored message");
+        let ours = stockwire::partition::of(warehouse, sku, PARTITIONS);
+        assert_eq!(
+            stored.subject.as_str(),
+            format!("part.{ours}.{warehouse}.{sku}"),
+            "{warehouse} {sku}"
+        );
+        used.insert(ours);
+    }
+    assert_eq!(
+        used.len(),
+        PARTITIONS as usize,
+        "300 products use every partition"
+    );
+}
