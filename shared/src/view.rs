@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Operation};
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -124,8 +124,16 @@ struct Loaded<V> {
     checkpoint: Checkpoint,
     /// The checkpoint's revision (0: there is none yet).
     checkpoint_revision: u64,
-    /// The bucket stream's last sequence: every message up to it is reflected above.
-    last_sequence: u64,
+}
+
+impl<V> Loaded<V> {
+    /// The revision each of `changes`' keys is expected at (0: the key has no message).
+    fn revisions(&self, changes: &[(String, Change<V>)]) -> Vec<u64> {
+        changes
+            .iter()
+            .map(|(key, _)| self.keys.get(key).map_or(0, |c| c.revision))
+            .collect()
+    }
 }
 
 /// A view bucket owned by this process.
@@ -250,7 +258,6 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
             last_seq: checkpoint,
         };
         loaded.checkpoint_revision = stored.checkpoint_revision;
-        loaded.last_sequence = loaded.last_sequence.max(stored.checkpoint_revision);
         Ok(())
     }
 
@@ -260,15 +267,12 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         checkpoint: u64,
     ) -> Result<Committed<V>, ViewError> {
         let loaded = self.loaded().await?;
-        let checkpoint_revision = loaded.checkpoint_revision;
-        let revisions: Vec<u64> = changes
-            .iter()
-            .map(|(key, _)| loaded.keys.get(key).map_or(0, |c| c.revision))
-            .collect();
+        let (revisions, checkpoint_revision) =
+            (loaded.revisions(&changes), loaded.checkpoint_revision);
         let (messages, checkpoint_message) =
-            self.messages(&changes, checkpoint, checkpoint_revision)?;
+            self.messages(&changes, &revisions, checkpoint, checkpoint_revision)?;
         let sequences = self
-            .publish_one_by_one(messages, checkpoint_message, &revisions)
+            .publish_one_by_one(messages, checkpoint_message)
             .await?;
         let checkpoint_revision = sequences.last().copied().unwrap_or(checkpoint_revision);
         Ok(Committed {
@@ -287,21 +291,10 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         checkpoint: u64,
     ) -> Result<Committed<V>, ViewError> {
         let loaded = self.loaded().await?;
-        let checkpoint_revision = loaded.checkpoint_revision;
-        let revisions: Vec<u64> = changes
-            .iter()
-            .map(|(key, _)| loaded.keys.get(key).map_or(0, |c| c.revision))
-            .collect();
+        let (revisions, checkpoint_revision) =
+            (loaded.revisions(&changes), loaded.checkpoint_revision);
         let (mut messages, checkpoint_message) =
-            self.messages(&changes, checkpoint, checkpoint_revision)?;
-        let expected: async_nats::HeaderName = subjects::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE
-            .parse()
-            .map_err(|e| self.nats_error("naming a header", e))?;
-        for (message, revision) in messages.iter_mut().zip(&revisions) {
-            message
-                .headers
-                .insert(expected.clone(), revision.to_string());
-        }
+            self.messages(&changes, &revisions, checkpoint, checkpoint_revision)?;
         // The last part holds the checkpoint; every part before it holds keys only.
         let last_part = (messages.len() - 1) % MAX_KEYS_PER_COMMIT + 1;
         let mut last = messages.split_off(messages.len() - last_part);
@@ -311,12 +304,16 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         // checkpoint, only once all of them are stored.
         let mut sequences = Vec::with_capacity(changes.len() + 1);
         let mut pipeline = batch::Pipeline::new(&self.client, self.timeout, PARTS_IN_FLIGHT, None);
-        let mut parts = messages.chunks(MAX_KEYS_PER_COMMIT);
+        let mut messages = messages.into_iter();
+        let mut parts = std::iter::from_fn(|| {
+            let part: Vec<Outbound> = messages.by_ref().take(MAX_KEYS_PER_COMMIT).collect();
+            (!part.is_empty()).then_some(part)
+        });
         let mut refused = None;
         loop {
             while pipeline.has_room() && refused.is_none() {
                 let Some(part) = parts.next() else { break };
-                if let Err(e) = pipeline.send((), part.to_vec()).await {
+                if let Err(e) = pipeline.send((), part).await {
                     refused = Some(self.refused(e));
                 }
             }
@@ -357,15 +354,20 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         })
     }
 
-    /// The messages of `changes`, and the checkpoint's expecting its revision.
+    /// The messages of `changes`, each expecting its key at its revision in `revisions`,
+    /// and the checkpoint's, expecting its own revision.
     fn messages(
         &self,
         changes: &[(String, Change<V>)],
+        revisions: &[u64],
         checkpoint: u64,
         checkpoint_revision: u64,
     ) -> Result<(Vec<Outbound>, Outbound), ViewError> {
+        let expected: HeaderName = subjects::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE
+            .parse()
+            .map_err(|e| self.nats_error("naming a header", e))?;
         let mut messages = Vec::with_capacity(changes.len() + 1);
-        for (key, change) in changes {
+        for ((key, change), revision) in changes.iter().zip(revisions) {
             let payload = match change {
                 Change::Put(v) => Some(
                     serde_json::to_vec(v)
@@ -373,17 +375,20 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
                 ),
                 Change::Delete => None,
             };
-            messages.push(kv_message(&self.bucket, key, payload));
+            let mut message = kv_message(&self.bucket, key, payload);
+            message
+                .headers
+                .insert(expected.clone(), revision.to_string());
+            messages.push(message);
         }
         let payload = serde_json::to_vec(&Checkpoint {
             last_seq: checkpoint,
         })
         .map_err(|e| self.nats_error("encoding the checkpoint", e))?;
         let mut message = kv_message(&self.bucket, subjects::CHECKPOINT_KEY, Some(payload));
-        message.headers.insert(
-            subjects::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-            checkpoint_revision.to_string(),
-        );
+        message
+            .headers
+            .insert(expected, checkpoint_revision.to_string());
         Ok((messages, message))
     }
 
@@ -395,21 +400,15 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         }
     }
 
-    /// Stores `messages` as single publishes, the keys each expecting its own revision
-    /// and the last (the checkpoint) only once all the others are stored; returns the
-    /// sequence each was stored at.
+    /// Stores `messages` as single publishes, and the checkpoint only once all of them
+    /// are stored; returns the sequence each was stored at.
     async fn publish_one_by_one(
         &self,
         messages: Vec<Outbound>,
         checkpoint: Outbound,
-        revisions: &[u64],
     ) -> Result<Vec<u64>, ViewError> {
         let mut acks = Vec::with_capacity(messages.len());
-        for (mut msg, revision) in messages.into_iter().zip(revisions) {
-            msg.headers.insert(
-                subjects::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                revision.to_string().as_str(),
-            );
+        for msg in messages {
             acks.push(self.send(msg).await?);
         }
         let mut sequences = Vec::with_capacity(acks.len() + 1);
@@ -461,12 +460,11 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
 
     /// Every key of the bucket with its revision, and the checkpoint.
     async fn fetch(&self) -> Result<Loaded<V>, ViewError> {
-        let (entries, last_sequence) = snapshot_entries(&self.js, &self.kv, &self.bucket).await?;
+        let entries = snapshot_entries(&self.js, &self.kv, &self.bucket).await?;
         let mut loaded: Loaded<V> = Loaded {
             keys: HashMap::with_capacity(entries.len()),
             checkpoint: Checkpoint::default(),
             checkpoint_revision: 0,
-            last_sequence,
         };
         for entry in entries {
             if entry.key == subjects::CHECKPOINT_KEY {
@@ -508,7 +506,7 @@ async fn snapshot_entries(
     js: &async_nats::jetstream::Context,
     kv: &kv::Store,
     bucket: &str,
-) -> Result<(Vec<RawEntry>, u64), ViewError> {
+) -> Result<Vec<RawEntry>, ViewError> {
     use futures::StreamExt;
     let fail =
         |e: &dyn std::fmt::Display| view_error(ViewErrorKind::Read, bucket, "reading every key", e);
@@ -516,18 +514,15 @@ async fn snapshot_entries(
         .get_stream(subjects::kv_stream(bucket))
         .await
         .map_err(|e| fail(&e))?;
-    let state = stream.info().await.map_err(|e| fail(&e))?.state.clone();
-    // Taken before the watch: anything stored after it shows in the watch, and raises it.
-    let mut last_sequence = state.last_sequence;
-    let mut out = Vec::with_capacity(state.messages as usize);
-    if state.messages == 0 {
-        return Ok((out, last_sequence));
+    let messages = stream.info().await.map_err(|e| fail(&e))?.state.messages;
+    let mut out = Vec::with_capacity(messages as usize);
+    if messages == 0 {
+        return Ok(out);
     }
     let mut watch = kv.watch_with_history(">").await.map_err(|e| fail(&e))?;
     while let Some(entry) = watch.next().await {
         let entry = entry.map_err(|e| fail(&e))?;
         let done = entry.delta == 0;
-        last_sequence = last_sequence.max(entry.revision);
         out.push(RawEntry {
             key: entry.key,
             value: (entry.operation == Operation::Put).then_some(entry.value),
@@ -537,7 +532,7 @@ async fn snapshot_entries(
             break;
         }
     }
-    Ok((out, last_sequence))
+    Ok(out)
 }
 
 /// Opens a view bucket, saying what to do when it is not there.
@@ -563,7 +558,7 @@ pub async fn snapshot<V: DeserializeOwned>(
 ) -> Result<Vec<(String, V)>, ViewError> {
     let kv = open_bucket(js, bucket).await?;
     let mut out = Vec::new();
-    for entry in snapshot_entries(js, &kv, bucket).await?.0 {
+    for entry in snapshot_entries(js, &kv, bucket).await? {
         let Some(bytes) = entry.value else { continue };
         if entry.key.starts_with('_') {
             continue;
