@@ -29,6 +29,14 @@ one leading KV_stock, then of a random node, each started again after 3 s; while
 down, both instances of one service (a different one each time) get SIGTERM. At the end
 every stream (the buckets' too) must also be at the same last sequence on all three
 nodes, as each node's monitoring endpoint reports its own replica.
+
+With --partitions: stock-projector runs as 3 partitions (`--partition I --partitions 3`)
+plus a standby of partition 0. A third of the way in, the active instance of partition 0
+gets SIGKILL (the standby must take over); halfway, the active instance of partition 1
+gets SIGTERM; three quarters in, while publishing goes on, every instance is stopped and
+4 partitions are started in their place (each new partition starts from the lowest
+checkpoint of the 3). At the end the view must also be split in 4, each of the 4
+checkpoints at the end of the log, and each partition served by an active instance.
 """
 
 import argparse
@@ -218,10 +226,16 @@ class Stack:
         self.server.wait()
 
     def start_service(self, name):
-        """`name` is a service, or `service#k` for its k-th instance."""
+        """`name` is a service, `service#k` for its k-th instance, or `service#pIofN...`
+        for an instance of partition I of N (its instance id is the name)."""
         binary = name.split("#")[0]
+        env = self.env(binary)
+        part = re.match(r"[^#]+#p(\d+)of(\d+)", name)
+        if part:
+            env.update(STOCKWIRE_PARTITION=part.group(1), STOCKWIRE_PARTITIONS=part.group(2),
+                       STOCKWIRE_INSTANCE_ID=name.replace("#", "-"))
         log = open(os.path.join(self.work, name.replace("#", "-") + ".log"), "a")
-        proc = subprocess.Popen([os.path.join(self.bin_dir, binary)], env=self.env(binary),
+        proc = subprocess.Popen([os.path.join(self.bin_dir, binary)], env=env,
                                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         with self.lock:
             self.services[name] = proc
@@ -255,6 +269,20 @@ class Stack:
             raise SystemExit("chaos: stockwire %s failed (exit %d): %s"
                              % (" ".join(args), out.returncode, out.stderr.strip()))
         return out.stdout
+
+    def active_instance(self, service, partition, partitions):
+        """The instance id of the active instance of a partition, from `stockwire status`."""
+        for _ in range(20):
+            out = self.cli("cli", "status", "--json")
+            if out.returncode == 0:
+                for listed in json.loads(out.stdout)["instances"]:
+                    stats = listed
+                    if (listed["service"] == service and stats["active"]
+                            and stats["partition"] == partition
+                            and stats["partitions"] == partitions):
+                        return stats["instance"]
+            time.sleep(0.5)
+        return None
 
     def stop(self):
         with self.lock:
@@ -442,7 +470,12 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the store and logs")
     ap.add_argument("--cluster", action="store_true",
                     help="three nodes, R3, two instances of each service, node faults")
+    ap.add_argument("--partitions", action="store_true",
+                    help="stock-projector in 3 partitions and a standby, faults on them, "
+                    "then 4 partitions")
     args = ap.parse_args()
+    if args.partitions and args.cluster:
+        ap.error("--partitions runs on one server; give it without --cluster")
     if args.checked_commands > 0 and args.checked_products < 1:
         ap.error("--checked-commands needs at least one --checked-products")
     # Stopped from outside: still stop what it started.
@@ -454,7 +487,13 @@ def main():
     work = tempfile.mkdtemp(prefix="stockwire-chaos-")
     stack = Stack(args.root, args.bin_dir, work, cluster=args.cluster)
     instances = (["%s#%d" % (name, k) for name in SERVICES for k in (1, 2)]
-                 if args.cluster else SERVICES)
+                 if args.cluster else list(SERVICES))
+    if args.partitions:
+        instances.remove("stock-projector")
+        partitioned = ["stock-projector#p%dof3" % i for i in range(3)] + \
+            ["stock-projector#p0of3-standby"]
+    else:
+        partitioned = []
     failures, stats = [], defaultdict(int)
     try:
         files, final = generate(rng, args.seed, args.events, args.products, args.publishers)
@@ -474,7 +513,7 @@ def main():
             stack.start_server()
             stack.ok("admin", "setup")
         stack.ok("cli", "threshold", "set", "--default", "--low-stock-below", str(THRESHOLD))
-        for name in instances:
+        for name in instances + partitioned:
             stack.start_service(name)
         skus = ["chk%03d" % i for i in range(args.checked_products)]
         # Sales would take about a third more than this: some are refused for want of stock.
@@ -506,6 +545,10 @@ def main():
                 plan.append((at_share * args.duration_s, "node", what, 3.0))
         else:
             plan.append((server_restart_at, "server", "nats-server", 1.0))
+        if args.partitions:
+            plan += [(0.35 * args.duration_s, "partition-SIGKILL", "0", 4.0),
+                     (0.5 * args.duration_s, "partition-SIGTERM", "1", 1.0),
+                     (0.75 * args.duration_s, "repartition", "4", 0.0)]
         stop_ms = defaultdict(list)
         started_at = defaultdict(float)
 
@@ -545,6 +588,31 @@ def main():
                 i = leading if leading is not None else rng.randrange(len(stack.nodes))
                 outage(lambda: stack.kill_node(i), lambda: stack.start_node(i), down)
                 stats["node SIGKILLs (%s)" % (("leader of " + name) if name else "random")] += 1
+            elif what in ("partition-SIGKILL", "partition-SIGTERM"):
+                # The active instance of the partition, whichever it is now.
+                active_id = stack.active_instance("stock-projector", int(name), 3)
+                active = next((n for n in partitioned if n.replace("#", "-") == active_id), None)
+                if active is None:
+                    failures.append("no active instance of partition %s of 3 before the %s"
+                                    % (name, what))
+                    continue
+                if what == "partition-SIGKILL":
+                    stack.kill_service(active)
+                else:
+                    sigterm(active, "under load")
+                stats["stock-projector partition %s: %s of its active instance"
+                      % (name, what.split("-")[1])] += 1
+                time.sleep(down)
+                stack.start_service(active)
+            elif what == "repartition":
+                # From 3 partitions to 4 while events keep coming: all the old instances
+                # stop, then the new ones start from the lowest old checkpoint.
+                for old in partitioned:
+                    sigterm(old, "to repartition")
+                partitioned = ["stock-projector#p%dof4" % i for i in range(4)]
+                for new in partitioned:
+                    stack.start_service(new)
+                stats["stock-projector repartitioned"] = "3 -> 4 partitions under load"
             elif what == "SIGKILL":
                 stack.kill_service(name)
                 time.sleep(down)
@@ -567,7 +635,8 @@ def main():
 
         # Every service is still up: one that stopped by itself (refused, crashed) is a failure.
         with stack.lock:
-            exited = {n: p.returncode for n, p in stack.services.items() if p.poll() is not None}
+            exited = {n: p.returncode for n, p in stack.services.items()
+                      if p.poll() is not None and n in instances + partitioned}
         for name, code in sorted(exited.items()):
             failures.append("%s exited by itself (code %s)" % (name, code))
 
@@ -605,6 +674,18 @@ def main():
                 failures.append("replicas not at the same last sequence by the deadline: %s"
                                 % {k: e for k, e in ends.items() if len(set(e.values())) != 1
                                    or len(e) != len(stack.nodes)})
+        if args.partitions:
+            stock = status["projectors"]["stock"]
+            last = status["streams"]["INVENTORY"]["last_seq"]
+            ends = [p["checkpoint"] for p in stock.get("by_partition", [])]
+            if stock["partitions"] != 4 or ends != [last] * 4:
+                failures.append("the stock view is not in 4 partitions each at the end of "
+                                "the log (#%d): %s" % (last, stock))
+            else:
+                stats["stock view partitions at the end of the log"] = "4 of 4"
+            missing = [p for p in status["problems"] if "partition" in p]
+            if missing:
+                failures.append("partitions without an active instance: %s" % missing)
         acked = [c for c in told if c["outcome"] in ("stored", "already_stored")]
         expected = args.events + stocked + sum(1 if c["kind"] == "sale" else 2 for c in acked)
         stored = status["streams"]["INVENTORY"]["messages"]
@@ -650,7 +731,7 @@ def main():
         stack.stop()
         if failures:
             logs = ["nats-server"] + [n["name"] for n in stack.nodes] + \
-                [i.replace("#", "-") for i in instances]
+                [i.replace("#", "-") for i in instances + partitioned]
             for name in logs:
                 path = os.path.join(work, name + ".log")
                 if os.path.exists(path):
@@ -703,7 +784,8 @@ def report(stack, args, stats, failures, started, published_s, caught_up_s):
     rows.append(("whole drill", "%.1f s" % (time.time() - started)))
     rows.append(("result", "FAILED" if failures else "ok: verify clean, no loss, no duplicates, "
                  "no dead letters, checked commands agree with the log, alerts alternate"
-                 + (", replicas agree" if args.cluster else "")))
+                 + (", replicas agree" if args.cluster else "")
+                 + (", 4 partitions at the end of the log" if args.partitions else "")))
     width = max(len(k) for k, _ in rows)
     print("chaos drill")
     for k, v in rows:

@@ -5,7 +5,7 @@
 //! lists the instances from the same API.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_nats::service::ServiceExt;
@@ -13,6 +13,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::partition::Partition;
 use crate::subjects;
 
 /// The services that run in instances, each with a lease of its own: every one must have
@@ -44,6 +45,16 @@ pub struct InstanceStats {
     pub commits: u64,
     /// Failures it retried (a read, a commit, an announcement).
     pub errors: u64,
+    /// The partition of the view it projects, and of how many (projectors; 0 of 1 when
+    /// the view is not split, and for watchers).
+    #[serde(default)]
+    pub partition: u32,
+    #[serde(default = "one")]
+    pub partitions: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Counters a service's loop updates as it works.
@@ -53,6 +64,8 @@ pub struct Counters {
     applied: AtomicU64,
     commits: AtomicU64,
     errors: AtomicU64,
+    partition: AtomicU32,
+    partitions: AtomicU32,
 }
 
 impl Counters {
@@ -68,6 +81,10 @@ impl Counters {
     pub fn failed(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn set_partition(&self, partition: Partition) {
+        self.partition.store(partition.index(), Ordering::Relaxed);
+        self.partitions.store(partition.count(), Ordering::Relaxed);
+    }
 
     fn snapshot(&self, instance: &str, active: bool) -> InstanceStats {
         InstanceStats {
@@ -77,6 +94,8 @@ impl Counters {
             applied: self.applied.load(Ordering::Relaxed),
             commits: self.commits.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            partition: self.partition.load(Ordering::Relaxed),
+            partitions: self.partitions.load(Ordering::Relaxed).max(1),
         }
     }
 }

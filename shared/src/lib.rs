@@ -43,6 +43,7 @@ pub mod batch;
 pub mod clock;
 pub mod connect;
 pub mod deadletter;
+pub mod direct;
 pub mod domain;
 pub mod envelope;
 pub mod error;

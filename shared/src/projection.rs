@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::domain::Event;
 use crate::envelope::{Envelope, Recorded};
+use crate::partition::Partition;
 
 /// What a view is made of: which events, which key, and how an event changes a value.
 pub trait Projection: Send + Sync + 'static {
@@ -41,6 +42,51 @@ pub trait Projection: Send + Sync + 'static {
 /// 5,000: a tenth faster over 100,000 products).
 pub const DEFAULT_MAX_BATCH: usize = 20_000;
 
+/// Values a projector keeps in memory unless told otherwise (`--cache-keys`). A stock
+/// value takes about half a kilobyte in memory (see the README's capacity model), so this
+/// is about half a gigabyte at most; a partition with fewer keys is read whole at start
+/// and never read again, as if there were no limit.
+pub const DEFAULT_CACHE_KEYS: u64 = 1_000_000;
+
+/// How a projector's work is split and how much of its view it keeps in memory: the
+/// settings both projectors share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScaleArgs {
+    /// This instance's partition of the view's products, from 0 to --partitions - 1.
+    #[arg(long, env = "STOCKWIRE_PARTITION", default_value_t = 0)]
+    pub partition: u32,
+    /// Into how many partitions the view's products are split (by warehouse and SKU);
+    /// every partition needs an instance of its own.
+    #[arg(long, env = "STOCKWIRE_PARTITIONS", default_value_t = 1)]
+    pub partitions: u32,
+    /// Values kept in memory, at most; keys beyond are read from the bucket as events
+    /// need them, up to 1,024 to a request. 0: no limit.
+    #[arg(long, env = "STOCKWIRE_CACHE_KEYS", default_value_t = DEFAULT_CACHE_KEYS)]
+    pub cache_keys: u64,
+}
+
+impl Default for ScaleArgs {
+    fn default() -> Self {
+        Self {
+            partition: 0,
+            partitions: 1,
+            cache_keys: DEFAULT_CACHE_KEYS,
+        }
+    }
+}
+
+impl ScaleArgs {
+    /// The partition, or what is wrong with the two numbers.
+    pub fn partition(&self) -> Result<Partition, String> {
+        Partition::new(self.partition, self.partitions)
+    }
+
+    /// The most values kept in memory (`None`: no limit).
+    pub fn cache_keys(&self) -> Option<usize> {
+        (self.cache_keys > 0).then_some(self.cache_keys as usize)
+    }
+}
+
 /// Settings of a projector.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -53,6 +99,10 @@ pub struct Config {
     /// it has at once). A view that nobody waits on can trade freshness for fewer,
     /// larger commits: each small commit costs the server one fsync per key.
     pub live_linger: Duration,
+    /// The share of the products this instance projects (default: all of them).
+    pub partition: Partition,
+    /// Values kept in memory, at most (`None`: every value of the partition).
+    pub cache_keys: Option<usize>,
 }
 
 impl Default for Config {
@@ -62,6 +112,8 @@ impl Default for Config {
             max_batch: DEFAULT_MAX_BATCH,
             commit_timeout: Duration::from_secs(10),
             live_linger: Duration::ZERO,
+            partition: Partition::WHOLE,
+            cache_keys: None,
         }
     }
 }

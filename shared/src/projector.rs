@@ -31,6 +31,7 @@ use crate::deadletter;
 use crate::envelope::{DecodeError, Envelope, Recorded};
 use crate::instance::{Counters, Registration};
 use crate::lease::{self, Lease, Timing};
+use crate::partition::Partition;
 use crate::projection::{Config, Projection};
 use crate::read;
 use crate::rebuild;
@@ -56,7 +57,7 @@ pub async fn run<P: Projection>(
     let mut store: ViewStore<P::View> = loop {
         let opened = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            opened = ViewStore::open(client.clone(), bucket, config.commit_timeout) => opened,
+            opened = ViewStore::open_partition(client.clone(), bucket, config.commit_timeout, config.partition, config.cache_keys) => opened,
         };
         match opened {
             Ok(store) => break store,
@@ -69,18 +70,21 @@ pub async fn run<P: Projection>(
             }
         }
     };
-    let mut rebuilds = rebuild::Listener::new(&client, bucket);
+    let partition = config.partition;
+    let mut rebuilds = rebuild::Listener::new(&client, bucket, partition);
     let mut reconnects = crate::connect::Reconnects::new(&client);
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-    let job =
+    let owner =
         views::by_bucket(bucket).map_or_else(|| format!("projector-{bucket}"), |v| v.owner.into());
+    let job = partition.job(&owner);
     let instance = lease::instance_id();
     let lease = Lease::hold(&js, &job, &instance, Timing::default());
     let mut active = lease.active();
     let counters = Arc::new(Counters::default());
+    counters.set_partition(partition);
     let registration =
-        Registration::start(&client, &job, &instance, lease.active(), counters.clone()).await;
-    tracing::info!(view = bucket, "projector started");
+        Registration::start(&client, &owner, &instance, lease.active(), counters.clone()).await;
+    tracing::info!(view = bucket, %partition, "projector started");
 
     // Stopped between batches, or cut short after a grace (see `finish_within`): every
     // commit is a compare-and-set and the checkpoint comes last, so a commit left midway
@@ -106,7 +110,7 @@ pub async fn run<P: Projection>(
             rebuilds.start().await;
             // One pass over the bucket beats a round trip per key on first touch.
             if !store.is_complete() {
-                if let Err(e) = store.load_all().await {
+                if let Err(e) = store.warm().await {
                     tracing::warn!(view = bucket, error = %e, "cannot read the view; retrying");
                     counters.failed();
                     pause(&shutdown, backoff.next_delay()).await;
@@ -142,6 +146,7 @@ pub async fn run<P: Projection>(
             let (reader, mut incoming) = spawn_reader(
                 messages,
                 checkpoint + 1,
+                partition,
                 config.envelope.clone(),
                 config.max_batch,
             );
@@ -157,7 +162,7 @@ pub async fn run<P: Projection>(
                     biased;
                     _ = shutdown.cancelled() => break 'restart,
                     _ = next_tick(&mut ticker) => {
-                        if let Err(e) = tick_all(&projection, &mut store).await {
+                        if let Err(e) = store.update_each(|value| projection.tick(value)).await {
                             tracing::warn!(view = bucket, error = %e, "tick not committed; reloading");
                             counters.failed();
                             store.invalidate();
@@ -236,33 +241,6 @@ async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// Re-evaluates every value as time has passed and commits the ones that changed, the
-/// checkpoint unchanged.
-async fn tick_all<P: Projection>(
-    projection: &P,
-    store: &mut ViewStore<P::View>,
-) -> Result<(), ViewError> {
-    let checkpoint = store.checkpoint().await?;
-    let changes: Vec<(String, Change<P::View>)> = store
-        .cached()
-        .filter_map(|(key, value)| {
-            let mut value = value.clone();
-            projection
-                .tick(&mut value)
-                .then(|| (key.clone(), Change::Put(value)))
-        })
-        .collect();
-    if !changes.is_empty() {
-        tracing::debug!(
-            view = projection.bucket(),
-            keys = changes.len(),
-            "windows moved"
-        );
-        store.commit(changes, checkpoint).await?;
-    }
-    Ok(())
-}
-
 /// Takes what has arrived, and while the log says many more events are waiting (the
 /// projector is catching up), waits for them too, up to `max` events: a larger batch
 /// touches the same keys fewer times. When it is live, it commits at once, or after
@@ -311,7 +289,9 @@ struct Incoming {
     pending: u64,
     /// When the server stored it, ms since the epoch.
     stored_ms: i64,
-    decoded: Result<Recorded, Box<Poison>>,
+    /// `None`: an event of another partition, passed over undecoded (it still moves the
+    /// checkpoint on).
+    decoded: Option<Result<Recorded, Box<Poison>>>,
 }
 
 /// An event that cannot be decoded, kept whole for its dead letter.
@@ -331,13 +311,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Reads the ordered consumer from `first_seq` and decodes, up to `2 * max_batch` events
-/// ahead. A read error ends the channel, and the projector restarts from its checkpoint.
+/// Reads the ordered consumer from `first_seq` and decodes the events of `partition` (the
+/// others by their subject alone, never decoded), up to `2 * max_batch` events ahead. A read error ends the channel, and the projector restarts from its checkpoint.
 /// An event before the next one expected is passed over (a consumer re-created before its
 /// first message starts over from the beginning: see `read`).
 fn spawn_reader(
     mut messages: jetstream::consumer::pull::Ordered,
     first_seq: u64,
+    partition: Partition,
     envelope: Envelope,
     max_batch: usize,
 ) -> (
@@ -361,20 +342,18 @@ fn spawn_reader(
                         .map_err(|e| format!("reading a message's sequence: {e}"))?;
                     let (seq, pending) = (info.stream_sequence, info.pending);
                     let stored_ms = crate::read::stored_ms(&info);
-                    let decoded = envelope.decode(
-                        &msg.subject,
-                        msg.headers.as_ref(),
-                        &msg.payload,
-                        stored_ms,
-                    );
-                    // The raw message is kept only for a dead letter.
-                    let decoded = decoded.map_err(|error| {
-                        Box::new(Poison {
-                            error,
-                            subject: msg.subject.to_string(),
-                            headers: msg.headers.clone(),
-                            payload: msg.payload.clone(),
-                        })
+                    let decoded = partition.owns_subject(&msg.subject).then(|| {
+                        envelope
+                            .decode(&msg.subject, msg.headers.as_ref(), &msg.payload, stored_ms)
+                            // The raw message is kept only for a dead letter.
+                            .map_err(|error| {
+                                Box::new(Poison {
+                                    error,
+                                    subject: msg.subject.to_string(),
+                                    headers: msg.headers.clone(),
+                                    payload: msg.payload.clone(),
+                                })
+                            })
                     });
                     Ok(Incoming {
                         seq,
@@ -421,12 +400,27 @@ async fn apply_chunk<P: Projection>(
             );
         }
     }
-    for item in chunk {
-        let msg =
-            item.map_err(|why| view_error(ViewErrorKind::Read, bucket, "reading the log", why))?;
+    let chunk = chunk
+        .into_iter()
+        .map(|item| {
+            item.map_err(|why| view_error(ViewErrorKind::Read, bucket, "reading the log", why))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // The keys not in memory are read from the bucket many to a request, before the fold.
+    let keys: Vec<String> = chunk
+        .iter()
+        .filter_map(|msg| match &msg.decoded {
+            Some(Ok(recorded)) => Some(projection.key(&recorded.event)),
+            _ => None,
+        })
+        .collect();
+    store.prepare(keys.iter().map(String::as_str)).await?;
+    let mut keys = keys.into_iter();
+    for msg in chunk {
         let seq = msg.seq;
         match &msg.decoded {
-            Err(poison) => {
+            None => {}
+            Some(Err(poison)) => {
                 let Poison {
                     error,
                     subject,
@@ -445,8 +439,8 @@ async fn apply_chunk<P: Projection>(
                         )
                     })?;
             }
-            Ok(recorded) => {
-                let key = projection.key(&recorded.event);
+            Some(Ok(recorded)) => {
+                let Some(key) = keys.next() else { break };
                 let at = match pending.find(&key) {
                     Some(at) => at,
                     None => {

@@ -1,11 +1,13 @@
 //! Rebuilding a view from the log, done by the projector that owns it (the only writer).
 //!
-//! `stockwire rebuild <view>` sends a request to `stockwire.rebuild.{bucket}` (a queue
-//! group: one projector answers; a standby instance is not in it) with a reply inbox; the projector replays the whole log
-//! into memory, publishing [`Progress`] to that inbox, then writes each key that differs
-//! once with its final state (watchers never see a half-replayed value), deletes keys that
-//! should not exist, moves the checkpoint, and goes back to following the log. Events
-//! published meanwhile are applied after.
+//! `stockwire rebuild <view>` sends a request to `stockwire.rebuild.{bucket}` with a reply
+//! inbox. Each partition's projectors listen in a queue group of their own, so the active
+//! instance of every partition answers (a standby is in none). Each replays the whole log,
+//! its own products' events into memory (the others passed over by subject), publishing
+//! [`Report`]s to that inbox; then writes each of its keys that differs once with its
+//! final state (watchers never see a half-replayed value), deletes its keys that should
+//! not exist, moves its checkpoint, and goes back to following the log. Events published
+//! meanwhile are applied after.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,6 +17,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::deadletter;
+use crate::partition::Partition;
 use crate::projection::{Config, Projection};
 use crate::read::{ReadError, Reader};
 use crate::subjects;
@@ -46,16 +49,37 @@ pub enum Progress {
     },
 }
 
+/// What one partition's projector reports: its progress, and which partition it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    #[serde(default)]
+    pub partition: u32,
+    #[serde(default = "one")]
+    pub partitions: u32,
+    #[serde(flatten)]
+    pub progress: Progress,
+}
+
+fn one() -> u32 {
+    1
+}
+
 /// A rebuild request: where to report progress.
 pub struct Request {
     reply: Option<async_nats::Subject>,
     client: async_nats::Client,
+    partition: Partition,
 }
 
 impl Request {
     async fn report(&self, progress: &Progress) {
         let Some(reply) = &self.reply else { return };
-        if let Ok(body) = serde_json::to_vec(progress) {
+        let report = Report {
+            partition: self.partition.index(),
+            partitions: self.partition.count(),
+            progress: progress.clone(),
+        };
+        if let Ok(body) = serde_json::to_vec(&report) {
             if let Err(e) = self.client.publish(reply.clone(), body.into()).await {
                 tracing::warn!(error = %e, "cannot report rebuild progress");
             }
@@ -63,20 +87,23 @@ impl Request {
     }
 }
 
-/// The rebuild requests of one view, taken only while this instance is the active one:
-/// the requests go to a queue group, and a standby must not be in it.
+/// The rebuild requests of one partition of a view, taken only while this instance is
+/// the active one: the requests go to the partition's queue group, and a standby must not
+/// be in it.
 pub struct Listener {
     client: async_nats::Client,
     bucket: String,
+    partition: Partition,
     subscriber: Option<async_nats::Subscriber>,
 }
 
 impl Listener {
     /// A listener not yet taking requests (see [`Listener::start`]).
-    pub fn new(client: &async_nats::Client, bucket: &str) -> Self {
+    pub fn new(client: &async_nats::Client, bucket: &str, partition: Partition) -> Self {
         Self {
             client: client.clone(),
             bucket: bucket.to_string(),
+            partition,
             subscriber: None,
         }
     }
@@ -87,7 +114,7 @@ impl Listener {
             return;
         }
         let subject = subjects::rebuild_requests(&self.bucket);
-        let group = format!("projector-{}", self.bucket);
+        let group = self.partition.job(&format!("projector-{}", self.bucket));
         match self.client.queue_subscribe(subject.clone(), group).await {
             Ok(s) => self.subscriber = Some(s),
             Err(e) => tracing::error!(%subject, error = %e, "cannot take rebuild requests"),
@@ -105,6 +132,7 @@ impl Listener {
             Some(s) => s.next().await.map(|m| Request {
                 reply: m.reply,
                 client: self.client.clone(),
+                partition: self.partition,
             }),
             None => std::future::pending().await,
         }
@@ -163,6 +191,7 @@ async fn rebuild<P: Projection>(
 ) -> Result<Progress, RebuildError> {
     let started = Instant::now();
     let bucket = projection.bucket();
+    let partition = store.partition();
     let mut reader = Reader::open(js, subjects::INVENTORY_STREAM, &projection.filter(), 1).await?;
     let total = reader.remaining();
     let mut book: HashMap<String, Option<P::View>> = HashMap::new();
@@ -173,6 +202,21 @@ async fn rebuild<P: Projection>(
         .await;
     while let Some(stored) = reader.next().await {
         let stored = stored?;
+        events += 1;
+        last_seq = stored.sequence;
+        if reported.elapsed() >= Duration::from_millis(200) {
+            reported = Instant::now();
+            let total = events + reader.remaining();
+            request
+                .report(&Progress::Replaying {
+                    done: events,
+                    total,
+                })
+                .await;
+        }
+        if !partition.owns_subject(&stored.subject) {
+            continue;
+        }
         match config.envelope.decode_stored(&stored) {
             Ok(recorded) => {
                 let key = projection.key(&recorded.event);
@@ -193,18 +237,6 @@ async fn rebuild<P: Projection>(
                 seq: stored.sequence,
                 source,
             })?,
-        }
-        events += 1;
-        last_seq = stored.sequence;
-        if reported.elapsed() >= Duration::from_millis(200) {
-            reported = Instant::now();
-            let total = events + reader.remaining();
-            request
-                .report(&Progress::Replaying {
-                    done: events,
-                    total,
-                })
-                .await;
         }
     }
 

@@ -1,44 +1,73 @@
-//! A view bucket as its owning projector sees it: every value in memory, and every change
-//! committed together with the `_checkpoint`.
+//! A view bucket as its owning projector sees it: the values of its partition (every one,
+//! or the most recently used up to a limit) in memory, and every change committed
+//! together with the partition's checkpoint.
 //!
-//! Two ways to commit, each refused whole or in part the moment the bucket is not as this
-//! writer knows it (another writer, an operator's purge); the projector then reloads and
-//! redoes from the checkpoint:
-//! - Large commits (catching up) go as one atomic batch whose first message carries
-//!   `Nats-Expected-Last-Sequence`, the bucket stream's last sequence as we know it: stored
-//!   only if nothing at all was written since. One check per commit, not one per key.
-//!   Beyond 999 keys, several such batches go one after another, each expecting the
-//!   stream to end where the one before it ends.
+//! Every key of a commit expects its own revision (`Nats-Expected-Last-Subject-Sequence`),
+//! as this writer last read or wrote it, and so does the checkpoint: the moment the bucket
+//! is not as this writer knows it (another writer, an operator's purge) the commit is
+//! refused, and the projector reloads and redoes from the checkpoint. Nothing expects the
+//! whole bucket to be unchanged, so the partitions of a split view write side by side.
 //! - Small commits (live, a few events at a time) go as single publishes, because
 //!   nats-server stages an atomic batch in a store of its own, which costs milliseconds a
-//!   live event should not wait. Each key carries its own revision
-//!   (`Nats-Expected-Last-Subject-Sequence`), so a stale value never overwrites a newer
-//!   one, and the checkpoint goes only once every key is stored. A crash in between leaves
-//!   keys ahead of the checkpoint, which is harmless: a key skips an event it already holds
-//!   (`last_seq`), and `verify` compares each key at its own `last_seq`.
+//!   live event should not wait.
+//! - Large commits (catching up) go as atomic batches of up to 999 keys, a few in flight;
+//!   the last one, which carries the checkpoint, only once all the others are stored.
 //!
-//! The checkpoint also carries its revision, so it never moves past an event that is not
-//! in every key it changes, and a purged bucket is noticed on the next commit.
+//! Either way the checkpoint goes last. A crash in between leaves keys ahead of the
+//! checkpoint, which is harmless: a key skips an event it already holds (`last_seq`), and
+//! `verify` compares each key at its own `last_seq`.
+//!
+//! A split view keeps one checkpoint per partition (`_checkpoint.p{i}`, with the number of
+//! partitions in its value; `_checkpoint` when the view is whole). Its position is the
+//! lowest checkpoint of the current split ([`Checkpoints`], [`Position`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{self, Operation};
+use async_nats::jetstream::kv;
 use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use lru::LruCache;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{self, MAX_BATCH};
+use crate::direct;
 use crate::envelope::Outbound;
 use crate::error::Error;
+use crate::partition::{self, Partition};
+use crate::read::Reader;
 use crate::retry::{AppendError, Next};
 use crate::subjects;
 
-/// The value of a view's `_checkpoint` key: every event up to `last_seq` is applied.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The value of a view's checkpoint key (`_checkpoint`, or `_checkpoint.p{i}` for one
+/// partition of several): every event of the partition up to `last_seq` is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub last_seq: u64,
+    /// Into how many partitions the view was split when this was written (1 for a
+    /// checkpoint written before partitions existed).
+    #[serde(default = "one")]
+    pub partitions: u32,
+    /// Where the partition started when the view's partitions last changed: a partition
+    /// that starts after this one took over an earlier partition's key starts no later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for Checkpoint {
+    fn default() -> Self {
+        Self {
+            last_seq: 0,
+            partitions: 1,
+            from: None,
+        }
+    }
 }
 
 /// Keys besides the checkpoint one commit may hold.
@@ -112,103 +141,232 @@ struct Committed<V> {
 
 /// One key as this writer knows it.
 struct Cached<V> {
-    /// `None`: deleted.
+    /// `None`: deleted, or never written.
     value: Option<V>,
-    /// The stream sequence of the key's last message.
+    /// The stream sequence of the key's last message (0: it has none).
     revision: u64,
 }
 
-/// The whole bucket as this writer knows it.
-struct Loaded<V> {
-    keys: HashMap<String, Cached<V>>,
-    checkpoint: Checkpoint,
-    /// The checkpoint's revision (0: there is none yet).
-    checkpoint_revision: u64,
+/// This partition's checkpoint as this writer knows it.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    value: Checkpoint,
+    /// The checkpoint key's revision (0: there is none yet).
+    revision: u64,
 }
 
-impl<V> Loaded<V> {
-    /// The revision each of `changes`' keys is expected at (0: the key has no message).
-    fn revisions(&self, changes: &[(String, Change<V>)]) -> Vec<u64> {
-        changes
-            .iter()
-            .map(|(key, _)| self.keys.get(key).map_or(0, |c| c.revision))
-            .collect()
-    }
-}
+/// Key reads (`multi_last` requests of up to 1,024 keys) in flight at once.
+const READS_IN_FLIGHT: usize = 4;
 
-/// A view bucket owned by this process.
+/// One partition of a view bucket (the whole view, unless split), owned by this process.
+///
+/// It keeps the values it reads and writes in memory: all of them, read in one pass at
+/// start (`cache_keys` `None`), or at most `cache_keys`, the least recently used
+/// forgotten first; a key not in memory is read from the bucket when a batch needs it,
+/// many keys to a request (see `direct`).
 pub struct ViewStore<V> {
     client: async_nats::Client,
     js: async_nats::jetstream::Context,
-    kv: kv::Store,
     bucket: String,
     timeout: Duration,
-    loaded: Option<Loaded<V>>,
+    partition: Partition,
+    cache: LruCache<String, Cached<V>>,
+    cache_keys: Option<usize>,
+    /// Every key of the partition is in `cache`: a key not there has no value.
+    complete: bool,
+    /// The partition was found to hold more than `cache_keys` keys: not read through again.
+    too_large_to_warm: bool,
+    checkpoint: Option<Known>,
+    /// The highest sequence of the bucket this writer stored: a key read from a copy of
+    /// the bucket that has not reached it might be older than our own write.
+    last_write: u64,
 }
 
 impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
-    /// Opens the bucket; `timeout` is the time allowed for a commit's PubAcks.
+    /// Opens the whole bucket, every value kept in memory; `timeout` is the time allowed
+    /// for a commit's PubAcks.
     pub async fn open(
         client: async_nats::Client,
         bucket: &str,
         timeout: Duration,
     ) -> Result<Self, ViewError> {
+        Self::open_partition(client, bucket, timeout, Partition::WHOLE, None).await
+    }
+
+    /// Opens `partition` of the bucket, keeping at most `cache_keys` values in memory
+    /// (`None`: all of the partition's).
+    pub async fn open_partition(
+        client: async_nats::Client,
+        bucket: &str,
+        timeout: Duration,
+        partition: Partition,
+        cache_keys: Option<usize>,
+    ) -> Result<Self, ViewError> {
         let mut js = async_nats::jetstream::new(client.clone());
         js.set_timeout(timeout);
-        let kv = open_bucket(&js, bucket).await?;
+        open_bucket(&js, bucket).await?;
         Ok(Self {
             client,
             js,
-            kv,
             bucket: bucket.to_string(),
             timeout,
-            loaded: None,
+            partition,
+            cache: LruCache::unbounded(),
+            cache_keys,
+            complete: false,
+            too_large_to_warm: false,
+            checkpoint: None,
+            last_write: 0,
         })
     }
 
-    /// Forgets what it holds; the next read loads the whole bucket again.
+    /// The share of the view this store writes.
+    pub fn partition(&self) -> Partition {
+        self.partition
+    }
+
+    /// Forgets what it holds; the next read goes to the bucket again.
     pub fn invalidate(&mut self) {
-        self.loaded = None;
+        self.cache.clear();
+        self.complete = false;
+        self.checkpoint = None;
     }
 
-    /// Every key that holds a value (none before [`load_all`](Self::load_all)).
-    pub fn cached(&self) -> impl Iterator<Item = (&String, &V)> {
-        self.loaded
-            .iter()
-            .flat_map(|l| l.keys.iter())
-            .filter_map(|(k, c)| c.value.as_ref().map(|v| (k, v)))
-    }
-
-    /// True when the bucket is loaded (after [`load_all`](Self::load_all)).
+    /// True when every key of the partition is in memory.
     pub fn is_complete(&self) -> bool {
-        self.loaded.is_some()
+        self.complete
+    }
+
+    /// Reads the partition's keys into memory in one pass (one pass beats a round trip
+    /// per key on first touch), up to `cache_keys` of them. A partition found larger than
+    /// that is not read through again: its keys are read as batches need them.
+    pub async fn warm(&mut self) -> Result<(), ViewError> {
+        if self.complete || self.too_large_to_warm {
+            return Ok(());
+        }
+        self.invalidate();
+        let (partition, most) = (self.partition, self.cache_keys.unwrap_or(usize::MAX));
+        let mut cache = LruCache::unbounded();
+        let mut complete = true;
+        scan(&self.js, &self.bucket, |key, value: Option<V>, revision| {
+            if !partition.owns_key(&key) {
+                return;
+            }
+            if cache.len() >= most {
+                complete = false;
+                return;
+            }
+            cache.put(key, Cached { value, revision });
+        })
+        .await?;
+        self.cache = cache;
+        self.complete = complete;
+        self.too_large_to_warm = !complete;
+        if !complete {
+            tracing::info!(view = %self.bucket, partition = %self.partition, cache_keys = most,
+                "the partition holds more keys than --cache-keys: reading them as needed");
+        }
+        Ok(())
     }
 
     fn nats_error(&self, what: &str, e: impl std::fmt::Display) -> ViewError {
         view_error(ViewErrorKind::Write, &self.bucket, what, e)
     }
 
-    async fn loaded(&mut self) -> Result<&mut Loaded<V>, ViewError> {
-        let loaded = match self.loaded.take() {
-            Some(loaded) => loaded,
-            None => self.fetch().await?,
-        };
-        Ok(self.loaded.insert(loaded))
-    }
-
-    /// The view's checkpoint: every event up to it is applied.
+    /// The partition's checkpoint: every event of it up to there is applied.
     pub async fn checkpoint(&mut self) -> Result<u64, ViewError> {
-        Ok(self.loaded().await?.checkpoint.last_seq)
+        Ok(self.known_checkpoint().await?.value.last_seq)
     }
 
-    /// The current value of a key.
+    /// The partition's checkpoint, read when not known. A partition whose checkpoint was
+    /// written for another number of partitions (or not at all, while others exist)
+    /// starts where every earlier partition had reached (see [`Checkpoints::start_for`]),
+    /// and says so at once in its own checkpoint.
+    async fn known_checkpoint(&mut self) -> Result<Known, ViewError> {
+        if let Some(known) = self.checkpoint {
+            return Ok(known);
+        }
+        let all =
+            Checkpoints::read(&self.client, &self.bucket, self.timeout, self.last_write).await?;
+        let known = match all.own(self.partition) {
+            Some(own) => Known {
+                value: own.value,
+                revision: own.revision,
+            },
+            None if all.found.is_empty() => Known {
+                value: Checkpoint {
+                    partitions: self.partition.count(),
+                    ..Checkpoint::default()
+                },
+                revision: 0,
+            },
+            None => {
+                let start = all.start_for(self.partition);
+                let value = Checkpoint {
+                    last_seq: start,
+                    partitions: self.partition.count(),
+                    from: Some(start),
+                };
+                let key = self.partition.checkpoint_key();
+                let expected = all.revision_of(&key);
+                tracing::info!(view = %self.bucket, partition = %self.partition, start,
+                    "the view's partitions changed: starting from the lowest earlier checkpoint");
+                let message = self.checkpoint_message(value, expected)?;
+                let ack = self.send(message).await?;
+                let revision = self.acked(ack).await?;
+                self.last_write = self.last_write.max(revision);
+                Known { value, revision }
+            }
+        };
+        self.checkpoint = Some(known);
+        Ok(known)
+    }
+
+    /// The current value of a key of the partition.
     pub async fn get(&mut self, key: &str) -> Result<Option<V>, ViewError> {
-        Ok(self
-            .loaded()
-            .await?
-            .keys
-            .get(key)
-            .and_then(|c| c.value.clone()))
+        self.prepare([key]).await?;
+        Ok(self.cache.get(key).and_then(|c| c.value.clone()))
+    }
+
+    /// Brings `keys` into memory: those not there are read from the bucket, up to 1,024 to
+    /// a request, a few requests at a time.
+    pub async fn prepare<'k>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'k str>,
+    ) -> Result<(), ViewError> {
+        if self.complete {
+            return Ok(());
+        }
+        let mut missing: Vec<String> = keys
+            .into_iter()
+            .filter(|k| !self.cache.contains(*k))
+            .map(str::to_string)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        let reads: Vec<_> = missing
+            .chunks(direct::MAX_SUBJECTS)
+            .map(|chunk| {
+                read_keys::<V>(
+                    self.client.clone(),
+                    self.bucket.clone(),
+                    chunk.to_vec(),
+                    self.last_write,
+                    self.timeout,
+                )
+            })
+            .collect();
+        let read: Vec<Vec<(String, Cached<V>)>> = futures::stream::iter(reads)
+            .buffered(READS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        for (key, cached) in read.into_iter().flatten() {
+            self.cache.put(key, cached);
+        }
+        Ok(())
     }
 
     /// Commits `changes` and the new checkpoint, if the bucket is still as last read.
@@ -229,12 +387,7 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         let started = std::time::Instant::now();
         let keys = changes.len();
         let single = keys <= SINGLE_PUBLISHES_UP_TO;
-        let stored = if single {
-            self.commit_singly(changes, checkpoint).await
-        } else {
-            self.commit_in_batches(changes, checkpoint).await
-        };
-        let stored = match stored {
+        let stored = match self.commit_checked(changes, checkpoint, single).await {
             Ok(stored) => stored,
             Err(e) => {
                 // Whatever happened, what we hold may be stale now.
@@ -250,31 +403,60 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
             ms = started.elapsed().as_secs_f64() * 1000.0,
             "committed"
         );
-        let loaded = self.loaded().await?;
+        self.last_write = self.last_write.max(stored.checkpoint_revision);
         for (key, value, revision) in stored.keys {
-            loaded.keys.insert(key, Cached { value, revision });
+            self.cache.put(key, Cached { value, revision });
         }
-        loaded.checkpoint = Checkpoint {
-            last_seq: checkpoint,
-        };
-        loaded.checkpoint_revision = stored.checkpoint_revision;
+        if let Some(known) = &mut self.checkpoint {
+            known.value.last_seq = checkpoint;
+            known.revision = stored.checkpoint_revision;
+        }
+        if let Some(most) = self.cache_keys {
+            while self.cache.len() > most {
+                self.cache.pop_lru();
+                self.complete = false;
+            }
+        }
         Ok(())
     }
 
-    async fn commit_singly(
+    async fn commit_checked(
         &mut self,
         changes: Vec<(String, Change<V>)>,
         checkpoint: u64,
+        single: bool,
     ) -> Result<Committed<V>, ViewError> {
-        let loaded = self.loaded().await?;
-        let (revisions, checkpoint_revision) =
-            (loaded.revisions(&changes), loaded.checkpoint_revision);
-        let (messages, checkpoint_message) =
-            self.messages(&changes, &revisions, checkpoint, checkpoint_revision)?;
-        let sequences = self
-            .publish_one_by_one(messages, checkpoint_message)
+        let known = self.known_checkpoint().await?;
+        self.prepare(changes.iter().map(|(k, _)| k.as_str()))
             .await?;
-        let checkpoint_revision = sequences.last().copied().unwrap_or(checkpoint_revision);
+        let revisions: Vec<u64> = changes
+            .iter()
+            .map(|(key, _)| self.cache.peek(key).map_or(0, |c| c.revision))
+            .collect();
+        let value = Checkpoint {
+            last_seq: checkpoint,
+            ..known.value
+        };
+        let messages = self.messages(&changes, &revisions)?;
+        let checkpoint_message = self.checkpoint_message(value, known.revision)?;
+        let sequences = if single {
+            self.publish_one_by_one(messages, checkpoint_message)
+                .await?
+        } else {
+            self.publish_in_batches(messages, checkpoint_message)
+                .await?
+        };
+        if sequences.len() != changes.len() + 1 {
+            return Err(self.nats_error(
+                "committing",
+                format!(
+                    "{} messages acknowledged for {} keys and the checkpoint",
+                    sequences.len(),
+                    changes.len()
+                ),
+            ));
+        }
+        let checkpoint_revision = sequences.last().copied().unwrap_or(known.revision);
         Ok(Committed {
             keys: changes
                 .into_iter()
@@ -285,24 +467,20 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         })
     }
 
-    async fn commit_in_batches(
-        &mut self,
-        changes: Vec<(String, Change<V>)>,
-        checkpoint: u64,
-    ) -> Result<Committed<V>, ViewError> {
-        let loaded = self.loaded().await?;
-        let (revisions, checkpoint_revision) =
-            (loaded.revisions(&changes), loaded.checkpoint_revision);
-        let (mut messages, checkpoint_message) =
-            self.messages(&changes, &revisions, checkpoint, checkpoint_revision)?;
+    /// Stores `messages` in atomic batches of up to [`MAX_KEYS_PER_COMMIT`], a few in
+    /// flight, and the last batch, with `checkpoint`, once all the others are stored;
+    /// returns the sequence each message was stored at.
+    async fn publish_in_batches(
+        &self,
+        mut messages: Vec<Outbound>,
+        checkpoint: Outbound,
+    ) -> Result<Vec<u64>, ViewError> {
         // The last part holds the checkpoint; every part before it holds keys only.
-        let last_part = (messages.len() - 1) % MAX_KEYS_PER_COMMIT + 1;
-        let mut last = messages.split_off(messages.len() - last_part);
-        last.push(checkpoint_message);
+        let last_part = messages.len().saturating_sub(1) % MAX_KEYS_PER_COMMIT + 1;
+        let mut last = messages.split_off(messages.len().saturating_sub(last_part));
+        last.push(checkpoint);
 
-        // The parts before the last go a few at a time; the last, which moves the
-        // checkpoint, only once all of them are stored.
-        let mut sequences = Vec::with_capacity(changes.len() + 1);
+        let mut sequences = Vec::with_capacity(messages.len() + last.len());
         let mut pipeline = batch::Pipeline::new(&self.client, self.timeout, PARTS_IN_FLIGHT, None);
         let mut messages = messages.into_iter();
         let mut parts = std::iter::from_fn(|| {
@@ -333,39 +511,16 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
             .await
             .map_err(|e| self.refused(e))?;
         sequences.extend(ack.first_sequence()..=ack.sequence);
-        if sequences.len() != changes.len() + 1 {
-            return Err(self.nats_error(
-                "committing",
-                format!(
-                    "{} messages acknowledged for {} keys and the checkpoint",
-                    sequences.len(),
-                    changes.len()
-                ),
-            ));
-        }
-        let checkpoint_revision = sequences.pop().unwrap_or(checkpoint_revision);
-        Ok(Committed {
-            keys: changes
-                .into_iter()
-                .zip(sequences)
-                .map(|((key, change), revision)| (key, change.into_value(), revision))
-                .collect(),
-            checkpoint_revision,
-        })
+        Ok(sequences)
     }
 
-    /// The messages of `changes`, each expecting its key at its revision in `revisions`,
-    /// and the checkpoint's, expecting its own revision.
+    /// The messages of `changes`, each expecting its key at its revision in `revisions`.
     fn messages(
         &self,
         changes: &[(String, Change<V>)],
         revisions: &[u64],
-        checkpoint: u64,
-        checkpoint_revision: u64,
-    ) -> Result<(Vec<Outbound>, Outbound), ViewError> {
-        let expected: HeaderName = subjects::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE
-            .parse()
-            .map_err(|e| self.nats_error("naming a header", e))?;
+    ) -> Result<Vec<Outbound>, ViewError> {
+        let expected = self.expected_header()?;
         let mut messages = Vec::with_capacity(changes.len() + 1);
         for ((key, change), revision) in changes.iter().zip(revisions) {
             let payload = match change {
@@ -381,15 +536,28 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
                 .insert(expected.clone(), revision.to_string());
             messages.push(message);
         }
-        let payload = serde_json::to_vec(&Checkpoint {
-            last_seq: checkpoint,
-        })
-        .map_err(|e| self.nats_error("encoding the checkpoint", e))?;
-        let mut message = kv_message(&self.bucket, subjects::CHECKPOINT_KEY, Some(payload));
+        Ok(messages)
+    }
+
+    /// The message of the partition's checkpoint `value`, expecting its key at `revision`.
+    fn checkpoint_message(&self, value: Checkpoint, revision: u64) -> Result<Outbound, ViewError> {
+        let payload = serde_json::to_vec(&value)
+            .map_err(|e| self.nats_error("encoding the checkpoint", e))?;
+        let mut message = kv_message(
+            &self.bucket,
+            &self.partition.checkpoint_key(),
+            Some(payload),
+        );
         message
             .headers
-            .insert(expected, checkpoint_revision.to_string());
-        Ok((messages, message))
+            .insert(self.expected_header()?, revision.to_string());
+        Ok(message)
+    }
+
+    fn expected_header(&self) -> Result<HeaderName, ViewError> {
+        subjects::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE
+            .parse()
+            .map_err(|e| self.nats_error("naming a header", e))
     }
 
     /// Why a part of a commit was not stored: another writer (a conflict), or another failure.
@@ -444,95 +612,213 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         ViewError::new(ViewErrorKind::Conflict).context(format!("view {}", self.bucket))
     }
 
-    /// Reads every key of the bucket (checkpoint included); returns the keys that hold a
-    /// value, with it, the checkpoint left out.
+    /// Reads every key of the partition (in one pass over the bucket) and returns those
+    /// that hold a value, with it. They stay in memory if they fit in `cache_keys`.
     pub async fn load_all(&mut self) -> Result<Vec<(String, V)>, ViewError> {
-        self.loaded = None;
-        let loaded = self.fetch().await?;
-        let values = loaded
-            .keys
-            .iter()
-            .filter_map(|(k, c)| c.value.as_ref().map(|v| (k.clone(), v.clone())))
-            .collect();
-        self.loaded = Some(loaded);
+        self.invalidate();
+        let mut values = Vec::new();
+        let mut cached = Vec::new();
+        let partition = self.partition;
+        scan(&self.js, &self.bucket, |key, value: Option<V>, revision| {
+            if !partition.owns_key(&key) {
+                return;
+            }
+            if let Some(v) = &value {
+                values.push((key.clone(), v.clone()));
+            }
+            cached.push((key, Cached { value, revision }));
+        })
+        .await?;
+        if self.cache_keys.is_none_or(|most| cached.len() <= most) {
+            for (key, c) in cached {
+                self.cache.put(key, c);
+            }
+            self.complete = true;
+        }
         Ok(values)
     }
 
-    /// Every key of the bucket with its revision, and the checkpoint.
-    async fn fetch(&self) -> Result<Loaded<V>, ViewError> {
-        let entries = snapshot_entries(&self.js, &self.kv, &self.bucket).await?;
-        let mut loaded: Loaded<V> = Loaded {
-            keys: HashMap::with_capacity(entries.len()),
-            checkpoint: Checkpoint::default(),
-            checkpoint_revision: 0,
-        };
-        for entry in entries {
-            if entry.key == subjects::CHECKPOINT_KEY {
-                loaded.checkpoint_revision = entry.revision;
-                loaded.checkpoint = entry
-                    .value
-                    .as_deref()
-                    .and_then(|b| serde_json::from_slice(b).ok())
-                    .unwrap_or_default();
+    /// Applies `f` to every value of the partition (as time passes) and commits those it
+    /// changed, the checkpoint where it is. With every key in memory it walks memory;
+    /// otherwise it reads the bucket through once, holding one commit's keys at a time.
+    /// Returns how many values changed.
+    pub async fn update_each(
+        &mut self,
+        mut f: impl FnMut(&mut V) -> bool,
+    ) -> Result<usize, ViewError> {
+        let checkpoint = self.checkpoint().await?;
+        let mut changed = 0;
+        if self.complete {
+            let changes: Vec<(String, Change<V>)> = self
+                .cache
+                .iter()
+                .filter_map(|(key, c)| {
+                    let mut value = c.value.clone()?;
+                    f(&mut value).then(|| (key.clone(), Change::Put(value)))
+                })
+                .collect();
+            changed = changes.len();
+            if !changes.is_empty() {
+                self.commit(changes, checkpoint).await?;
+            }
+            return Ok(changed);
+        }
+        let partition = self.partition;
+        let mut reader = Reader::last_per_subject(
+            &self.js,
+            &subjects::kv_stream(&self.bucket),
+            &subjects::kv_subjects(&self.bucket),
+        )
+        .await
+        .map_err(|e| view_error(ViewErrorKind::Read, &self.bucket, "reading every key", e))?;
+        let prefix = subjects::kv_subject(&self.bucket, "");
+        let mut changes = Vec::new();
+        while let Some(stored) = reader.next().await {
+            let stored = stored.map_err(|e| {
+                view_error(ViewErrorKind::Read, &self.bucket, "reading every key", e)
+            })?;
+            let Some(key) = stored.subject.strip_prefix(&prefix) else {
+                continue;
+            };
+            if !partition.owns_key(key) {
                 continue;
             }
-            let value = entry
-                .value
-                .and_then(|bytes| match serde_json::from_slice(&bytes) {
-                    Ok(v) => Some(v),
-                    Err(e) => {
-                        tracing::error!(bucket = %self.bucket, key = %entry.key, error = %e,
-                        "unreadable view value; treating it as absent (run `stockwire rebuild`)");
-                        None
-                    }
-                });
-            let revision = entry.revision;
-            loaded.keys.insert(entry.key, Cached { value, revision });
+            // What this writer holds is at least as new as what the read found.
+            let value = match self.cache.peek(key) {
+                Some(c) => c.value.clone(),
+                None => {
+                    let value =
+                        kv_value(&self.bucket, key, stored.headers.as_ref(), &stored.payload);
+                    self.cache.put(
+                        key.to_string(),
+                        Cached {
+                            value: value.clone(),
+                            revision: stored.sequence,
+                        },
+                    );
+                    value
+                }
+            };
+            let Some(mut value) = value else { continue };
+            if f(&mut value) {
+                changes.push((key.to_string(), Change::Put(value)));
+            }
+            if changes.len() >= MAX_KEYS_PER_COMMIT {
+                changed += changes.len();
+                self.commit(std::mem::take(&mut changes), checkpoint)
+                    .await?;
+            }
         }
-        Ok(loaded)
+        changed += changes.len();
+        self.commit(changes, checkpoint).await?;
+        Ok(changed)
     }
 }
 
-/// One key of a bucket as it is now.
-struct RawEntry {
-    key: String,
-    /// `None` for a deleted or purged key.
-    value: Option<bytes::Bytes>,
-    revision: u64,
+/// `keys` of `bucket` as a copy of it at `at_least` or later holds them (a key without a
+/// message: no value, revision 0).
+async fn read_keys<V: DeserializeOwned>(
+    client: async_nats::Client,
+    bucket: String,
+    keys: Vec<String>,
+    at_least: u64,
+    timeout: Duration,
+) -> Result<Vec<(String, Cached<V>)>, ViewError> {
+    let subjects: Vec<String> = keys
+        .iter()
+        .map(|k| subjects::kv_subject(&bucket, k))
+        .collect();
+    let found = direct::last_of(
+        &client,
+        &subjects::kv_stream(&bucket),
+        &subjects,
+        at_least,
+        timeout,
+    )
+    .await
+    .map_err(|e| view_error(ViewErrorKind::Read, &bucket, "reading keys", e))?;
+    let prefix = subjects::kv_subject(&bucket, "");
+    let mut by_key: HashMap<String, Cached<V>> = keys
+        .into_iter()
+        .map(|k| {
+            (
+                k,
+                Cached {
+                    value: None,
+                    revision: 0,
+                },
+            )
+        })
+        .collect();
+    for last in found {
+        let Some(key) = last.subject.strip_prefix(&prefix) else {
+            continue;
+        };
+        let value = kv_value(&bucket, key, Some(&last.headers), &last.payload);
+        if let Some(slot) = by_key.get_mut(key) {
+            *slot = Cached {
+                value,
+                revision: last.sequence,
+            };
+        }
+    }
+    Ok(by_key.into_iter().collect())
 }
 
-/// Every key's latest entry, read with one history watch (fast for many keys).
-async fn snapshot_entries(
-    js: &async_nats::jetstream::Context,
-    kv: &kv::Store,
+/// A key's value as stored (`None`: deleted, purged, or unreadable, which is logged).
+fn kv_value<V: DeserializeOwned>(
     bucket: &str,
-) -> Result<Vec<RawEntry>, ViewError> {
-    use futures::StreamExt;
+    key: &str,
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> Option<V> {
+    let deleted = headers
+        .and_then(|h| h.get(subjects::KV_OPERATION))
+        .is_some_and(|op| op.as_str() != "PUT");
+    if deleted {
+        return None;
+    }
+    match serde_json::from_slice(payload) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(bucket, key, error = %e,
+                "unreadable view value; treating it as absent (run `stockwire rebuild`)");
+            None
+        }
+    }
+}
+
+/// Reads every key of a bucket once, as it is now (its last message), in one ordered
+/// pass that holds nothing but the key at hand: `each` gets the key, its value (`None`:
+/// deleted) and its revision.
+async fn scan<V: DeserializeOwned>(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    mut each: impl FnMut(String, Option<V>, u64),
+) -> Result<(), ViewError> {
     let fail =
         |e: &dyn std::fmt::Display| view_error(ViewErrorKind::Read, bucket, "reading every key", e);
-    let mut stream = js
-        .get_stream(subjects::kv_stream(bucket))
-        .await
-        .map_err(|e| fail(&e))?;
-    let messages = stream.info().await.map_err(|e| fail(&e))?.state.messages;
-    let mut out = Vec::with_capacity(messages as usize);
-    if messages == 0 {
-        return Ok(out);
+    let mut reader = Reader::last_per_subject(
+        js,
+        &subjects::kv_stream(bucket),
+        &subjects::kv_subjects(bucket),
+    )
+    .await
+    .map_err(|e| fail(&e))?;
+    let prefix = subjects::kv_subject(bucket, "");
+    while let Some(stored) = reader.next().await {
+        let stored = stored.map_err(|e| fail(&e))?;
+        let Some(key) = stored.subject.strip_prefix(&prefix) else {
+            continue;
+        };
+        let value = if key.starts_with('_') {
+            None
+        } else {
+            kv_value(bucket, key, stored.headers.as_ref(), &stored.payload)
+        };
+        each(key.to_string(), value, stored.sequence);
     }
-    let mut watch = kv.watch_with_history(">").await.map_err(|e| fail(&e))?;
-    while let Some(entry) = watch.next().await {
-        let entry = entry.map_err(|e| fail(&e))?;
-        let done = entry.delta == 0;
-        out.push(RawEntry {
-            key: entry.key,
-            value: (entry.operation == Operation::Put).then_some(entry.value),
-            revision: entry.revision,
-        });
-        if done {
-            break;
-        }
-    }
-    Ok(out)
+    Ok(())
 }
 
 /// Opens a view bucket, saying what to do when it is not there.
@@ -550,34 +836,208 @@ async fn open_bucket(
     })
 }
 
-/// Every key of a view bucket with its value, the checkpoint and deleted keys left out,
-/// sorted by key.
+/// Every key of a view bucket with its value, system keys (`_checkpoint`...) and deleted
+/// keys left out, sorted by key.
 pub async fn snapshot<V: DeserializeOwned>(
     js: &async_nats::jetstream::Context,
     bucket: &str,
 ) -> Result<Vec<(String, V)>, ViewError> {
-    let kv = open_bucket(js, bucket).await?;
+    open_bucket(js, bucket).await?;
     let mut out = Vec::new();
-    for entry in snapshot_entries(js, &kv, bucket).await? {
-        let Some(bytes) = entry.value else { continue };
-        if entry.key.starts_with('_') {
-            continue;
+    scan(js, bucket, |key, value, _| {
+        if let Some(v) = value {
+            out.push((key, v));
         }
-        match serde_json::from_slice(&bytes) {
-            Ok(v) => out.push((entry.key, v)),
-            Err(e) => tracing::warn!(bucket, key = %entry.key, error = %e, "unreadable view value"),
-        }
-    }
+    })
+    .await?;
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 
-/// The checkpoint of a view bucket, read by anyone (0 when none).
-pub async fn read_checkpoint(kv: &kv::Store) -> Result<u64, async_nats::Error> {
-    Ok(match kv.get(subjects::CHECKPOINT_KEY).await? {
-        Some(bytes) => serde_json::from_slice::<Checkpoint>(&bytes)?.last_seq,
-        None => 0,
-    })
+/// One checkpoint key of a view as stored.
+#[derive(Debug, Clone)]
+struct StoredCheckpoint {
+    key: String,
+    index: u32,
+    value: Checkpoint,
+    revision: u64,
+}
+
+impl StoredCheckpoint {
+    /// Whether the key is the one its own count of partitions names (else it is not
+    /// one of ours to read).
+    fn is_well_formed(&self) -> bool {
+        self.index < self.value.partitions
+            && partition::checkpoint_key(self.index, self.value.partitions) == self.key
+    }
+}
+
+/// Every checkpoint key of a view: `_checkpoint` and `_checkpoint.p{i}`.
+#[derive(Debug, Clone, Default)]
+pub struct Checkpoints {
+    found: Vec<StoredCheckpoint>,
+}
+
+impl Checkpoints {
+    /// Reads them all in one request, from a copy of the bucket at `at_least` or later.
+    pub async fn read(
+        client: &async_nats::Client,
+        bucket: &str,
+        timeout: Duration,
+        at_least: u64,
+    ) -> Result<Self, ViewError> {
+        let subjects = [
+            subjects::kv_subject(bucket, subjects::CHECKPOINT_KEY),
+            subjects::kv_subject(bucket, &format!("{}.*", subjects::CHECKPOINT_KEY)),
+        ];
+        let found = direct::last_of(
+            client,
+            &subjects::kv_stream(bucket),
+            &subjects,
+            at_least,
+            timeout,
+        )
+        .await
+        .map_err(|e| view_error(ViewErrorKind::Read, bucket, "reading the checkpoints", e))?;
+        let prefix = subjects::kv_subject(bucket, "");
+        let found = found
+            .into_iter()
+            .filter_map(|last| {
+                let key = last.subject.strip_prefix(&prefix)?.to_string();
+                let index = partition::index_of_checkpoint_key(&key)?;
+                let value: Checkpoint = kv_value(bucket, &key, Some(&last.headers), &last.payload)?;
+                Some(StoredCheckpoint {
+                    key,
+                    index,
+                    value,
+                    revision: last.sequence,
+                })
+            })
+            .filter(StoredCheckpoint::is_well_formed)
+            .collect();
+        Ok(Self { found })
+    }
+
+    /// Into how many partitions the view is split now: as the checkpoint written last
+    /// says (1 when there is none).
+    pub fn partitions(&self) -> u32 {
+        self.found
+            .iter()
+            .max_by_key(|c| c.revision)
+            .map_or(1, |c| c.value.partitions)
+    }
+
+    /// Where every partition of the current split stands.
+    pub fn position(&self) -> Position {
+        let partitions = self.partitions();
+        let checkpoints = (0..partitions)
+            .map(|i| {
+                let p = Partition::new(i, partitions).ok()?;
+                self.own(p).map(|c| c.value.last_seq)
+            })
+            .collect();
+        Position {
+            partitions,
+            checkpoints,
+        }
+    }
+
+    /// The checkpoint of `partition` for its own count of partitions, if there is one.
+    fn own(&self, partition: Partition) -> Option<&StoredCheckpoint> {
+        let key = partition.checkpoint_key();
+        self.found
+            .iter()
+            .find(|c| c.key == key && c.value.partitions == partition.count())
+    }
+
+    /// The revision of checkpoint key `key` (0: none).
+    fn revision_of(&self, key: &str) -> u64 {
+        self.found
+            .iter()
+            .find(|c| c.key == key)
+            .map_or(0, |c| c.revision)
+    }
+
+    /// Where `partition`, which has no checkpoint of its own count, starts: the lowest
+    /// checkpoint of the split written last before its own, where each partition of it
+    /// whose key a partition of the new split has taken over counts as where that one
+    /// started (`from`), and one never written as 0. Every event of this partition's
+    /// products up to there is in its key, so the keys skip by `last_seq` whatever it
+    /// reads again.
+    fn start_for(&self, partition: Partition) -> u64 {
+        let count = partition.count();
+        let started: Vec<u64> = self
+            .found
+            .iter()
+            .filter(|c| c.value.partitions == count)
+            .filter_map(|c| c.value.from)
+            .collect();
+        let earlier = self
+            .found
+            .iter()
+            .filter(|c| c.value.partitions != count)
+            .max_by_key(|c| c.revision)
+            .map(|c| c.value.partitions);
+        let earlier_lowest = earlier.map(|n| {
+            (0..n)
+                .map(|i| {
+                    let key = partition::checkpoint_key(i, n);
+                    match self.found.iter().find(|c| c.key == key) {
+                        Some(c) if c.value.partitions == n => c.value.last_seq,
+                        Some(c) => c.value.from.unwrap_or(0),
+                        None => 0,
+                    }
+                })
+                .min()
+                .unwrap_or(0)
+        });
+        earlier_lowest.into_iter().chain(started).min().unwrap_or(0)
+    }
+}
+
+/// Where a view stands: the checkpoint of each partition of the current split (`None`:
+/// no instance of that partition has started yet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Position {
+    pub partitions: u32,
+    pub checkpoints: Vec<Option<u64>>,
+}
+
+impl Position {
+    /// Every event up to here is applied in every partition: the view's position.
+    pub fn lowest(&self) -> u64 {
+        self.checkpoints
+            .iter()
+            .map(|c| c.unwrap_or(0))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Where the partition of the product `sku` in `warehouse` stands.
+    pub fn of_product(&self, warehouse: &str, sku: &str) -> u64 {
+        let index = partition::of(warehouse, sku, self.partitions) as usize;
+        self.checkpoints.get(index).copied().flatten().unwrap_or(0)
+    }
+}
+
+/// How long a reader waits for the checkpoints.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The view's position, read by anyone: every event up to it is applied in every
+/// partition (0 when nothing is).
+pub async fn read_checkpoint(client: &async_nats::Client, bucket: &str) -> Result<u64, ViewError> {
+    Ok(position(client, bucket, READ_TIMEOUT).await?.lowest())
+}
+
+/// Where the view in `bucket` stands, read by anyone.
+pub async fn position(
+    client: &async_nats::Client,
+    bucket: &str,
+    timeout: Duration,
+) -> Result<Position, ViewError> {
+    Ok(Checkpoints::read(client, bucket, timeout, 0)
+        .await?
+        .position())
 }
 
 /// One KV write (or delete) as a raw message.

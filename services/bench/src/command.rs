@@ -111,12 +111,12 @@ pub(crate) async fn measure(
         stop.clone(),
     ));
     let measured = async {
-        let kv = js
-            .get_key_value(subjects::STOCK_BUCKET)
-            .await
-            .map_err(|e| anyhow::anyhow!("opening the stock view: {e}"))?;
         let deadline = Instant::now() + Duration::from_secs(600);
-        while view::read_checkpoint(&kv).await.unwrap_or(0) < last {
+        while view::read_checkpoint(client, subjects::STOCK_BUCKET)
+            .await
+            .unwrap_or(0)
+            < last
+        {
             if Instant::now() > deadline || task.is_finished() {
                 return Err(Failure::from(anyhow::anyhow!(
                     "the stock view did not catch up with the histories"

@@ -257,7 +257,7 @@ async fn projector(
     filter: &str,
     last: u64,
 ) -> Result<Duration, Failure> {
-    let kv = scratch_bucket(js, PROJECTOR_BUCKET).await?;
+    scratch_bucket(js, PROJECTOR_BUCKET).await?;
     let stop = CancellationToken::new();
     let config = stockwire::projection::Config {
         envelope: ctx.envelope.clone(),
@@ -272,7 +272,11 @@ async fn projector(
     ));
     let deadline = started + Duration::from_secs(600);
     loop {
-        if view::read_checkpoint(&kv).await.unwrap_or(0) >= last {
+        if view::read_checkpoint(client, PROJECTOR_BUCKET)
+            .await
+            .unwrap_or(0)
+            >= last
+        {
             break;
         }
         if Instant::now() > deadline || task.is_finished() {

@@ -33,17 +33,19 @@ pub(crate) async fn measure(
         .context("INVENTORY")?;
     let info = inventory.info().await.context("INVENTORY")?;
     let (events, last) = (info.state.messages, info.state.last_sequence);
-    let kv = js
-        .get_key_value(subjects::STOCK_BUCKET)
+    let from = view::read_checkpoint(&js.client(), subjects::STOCK_BUCKET)
         .await
-        .context("bucket stock")?;
-    let from = view::read_checkpoint(&kv).await.unwrap_or(0);
+        .unwrap_or(0);
 
     let running = services::start(ctx, &["stock-projector"])?;
     let result = async {
         let started = Instant::now();
         let deadline = started + Duration::from_secs(600);
-        while view::read_checkpoint(&kv).await.unwrap_or(0) < last {
+        while view::read_checkpoint(&js.client(), subjects::STOCK_BUCKET)
+            .await
+            .unwrap_or(0)
+            < last
+        {
             if Instant::now() > deadline {
                 return Err(
                     anyhow::anyhow!("stock-projector did not catch up within 10 minutes").into(),

@@ -36,14 +36,41 @@ pub(crate) async fn gather(
     Ok((listed, problems))
 }
 
+/// What is wrong when `owner`'s view is split into `partitions`: each partition without
+/// an active instance.
+pub(crate) fn missing_partitions(listed: &[Listed], owner: &str, partitions: u32) -> Vec<String> {
+    if partitions <= 1 {
+        return Vec::new();
+    }
+    (0..partitions)
+        .filter(|i| {
+            !listed.iter().any(|l| {
+                l.service == owner
+                    && l.stats.active
+                    && l.stats.partitions == partitions
+                    && l.stats.partition == *i
+            })
+        })
+        .map(|i| format!("no active instance of {owner} for partition {i} of {partitions}"))
+        .collect()
+}
+
 pub(crate) fn print(listed: &[Listed]) {
     let mut table = output::table([
         "service", "instance", "state", "version", "lag", "applied", "commits", "errors",
     ]);
     for l in listed {
         let s = &l.stats;
+        let service = if s.partitions > 1 {
+            format!(
+                "{} (partition {} of {})",
+                l.service, s.partition, s.partitions
+            )
+        } else {
+            l.service.clone()
+        };
         table.add_row(vec![
-            l.service.clone(),
+            service,
             s.instance.clone(),
             if s.active { "active" } else { "standby" }.to_string(),
             l.version.clone(),

@@ -19,7 +19,7 @@ pub(crate) async fn run(ctx: &Ctx, args: PublishArgs) -> Outcome {
         (Some(file), None) => {
             let last = import::run(ctx, &file, args.write_method).await?;
             match last {
-                Some(seq) if args.wait => wait_applied(ctx, seq).await,
+                Some(seq) if args.wait => wait_applied(ctx, seq, &[]).await,
                 _ => Ok(()),
             }
         }
@@ -29,7 +29,8 @@ pub(crate) async fn run(ctx: &Ctx, args: PublishArgs) -> Outcome {
             let executed = execute(ctx, "publish", &command, &meta).await?;
             let seq = executed.sequences.last().copied().unwrap_or(0);
             if opts.wait {
-                wait_applied(ctx, seq).await?;
+                let (warehouse, sku) = command.aggregate();
+                wait_applied(ctx, seq, &[(warehouse.as_str(), sku.as_str())]).await?;
             }
             tell(ctx, &command, &meta, &executed);
             Ok(())

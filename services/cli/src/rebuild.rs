@@ -9,14 +9,22 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use stockwire::rebuild::Progress;
-use stockwire::{subjects, views};
+use std::collections::BTreeMap;
+
+use stockwire::rebuild::{Progress, Report};
+use stockwire::{subjects, view, views};
 
 use crate::failure::{Failure, Outcome};
 use crate::{output, Ctx};
 
 /// How long to wait for the next word from the projector.
 const SILENCE: Duration = Duration::from_secs(60);
+
+/// How long every partition's projector has to say it has begun.
+const FIRST_WORD: Duration = Duration::from_secs(10);
+
+/// Time allowed for one read of the view's checkpoints.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ViewName {
@@ -40,6 +48,11 @@ pub(crate) async fn run(ctx: &Ctx, args: RebuildArgs) -> Outcome {
     };
     let (bucket, owner) = (spec.bucket, spec.owner);
     let client = ctx.client().await?;
+    // Every partition of the view's current split answers, each for its own products.
+    let partitions = view::position(&client, bucket, READ_TIMEOUT)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the checkpoints of the {bucket} view: {e}"))?
+        .partitions;
     let inbox = client.new_inbox();
     let mut replies = client
         .subscribe(inbox.clone())
@@ -57,11 +70,34 @@ pub(crate) async fn run(ctx: &Ctx, args: RebuildArgs) -> Outcome {
             .progress_chars("=> "),
     );
     bar.set_message("replaying");
+    let mut states: BTreeMap<u32, Progress> = BTreeMap::new();
+    let answered_by = tokio::time::Instant::now() + FIRST_WORD;
     loop {
-        let reply = match tokio::time::timeout(SILENCE, replies.next()).await {
+        // Each partition reports at once; one that does not has no active projector.
+        let wait = if states.len() < partitions as usize {
+            answered_by.saturating_duration_since(tokio::time::Instant::now())
+        } else {
+            SILENCE
+        };
+        let reply = match tokio::time::timeout(wait, replies.next()).await {
             Ok(Some(reply)) => reply,
             Ok(None) => {
                 return Err(anyhow::anyhow!("the connection closed during the rebuild").into())
+            }
+            Err(_) if states.len() < partitions as usize => {
+                bar.abandon();
+                let silent: Vec<String> = (0..partitions)
+                    .filter(|i| !states.contains_key(i))
+                    .map(|i| i.to_string())
+                    .collect();
+                return Err(anyhow::anyhow!(
+                    "no active {owner} answered for partition{} {} of {partitions}: start \
+                     one with --partition N --partitions {partitions} and try again (the \
+                     partitions that answered go on rebuilding)",
+                    if silent.len() == 1 { "" } else { "s" },
+                    silent.join(", ")
+                )
+                .into());
             }
             Err(_) => {
                 bar.abandon();
@@ -77,52 +113,120 @@ pub(crate) async fn run(ctx: &Ctx, args: RebuildArgs) -> Outcome {
             )
             .into());
         }
-        let progress: Progress = serde_json::from_slice(&reply.payload).map_err(|e| {
+        let report: Report = serde_json::from_slice(&reply.payload).map_err(|e| {
             anyhow::anyhow!(
                 "unexpected answer from {owner}: {e}: {}",
                 String::from_utf8_lossy(&reply.payload)
             )
         })?;
-        match progress {
-            Progress::Replaying { done, total } => {
-                bar.set_length(total.max(done));
-                bar.set_position(done);
-            }
-            Progress::Writing { keys } => {
-                bar.set_position(bar.length().unwrap_or(0));
-                bar.set_message(format!("writing {keys} keys"));
-            }
-            Progress::Done {
+        if report.partitions != partitions {
+            tracing::warn!(
+                partition = report.partition,
+                partitions = report.partitions,
+                "an instance of another split answered; ignoring it"
+            );
+            continue;
+        }
+        if let Progress::Failed { error } = &report.progress {
+            bar.abandon();
+            let which = if partitions > 1 {
+                format!(" (partition {} of {partitions})", report.partition)
+            } else {
+                String::new()
+            };
+            return Err(Failure::from(anyhow::anyhow!(
+                "{owner}{which} could not rebuild the {bucket} view: {error}"
+            )));
+        }
+        states.insert(report.partition, report.progress);
+        draw(&bar, &states);
+        let done: Vec<&Progress> = states
+            .values()
+            .filter(|p| matches!(p, Progress::Done { .. }))
+            .collect();
+        if done.len() == partitions as usize {
+            bar.finish_and_clear();
+            let total = summed(&done);
+            if ctx.json {
+                output::json_line(&total);
+            } else if let Progress::Done {
                 events,
                 written,
                 deleted,
                 checkpoint,
                 millis,
-            } => {
-                bar.finish_and_clear();
-                if ctx.json {
-                    output::json_line(&Progress::Done {
-                        events,
-                        written,
-                        deleted,
-                        checkpoint,
-                        millis,
-                    });
-                } else {
-                    output::line(format!(
-                        "rebuilt the {bucket} view: {events} events replayed, {written} keys written, \
-                         {deleted} deleted, checkpoint #{checkpoint}, in {:.1} s",
-                        millis as f64 / 1000.0
-                    ));
-                }
-                return Ok(());
+            } = total
+            {
+                output::line(format!(
+                    "rebuilt the {bucket} view{}: {events} events replayed, {written} keys written, \
+                     {deleted} deleted, checkpoint #{checkpoint}, in {:.1} s",
+                    if partitions > 1 {
+                        format!(" in {partitions} partitions")
+                    } else {
+                        String::new()
+                    },
+                    millis as f64 / 1000.0
+                ));
             }
-            Progress::Failed { error } => {
-                bar.abandon();
-                return Err(Failure::from(anyhow::anyhow!(
-                    "{owner} could not rebuild the {bucket} view: {error}"
-                )));
-            }
+            return Ok(());
         }
+    }
+}
+
+/// The progress of every partition as one bar: events replayed by all of them (each reads
+/// the whole log), then the keys they write.
+fn draw(bar: &ProgressBar, states: &BTreeMap<u32, Progress>) {
+    let (mut done, mut total, mut writing) = (0, 0, 0);
+    for progress in states.values() {
+        match progress {
+            Progress::Replaying { done: d, total: t } => {
+                done += d;
+                total += (*t).max(*d);
+            }
+            Progress::Writing { keys } => writing += keys,
+            Progress::Done { events, .. } => {
+                done += events;
+                total += events;
+            }
+            Progress::Failed { .. } => {}
+        }
+    }
+    bar.set_length(total);
+    bar.set_position(done);
+    if writing > 0 {
+        bar.set_message(format!("writing {writing} keys"));
+    }
+}
+
+/// What every partition did, as one: the events each replayed, the keys all wrote and
+/// deleted, the lowest checkpoint, and the longest time.
+fn summed(done: &[&Progress]) -> Progress {
+    let (mut events, mut written, mut deleted, mut checkpoint, mut millis) = (0, 0, 0, u64::MAX, 0);
+    for progress in done {
+        if let Progress::Done {
+            events: e,
+            written: w,
+            deleted: d,
+            checkpoint: c,
+            millis: m,
+        } = progress
+        {
+            events = events.max(*e);
+            written += w;
+            deleted += d;
+            checkpoint = checkpoint.min(*c);
+            millis = millis.max(*m);
+        }
+    }
+    Progress::Done {
+        events,
+        written,
+        deleted,
+        checkpoint: if checkpoint == u64::MAX {
+            0
+        } else {
+            checkpoint
+        },
+        millis,
     }
 }

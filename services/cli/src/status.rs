@@ -40,6 +40,9 @@ pub struct StatusArgs {
     max_lag: u64,
 }
 
+/// Time allowed for one read of a view's checkpoints.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What is shown for something `stockwire setup` has not created.
 const MISSING: &str = "missing (run `stockwire setup`)";
 
@@ -80,9 +83,24 @@ struct BucketStats {
 
 #[derive(Debug, Serialize)]
 struct ProjectorStats {
-    /// Every event up to it is applied to the view.
+    /// Every event up to it is applied to the view (the lowest of its partitions').
     checkpoint: u64,
     /// Events the view reads after the checkpoint; `None` when `INVENTORY` is missing.
+    lag: Option<u64>,
+    /// Into how many partitions the view is split (1: not split).
+    partitions: u32,
+    /// Each partition's checkpoint and lag, when the view is split.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    by_partition: Vec<PartitionStats>,
+}
+
+#[derive(Debug, Serialize)]
+struct PartitionStats {
+    partition: u32,
+    /// `None`: no instance of this partition has written a checkpoint yet.
+    checkpoint: Option<u64>,
+    /// Events of the view's subjects after its checkpoint (a partition reads them all,
+    /// applying its own products' events).
     lag: Option<u64>,
 }
 
@@ -105,8 +123,18 @@ pub(crate) async fn run(ctx: &Ctx, args: StatusArgs) -> Outcome {
     let js = async_nats::jetstream::new(client.clone());
     let mut report = gather(&js, args.max_lag).await?;
     let (listed, problems) = instances::gather(&client).await?;
-    report.instances = listed;
     report.problems.extend(problems);
+    for (bucket, stats) in &report.projectors {
+        let (Some(stats), Some(spec)) = (stats, views::by_bucket(bucket)) else {
+            continue;
+        };
+        report.problems.extend(instances::missing_partitions(
+            &listed,
+            spec.owner,
+            stats.partitions,
+        ));
+    }
+    report.instances = listed;
     if ctx.json {
         output::json_line(&report);
     } else {
@@ -191,23 +219,54 @@ async fn gather(js: &Context, max_lag: u64) -> Result<Report, Failure> {
     for spec in views::ALL {
         let (bucket, filter) = (spec.bucket, spec.filter());
         let stats = match stores.get(bucket) {
-            Some(kv) => {
-                let checkpoint = view::read_checkpoint(kv)
+            Some(_) => {
+                let position = view::position(&js.client(), bucket, READ_TIMEOUT)
                     .await
                     .map_err(|e| anyhow::anyhow!(e))
-                    .with_context(|| format!("reading the checkpoint of view {bucket}"))?;
-                let lag = match &inventory {
-                    Some(stream) => Some(lag(stream, &filter, checkpoint).await?),
-                    None => None,
-                };
-                if let Some(lag) = lag.filter(|lag| *lag > max_lag) {
-                    problems.push(format!(
-                        "view {bucket} lags by {lag} event{} (more than --max-lag {max_lag}); \
-                         is its projector running?",
-                        plural(lag)
-                    ));
+                    .with_context(|| format!("reading the checkpoints of view {bucket}"))?;
+                let n = position.partitions;
+                let mut by_partition = Vec::new();
+                for (i, checkpoint) in position.checkpoints.iter().enumerate() {
+                    // A partition with no checkpoint yet has every event still to read.
+                    let lag = match &inventory {
+                        Some(stream) => Some(lag(stream, &filter, checkpoint.unwrap_or(0)).await?),
+                        None => None,
+                    };
+                    let which = if n > 1 {
+                        format!("partition {i} of {n} of view {bucket}")
+                    } else {
+                        format!("view {bucket}")
+                    };
+                    if checkpoint.is_none() && n > 1 {
+                        problems.push(format!(
+                            "{which} has no checkpoint yet: start its projector with \
+                             --partition {i} --partitions {n}"
+                        ));
+                    }
+                    if let Some(lag) = lag.filter(|lag| *lag > max_lag) {
+                        problems.push(format!(
+                            "{which} lags by {lag} event{} (more than --max-lag {max_lag}); \
+                             is its projector running?",
+                            plural(lag)
+                        ));
+                    }
+                    by_partition.push(PartitionStats {
+                        partition: i as u32,
+                        checkpoint: *checkpoint,
+                        lag,
+                    });
                 }
-                Some(ProjectorStats { checkpoint, lag })
+                let checkpoint = position.lowest();
+                let lag = by_partition.iter().filter_map(|p| p.lag).max();
+                if n == 1 {
+                    by_partition.clear();
+                }
+                Some(ProjectorStats {
+                    checkpoint,
+                    lag,
+                    partitions: n,
+                    by_partition,
+                })
             }
             None => None,
         };
@@ -327,6 +386,19 @@ fn print_tables(report: &Report, with_problems: bool) {
             Some(Some(p)) => {
                 row.push(p.checkpoint.to_string());
                 row.push(p.lag.map_or_else(|| "?".to_string(), |l| l.to_string()));
+                if p.partitions > 1 {
+                    buckets.add_row(row);
+                    for part in &p.by_partition {
+                        buckets.add_row(vec![
+                            format!("  partition {} of {}", part.partition, p.partitions),
+                            String::new(),
+                            part.checkpoint
+                                .map_or_else(|| "none".to_string(), |c| c.to_string()),
+                            part.lag.map_or_else(|| "?".to_string(), |l| l.to_string()),
+                        ]);
+                    }
+                    continue;
+                }
             }
             Some(None) => {}
             // Written by people, not by a projector.

@@ -64,10 +64,9 @@ pub(crate) async fn run(ctx: &Ctx, args: StockArgs) -> Outcome {
                 .map(|(_, v)| v)
                 .filter(|v| wanted(v))
                 .collect();
-            let checkpoint = match js.get_key_value(subjects::STOCK_BUCKET).await {
-                Ok(kv) => view::read_checkpoint(&kv).await.unwrap_or(0),
-                Err(_) => 0,
-            };
+            let checkpoint = view::read_checkpoint(&js.client(), subjects::STOCK_BUCKET)
+                .await
+                .unwrap_or(0);
             // Days of cover, where the velocity view knows the rate of sale.
             let rates: Vec<(String, VelocityView)> = view::snapshot(&js, subjects::VELOCITY_BUCKET)
                 .await

@@ -84,7 +84,11 @@ pub(crate) async fn run(ctx: &Ctx, args: TransferArgs) -> Outcome {
     };
     let earlier = executed.outcome == CommandOutcome::AlreadyStored;
     if args.opts.wait {
-        wait_applied(ctx, in_seq).await?;
+        let products = [
+            (args.from_warehouse.as_str(), args.sku.as_str()),
+            (args.to_warehouse.as_str(), args.sku.as_str()),
+        ];
+        wait_applied(ctx, in_seq, &products).await?;
     }
     if ctx.json {
         output::json_line(&Transferred {

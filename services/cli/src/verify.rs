@@ -11,6 +11,7 @@ use clap::Args;
 use serde::Serialize;
 use stockwire::domain::{StockBook, StockView};
 use stockwire::read::Reader;
+use stockwire::view::Position;
 use stockwire::{subjects, view, views};
 
 use crate::failure::{Failure, Kind, Outcome};
@@ -18,6 +19,9 @@ use crate::{output, Ctx};
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {}
+
+/// Time allowed for one read of the view's checkpoints.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, Serialize)]
 struct Difference {
@@ -29,13 +33,12 @@ struct Difference {
 
 pub(crate) async fn run(ctx: &Ctx, _args: VerifyArgs) -> Outcome {
     let js = ctx.jetstream().await?;
-    let kv = js
-        .get_key_value(views::STOCK.bucket)
+    // Each product is judged by the checkpoint of its own partition.
+    let position = view::position(&js.client(), views::STOCK.bucket, READ_TIMEOUT)
         .await
-        .map_err(|e| anyhow::anyhow!("opening bucket stock (run `stockwire setup`?): {e}"))?;
-    let checkpoint = view::read_checkpoint(&kv)
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the stock view's checkpoint: {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!("reading the stock view's checkpoints (run `stockwire setup`?): {e}")
+        })?;
     let in_view: BTreeMap<String, StockView> = view::snapshot(&js, views::STOCK.bucket)
         .await
         .map_err(anyhow::Error::new)?
@@ -65,7 +68,9 @@ pub(crate) async fn run(ctx: &Ctx, _args: VerifyArgs) -> Outcome {
         book.apply(&rec.event, stored.sequence, rec.meta.timestamp_ms);
         let key = subjects::view_key(rec.event.warehouse(), rec.event.sku());
         first_event.entry(key.clone()).or_insert(stored.sequence);
-        if stored.sequence <= checkpoint {
+        if stored.sequence
+            <= position.of_product(rec.event.warehouse().as_str(), rec.event.sku().as_str())
+        {
             last_within_checkpoint.insert(key.clone(), stored.sequence);
         }
         if let Some(v) = in_view.get(&key) {
@@ -107,7 +112,9 @@ pub(crate) async fn run(ctx: &Ctx, _args: VerifyArgs) -> Outcome {
         let key = subjects::view_key(&replayed.warehouse, &replayed.sku);
         // Missing only if the view's checkpoint says it applied the product's first event.
         let first = first_event.get(&key).copied().unwrap_or(u64::MAX);
-        if !in_view.contains_key(&key) && first <= checkpoint {
+        if !in_view.contains_key(&key)
+            && first <= position.of_product(replayed.warehouse.as_str(), replayed.sku.as_str())
+        {
             differences.push(Difference {
                 key,
                 problem: "missing from the view".into(),
@@ -117,7 +124,7 @@ pub(crate) async fn run(ctx: &Ctx, _args: VerifyArgs) -> Outcome {
         }
     }
 
-    report(ctx, &differences, in_view.len(), events, checkpoint);
+    report(ctx, &differences, in_view.len(), events, &position);
     if differences.is_empty() {
         Ok(())
     } else {
@@ -132,7 +139,8 @@ pub(crate) async fn run(ctx: &Ctx, _args: VerifyArgs) -> Outcome {
     }
 }
 
-fn report(ctx: &Ctx, differences: &[Difference], keys: usize, events: u64, checkpoint: u64) {
+fn report(ctx: &Ctx, differences: &[Difference], keys: usize, events: u64, position: &Position) {
+    let checkpoint = position.lowest();
     if ctx.json {
         for d in differences {
             output::json_line(d);
@@ -167,7 +175,12 @@ fn report(ctx: &Ctx, differences: &[Difference], keys: usize, events: u64, check
         output::line(&table);
     }
     output::line(format!(
-        "verified {keys} keys of the stock view (checkpoint #{checkpoint}) against {events} events of the log: {}",
+        "verified {keys} keys of the stock view (checkpoint #{checkpoint}{}) against {events} events of the log: {}",
+        if position.partitions > 1 {
+            format!(", the lowest of {} partitions", position.partitions)
+        } else {
+            String::new()
+        },
         if differences.is_empty() {
             "no differences".to_string()
         } else {

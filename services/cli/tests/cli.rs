@@ -133,6 +133,7 @@ impl Stack {
     ) {
         let token = tokio_util::sync::CancellationToken::new();
         let config = stock_projector::Config {
+            scale: Default::default(),
             connect: self.service_connect("stock-projector"),
             header_prefix: "myorg".into(),
             batch: 1000,
@@ -163,6 +164,7 @@ impl Stack {
         stop: tokio_util::sync::CancellationToken,
     ) {
         let config = velocity_projector::Config {
+            scale: Default::default(),
             connect: self.service_connect("velocity-projector"),
             header_prefix: "myorg".into(),
             batch: 5000,

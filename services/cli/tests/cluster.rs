@@ -273,6 +273,7 @@ async fn the_stock_view_is_exact_after_its_leader_changes_during_commits() {
     let js = r3(&cluster).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let config = stock_projector::Config {
+        scale: Default::default(),
         connect: cluster.connect_args(),
         header_prefix: "myorg".into(),
         batch: 1000,
@@ -293,12 +294,12 @@ async fn the_stock_view_is_exact_after_its_leader_changes_during_commits() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the import");
-    let kv = js
-        .get_key_value(subjects::STOCK_BUCKET)
-        .await
-        .expect("stock");
+    let client = js.client();
     wait_until("the view under way", Duration::from_secs(30), || async {
-        stockwire::view::read_checkpoint(&kv).await.unwrap_or(0) > 2000
+        stockwire::view::read_checkpoint(&client, subjects::STOCK_BUCKET)
+            .await
+            .unwrap_or(0)
+            > 2000
     })
     .await;
     NatsCluster::step_down(&js, &subjects::kv_stream(subjects::STOCK_BUCKET)).await;
@@ -309,7 +310,10 @@ async fn the_stock_view_is_exact_after_its_leader_changes_during_commits() {
         String::from_utf8_lossy(&import.stderr)
     );
     wait_until("the view caught up", Duration::from_secs(60), || async {
-        stockwire::view::read_checkpoint(&kv).await.unwrap_or(0) >= 20_000
+        stockwire::view::read_checkpoint(&client, subjects::STOCK_BUCKET)
+            .await
+            .unwrap_or(0)
+            >= 20_000
     })
     .await;
     let verify = run(&cluster, &["verify"]);

@@ -42,6 +42,7 @@ impl Stack {
             .expect("bucket");
         let stop = CancellationToken::new();
         let config = stock_projector::Config {
+            scale: Default::default(),
             connect: server.connect_args(),
             header_prefix: "myorg".into(),
             batch: 1000,

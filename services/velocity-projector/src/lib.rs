@@ -79,6 +79,8 @@ impl Projection for VelocityProjection {
 pub struct Config {
     #[command(flatten)]
     pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub scale: projection::ScaleArgs,
     /// Prefix of the standard event headers.
     #[arg(long, env = "STOCKWIRE_HEADER_PREFIX", default_value = subjects::DEFAULT_HEADER_PREFIX)]
     pub header_prefix: String,
@@ -110,7 +112,10 @@ pub async fn run(
             config.tick_s
         );
     }
+    let partition = config.scale.partition().map_err(anyhow::Error::msg)?;
     let settings = projection::Config {
+        partition,
+        cache_keys: config.scale.cache_keys(),
         envelope: Envelope::new(&config.header_prefix)?,
         max_batch: config.batch as usize,
         commit_timeout: config.connect.request_timeout().max(Duration::from_secs(5)),

@@ -47,6 +47,7 @@ async fn setup() -> Setup {
 
 fn spawn(s: &Setup) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let config = Config {
+        scale: Default::default(),
         connect: s.server.connect_args(),
         header_prefix: "myorg".into(),
         batch: 5000,
@@ -111,7 +112,7 @@ fn numbers(v: &VelocityView) -> (u64, u64, u64) {
 }
 
 async fn checkpoint(s: &Setup) -> u64 {
-    view::read_checkpoint(&s.velocity)
+    view::read_checkpoint(&s.client, subjects::VELOCITY_BUCKET)
         .await
         .expect("checkpoint")
 }
@@ -148,7 +149,7 @@ async fn windows_count_by_event_time_and_slide_with_the_clock() {
     // Redelivery of every sale (checkpoint back to 0) counts nothing twice.
     stop.cancel();
     task.await.unwrap();
-    let reset = serde_json::to_vec(&Checkpoint { last_seq: 0 }).unwrap();
+    let reset = serde_json::to_vec(&Checkpoint::default()).unwrap();
     s.velocity
         .put(subjects::CHECKPOINT_KEY, reset.into())
         .await

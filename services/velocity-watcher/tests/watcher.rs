@@ -37,6 +37,7 @@ impl Stack {
             .expect("provision");
         let stop = CancellationToken::new();
         let velocity = velocity_projector::Config {
+            scale: Default::default(),
             connect: server.connect_args(),
             header_prefix: "myorg".into(),
             batch: 5000,
@@ -63,6 +64,7 @@ impl Stack {
 
     fn spawn_stock_projector(&self, token: CancellationToken) {
         let config = stock_projector::Config {
+            scale: Default::default(),
             connect: self.server.connect_args(),
             header_prefix: "myorg".into(),
             batch: 5000,

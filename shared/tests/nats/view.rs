@@ -39,14 +39,20 @@ async fn a_commit_over_another_writers_key_is_refused_before_its_checkpoint_move
         .expect("open");
     view.commit(changes(1), 10).await.expect("first commit");
     assert_eq!(view.get("k2499").await.expect("cached"), Some(1));
-    assert_eq!(checkpoint(&kv).await.as_deref(), Some(r#"{"last_seq":10}"#));
+    assert_eq!(
+        checkpoint(&kv).await.as_deref(),
+        Some(r#"{"last_seq":10,"partitions":1}"#)
+    );
 
     // A key the commit does not touch, changed by another writer, is no conflict.
     kv.put("elsewhere", "5".into()).await.expect("other writer");
     view.commit(changes(1), 15)
         .await
         .expect("a commit beside another writer's key");
-    assert_eq!(checkpoint(&kv).await.as_deref(), Some(r#"{"last_seq":15}"#));
+    assert_eq!(
+        checkpoint(&kv).await.as_deref(),
+        Some(r#"{"last_seq":15,"partitions":1}"#)
+    );
 
     // Another writer changes a key of the commit's second part (of three).
     kv.put("k1500", "7".into()).await.expect("other writer");
@@ -57,7 +63,7 @@ async fn a_commit_over_another_writers_key_is_refused_before_its_checkpoint_move
     assert_eq!(refused.kind(), ViewErrorKind::Conflict, "{refused}");
     assert_eq!(
         checkpoint(&kv).await.as_deref(),
-        Some(r#"{"last_seq":15}"#),
+        Some(r#"{"last_seq":15,"partitions":1}"#),
         "the checkpoint stays where it was"
     );
     let other = kv.get("k1500").await.expect("read").expect("a value");
@@ -76,5 +82,8 @@ async fn a_commit_over_another_writers_key_is_refused_before_its_checkpoint_move
         let value = kv.get(key).await.expect("read").expect("a value");
         assert_eq!(&value[..], b"2", "{key}");
     }
-    assert_eq!(checkpoint(&kv).await.as_deref(), Some(r#"{"last_seq":20}"#));
+    assert_eq!(
+        checkpoint(&kv).await.as_deref(),
+        Some(r#"{"last_seq":20,"partitions":1}"#)
+    );
 }

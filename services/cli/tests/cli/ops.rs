@@ -31,11 +31,9 @@ async fn dead_letter_count(js: &jetstream::Context) -> u64 {
 }
 
 async fn stock_checkpoint(js: &jetstream::Context) -> u64 {
-    let kv = js
-        .get_key_value(subjects::STOCK_BUCKET)
+    view::read_checkpoint(&js.client(), subjects::STOCK_BUCKET)
         .await
-        .expect("stock bucket");
-    view::read_checkpoint(&kv).await.expect("checkpoint")
+        .expect("checkpoint")
 }
 
 /// An event of record with every standard header (and one of the producer's own), whose
