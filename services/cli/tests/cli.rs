@@ -131,9 +131,26 @@ impl Stack {
         tokio_util::sync::CancellationToken,
         tokio::task::JoinHandle<()>,
     ) {
+        self.spawn_projector_partition(client, 0, 1)
+    }
+
+    /// Partition `partition` of `partitions` of stock-projector, as [`Stack::spawn_projector`].
+    fn spawn_projector_partition(
+        &self,
+        client: async_nats::Client,
+        partition: u32,
+        partitions: u32,
+    ) -> (
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
         let token = tokio_util::sync::CancellationToken::new();
         let config = stock_projector::Config {
-            scale: Default::default(),
+            scale: stockwire::projection::ScaleArgs {
+                partition,
+                partitions,
+                ..Default::default()
+            },
             connect: self.service_connect("stock-projector"),
             header_prefix: "myorg".into(),
             batch: 1000,

@@ -547,3 +547,154 @@ async fn sigterm_stops_it_promptly_and_nothing_is_lost() {
 
 #[path = "projector/standby.rs"]
 mod standby;
+
+/// Runs partition `index` of `count` in this process, keeping at most `cache_keys` values
+/// in memory (0: all), until the returned token is cancelled.
+fn spawn_partition(
+    s: &Setup,
+    index: u32,
+    count: u32,
+    cache_keys: u64,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let token = CancellationToken::new();
+    let mut cfg = config(&s.server);
+    cfg.scale = stockwire::projection::ScaleArgs {
+        partition: index,
+        partitions: count,
+        cache_keys,
+    };
+    let (client, t) = (s.client.clone(), token.clone());
+    let handle = tokio::spawn(async move {
+        if let Err(e) = run(client, &cfg, t).await {
+            panic!("projector failed: {e:#}");
+        }
+    });
+    (token, handle)
+}
+
+/// The checkpoint of partition `index` as stored (for `count` partitions).
+async fn partition_checkpoint(s: &Setup, index: u32, count: u32) -> Option<Checkpoint> {
+    let key = stockwire::partition::checkpoint_key(index, count);
+    s.stock
+        .get(key)
+        .await
+        .expect("checkpoint read")
+        .map(|b| serde_json::from_slice(&b).expect("checkpoint JSON"))
+}
+
+async fn wait_position(s: &Setup, partitions: u32) {
+    let last = stream_last(&s.js).await;
+    wait_until("every partition to catch up", WAIT, || async {
+        view::position(&s.client, subjects::STOCK_BUCKET, Duration::from_secs(5))
+            .await
+            .is_ok_and(|p| p.partitions == partitions && p.lowest() >= last)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn partitions_share_the_products_and_a_new_split_starts_from_the_lowest_checkpoint() {
+    let s = setup().await;
+    let events = mixed_events(1_500, 100);
+    publish_in_batches(&s.client, &events[..900], 300).await;
+
+    // Three partitions, each applying only its own products.
+    let three: Vec<_> = (0..3).map(|i| spawn_partition(&s, i, 3, 0)).collect();
+    wait_position(&s, 3).await;
+    assert_view_matches_replay(&s).await;
+    let at_three = stream_last(&s.js).await;
+    for i in 0..3 {
+        let c = partition_checkpoint(&s, i, 3).await.expect("a checkpoint");
+        assert_eq!((c.last_seq, c.partitions), (at_three, 3), "partition {i}");
+    }
+    assert_eq!(
+        s.stock.get(subjects::CHECKPOINT_KEY).await.expect("read"),
+        None,
+        "a split view has no whole-view checkpoint"
+    );
+    // Partition 1 stops; the others go on.
+    let mut three = three.into_iter();
+    let (p0, p1, p2) = (three.next(), three.next(), three.next());
+    let (stop1, task1) = p1.expect("partition 1");
+    stop1.cancel();
+    task1.await.expect("partition 1 stops");
+    publish_in_batches(&s.client, &events[900..1_200], 300).await;
+    let last = stream_last(&s.js).await;
+    wait_until("partitions 0 and 2 to catch up", WAIT, || async {
+        let c0 = partition_checkpoint(&s, 0, 3)
+            .await
+            .map_or(0, |c| c.last_seq);
+        let c2 = partition_checkpoint(&s, 2, 3)
+            .await
+            .map_or(0, |c| c.last_seq);
+        c0 >= last && c2 >= last
+    })
+    .await;
+    let position = view::position(&s.client, subjects::STOCK_BUCKET, Duration::from_secs(5))
+        .await
+        .expect("position");
+    assert_eq!(
+        position.lowest(),
+        at_three,
+        "the view stands where partition 1 stopped"
+    );
+    // Partition 1's products wait for it; the others are up to date.
+    let one = stockwire::partition::Partition::new(1, 3).expect("partition");
+    let (mut waiting, mut moved) = (0, 0);
+    for (key, v) in view::snapshot::<StockView>(&s.js, subjects::STOCK_BUCKET)
+        .await
+        .expect("snapshot")
+    {
+        if one.owns_key(&key) {
+            assert!(v.last_seq <= at_three, "{key} moved without its partition");
+            waiting += 1;
+        } else if v.last_seq > at_three {
+            moved += 1;
+        }
+    }
+    assert!(
+        waiting > 0 && moved > 0,
+        "{waiting} keys waiting, {moved} moved on"
+    );
+    for (stop, task) in [p0, p2].into_iter().flatten() {
+        stop.cancel();
+        task.await.expect("stops");
+    }
+
+    // Four partitions: each starts from the lowest checkpoint of the three.
+    let four: Vec<_> = (0..4).map(|i| spawn_partition(&s, i, 4, 0)).collect();
+    publish_in_batches(&s.client, &events[1_200..], 300).await;
+    wait_position(&s, 4).await;
+    let c3 = partition_checkpoint(&s, 3, 4).await.expect("partition 3's");
+    assert_eq!(
+        c3.from,
+        Some(at_three),
+        "partition 3 started where partition 1 of 3 stood"
+    );
+    assert_eq!(c3.partitions, 4);
+    assert_view_matches_replay(&s).await;
+    for (stop, task) in four {
+        stop.cancel();
+        task.await.expect("stops");
+    }
+}
+
+#[tokio::test]
+async fn a_projector_that_keeps_few_values_reads_the_others_from_the_bucket() {
+    let s = setup().await;
+    let events = mixed_events(2_000, 400);
+    publish_in_batches(&s.client, &events[..1_000], 250).await;
+    // 1,200 keys (400 products in 3 warehouses), 50 kept in memory.
+    let (stop, task) = spawn_partition(&s, 0, 1, 50);
+    wait_caught_up(&s).await;
+    assert_view_matches_replay(&s).await;
+    // Live events one at a time, to keys long since forgotten.
+    for event in &events[1_000..1_100] {
+        publish(&s.js, event).await;
+    }
+    publish_in_batches(&s.client, &events[1_100..], 250).await;
+    wait_caught_up(&s).await;
+    assert_view_matches_replay(&s).await;
+    stop.cancel();
+    task.await.expect("stops");
+}

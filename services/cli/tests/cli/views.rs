@@ -256,6 +256,70 @@ async fn rebuild_never_shows_a_half_replayed_value() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_split_in_two_is_waited_on_verified_and_rebuilt_by_both_partitions() {
+    let stack = Stack::start();
+    let client = stack.server.client().await;
+    let (p0, _t0) = stack.spawn_projector_partition(client.clone(), 0, 2);
+    let (p1, t1) = stack.spawn_projector_partition(client.clone(), 1, 2);
+    // Each --wait waits for its own product's partition.
+    let skus: Vec<String> = (0..12).map(|i| format!("p{i}")).collect();
+    for sku in &skus {
+        stack.ok(&[
+            "publish", "received", "-w", "ams1", "-s", sku, "-l", "A1", "-q", "4", "--wait",
+        ]);
+        let views = stock_json(&stack, &["-s", sku]);
+        assert_eq!(views[0]["on_hand"], 4, "{sku} right after --wait");
+    }
+    let split = |key: &str| stockwire::partition::of_key(key, 2);
+    assert!(
+        skus.iter().any(|s| split(&format!("ams1.{s}")) == Some(0))
+            && skus.iter().any(|s| split(&format!("ams1.{s}")) == Some(1)),
+        "both partitions have products"
+    );
+
+    let status =
+        serde_json::from_str::<Value>(stack.ok(&["status", "--json"]).trim()).expect("status JSON");
+    let stock = &status["projectors"]["stock"];
+    assert_eq!(stock["partitions"], 2, "{stock}");
+    assert_eq!(stock["checkpoint"], 12, "{stock}");
+    assert_eq!(stock["by_partition"][1]["checkpoint"], 12, "{stock}");
+
+    // A forged value and a ghost key: rebuild reaches both partitions.
+    let js = jetstream::new(client.clone());
+    let kv = js.get_key_value("stock").await.expect("bucket");
+    let mut forged: Value =
+        serde_json::from_slice(&kv.get("ams1.p3").await.unwrap().unwrap()).unwrap();
+    forged["on_hand"] = json!(999);
+    kv.put("ams1.p3", forged.to_string().into()).await.unwrap();
+    kv.put("ams1.ghost", r#"{"warehouse":"ams1","sku":"ghost","on_hand":1,"locations":{"A1":1},"last_seq":1,"updated_ms":0}"#.into()).await.unwrap();
+    assert_eq!(code(&stack.run(&["verify"])), Some(3));
+    let out = stack.ok(&["rebuild", "stock"]);
+    assert!(
+        out.contains(
+            "rebuilt the stock view in 2 partitions: 12 events replayed, 1 keys written, 1 deleted"
+        ),
+        "{out}"
+    );
+    let clean = stack.ok(&["verify"]);
+    assert!(
+        clean.contains("the lowest of 2 partitions") && clean.contains("no differences"),
+        "{clean}"
+    );
+
+    // A partition without an instance fails the health check.
+    p1.cancel();
+    t1.await.expect("partition 1 stops");
+    let out = stack.run(&["status", "--check"]);
+    assert_eq!(code(&out), Some(1));
+    assert!(
+        stderr(&out).contains("no active instance of stock-projector for partition 1 of 2"),
+        "{}",
+        stderr(&out)
+    );
+    p0.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_with_no_projector_running_says_so() {
     let stack = Stack::start();
     let out = stack.run(&["rebuild", "stock"]);
