@@ -248,16 +248,20 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         let (partition, most) = (self.partition, self.cache_keys.unwrap_or(usize::MAX));
         let mut cache = LruCache::unbounded();
         let mut complete = true;
-        scan(&self.js, &self.bucket, |key, value: Option<V>, revision| {
-            if !partition.owns_key(&key) {
-                return;
-            }
-            if cache.len() >= most {
-                complete = false;
-                return;
-            }
-            cache.put(key, Cached { value, revision });
-        })
+        scan(
+            &self.js,
+            &self.bucket,
+            |key| partition.owns_key(key),
+            |key, value: Option<V>, revision| {
+                if cache.len() >= most {
+                    // Full: the rest is read as batches need it.
+                    complete = false;
+                    return false;
+                }
+                cache.put(key, Cached { value, revision });
+                true
+            },
+        )
         .await?;
         self.cache = cache;
         self.complete = complete;
@@ -619,15 +623,18 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         let mut values = Vec::new();
         let mut cached = Vec::new();
         let partition = self.partition;
-        scan(&self.js, &self.bucket, |key, value: Option<V>, revision| {
-            if !partition.owns_key(&key) {
-                return;
-            }
-            if let Some(v) = &value {
-                values.push((key.clone(), v.clone()));
-            }
-            cached.push((key, Cached { value, revision }));
-        })
+        scan(
+            &self.js,
+            &self.bucket,
+            |key| partition.owns_key(key),
+            |key, value: Option<V>, revision| {
+                if let Some(v) = &value {
+                    values.push((key.clone(), v.clone()));
+                }
+                cached.push((key, Cached { value, revision }));
+                true
+            },
+        )
         .await?;
         if self.cache_keys.is_none_or(|most| cached.len() <= most) {
             for (key, c) in cached {
@@ -684,23 +691,27 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
                 continue;
             }
             // What this writer holds is at least as new as what the read found.
-            let value = match self.cache.peek(key) {
-                Some(c) => c.value.clone(),
-                None => {
-                    let value =
-                        kv_value(&self.bucket, key, stored.headers.as_ref(), &stored.payload);
+            let (value, revision) = match self.cache.peek(key) {
+                Some(c) => (c.value.clone(), None),
+                None => (
+                    kv_value(&self.bucket, key, stored.headers.as_ref(), &stored.payload),
+                    Some(stored.sequence),
+                ),
+            };
+            let Some(mut value) = value else { continue };
+            let before = value.clone();
+            if f(&mut value) {
+                // Only a key that changes is kept, with the revision its commit expects.
+                if let Some(revision) = revision {
+                    let before = Some(before);
                     self.cache.put(
                         key.to_string(),
                         Cached {
-                            value: value.clone(),
-                            revision: stored.sequence,
+                            value: before,
+                            revision,
                         },
                     );
-                    value
                 }
-            };
-            let Some(mut value) = value else { continue };
-            if f(&mut value) {
                 changes.push((key.to_string(), Change::Put(value)));
             }
             if changes.len() >= MAX_KEYS_PER_COMMIT {
@@ -710,7 +721,9 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
             }
         }
         changed += changes.len();
-        self.commit(changes, checkpoint).await?;
+        if !changes.is_empty() {
+            self.commit(changes, checkpoint).await?;
+        }
         Ok(changed)
     }
 }
@@ -789,12 +802,14 @@ fn kv_value<V: DeserializeOwned>(
 }
 
 /// Reads every key of a bucket once, as it is now (its last message), in one ordered
-/// pass that holds nothing but the key at hand: `each` gets the key, its value (`None`:
-/// deleted) and its revision.
+/// pass that holds nothing but the key at hand: `each` gets each key that is `wanted`
+/// (the others are not decoded), its value (`None`: deleted) and its revision, and says
+/// whether to go on.
 async fn scan<V: DeserializeOwned>(
     js: &async_nats::jetstream::Context,
     bucket: &str,
-    mut each: impl FnMut(String, Option<V>, u64),
+    wanted: impl Fn(&str) -> bool,
+    mut each: impl FnMut(String, Option<V>, u64) -> bool,
 ) -> Result<(), ViewError> {
     let fail =
         |e: &dyn std::fmt::Display| view_error(ViewErrorKind::Read, bucket, "reading every key", e);
@@ -811,12 +826,13 @@ async fn scan<V: DeserializeOwned>(
         let Some(key) = stored.subject.strip_prefix(&prefix) else {
             continue;
         };
-        let value = if key.starts_with('_') {
-            None
-        } else {
-            kv_value(bucket, key, stored.headers.as_ref(), &stored.payload)
-        };
-        each(key.to_string(), value, stored.sequence);
+        if !wanted(key) {
+            continue;
+        }
+        let value = kv_value(bucket, key, stored.headers.as_ref(), &stored.payload);
+        if !each(key.to_string(), value, stored.sequence) {
+            break;
+        }
     }
     Ok(())
 }
@@ -844,11 +860,17 @@ pub async fn snapshot<V: DeserializeOwned>(
 ) -> Result<Vec<(String, V)>, ViewError> {
     open_bucket(js, bucket).await?;
     let mut out = Vec::new();
-    scan(js, bucket, |key, value, _| {
-        if let Some(v) = value {
-            out.push((key, v));
-        }
-    })
+    scan(
+        js,
+        bucket,
+        |key| !key.starts_with('_'),
+        |key, value, _| {
+            if let Some(v) = value {
+                out.push((key, v));
+            }
+            true
+        },
+    )
     .await?;
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)

@@ -37,6 +37,7 @@ use stockwire::envelope::Envelope;
 use stockwire::subjects;
 
 mod batches;
+mod catalogue;
 mod command;
 mod ctx;
 mod failure;
@@ -69,6 +70,8 @@ pub struct Cli {
     pub json: bool,
     #[command(flatten)]
     pub bench: BenchArgs,
+    #[command(flatten)]
+    pub worker: catalogue::WorkerArgs,
 }
 
 /// Runs the bench; prints its failure to stderr and returns the exit code.
@@ -83,6 +86,13 @@ pub async fn run(cli: Cli) -> ExitCode {
         json: cli.json,
         signals: Signals::default(),
     };
+    // The bench started as one of its own catalogue workers.
+    if cli.worker.worker_bucket.is_some() {
+        return match catalogue::work(&ctx, cli.worker).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(failure) => report(failure),
+        };
+    }
     // A permission violation would otherwise surface as a timeout with no reason.
     match ctx.signals.unless_refused(measure(&ctx, cli.bench)).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,6 +139,11 @@ pub struct BenchArgs {
     /// Leave out the rebuild and verify figure (it replays everything the run wrote).
     #[arg(long)]
     skip_rebuild: bool,
+    /// Products of the catalogue figure: a view of this many products, projected with
+    /// every value in memory, with --cache-keys 100000, and in 4 partitions (default
+    /// 1,000,000; none with --quick; 0 leaves it out).
+    #[arg(long)]
+    catalogue_products: Option<usize>,
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -169,6 +184,8 @@ struct Report {
     checked_sale: command::CheckedSale,
     rebuild: Option<rebuild::RebuildFigures>,
     rebuild_events_per_s: Option<f64>,
+    /// stock-projector over a view of a million products: memory bounded, or split.
+    catalogue: Option<catalogue::CatalogueFigures>,
     /// Peak resident memory of each service while the bench ran it, MiB.
     peak_rss_mb: BTreeMap<String, f64>,
     /// How long each service took to stop on SIGTERM (the longest time it was stopped), ms.
@@ -357,7 +374,21 @@ async fn measure(ctx: &Ctx, args: BenchArgs) -> Outcome {
     } else {
         Some(rebuild::measure(ctx, &js, &mut stopped).await?)
     };
+    // Last, so that the rebuild above replays only what the other figures wrote.
+    let catalogue_products =
+        args.catalogue_products
+            .unwrap_or(if args.quick { 0 } else { 1_000_000 });
+    let catalogue = if catalogue_products > 0 {
+        eprintln!(
+            "bench: catalogue: {catalogue_products} products, {} events per traffic and setup",
+            2 * events
+        );
+        Some(catalogue::measure(ctx, &js, &run_id, catalogue_products, 2 * events, timeout).await?)
+    } else {
+        None
+    };
     let report = Report {
+        catalogue,
         events,
         products: args.products,
         fsync: args.fsync,
@@ -416,7 +447,7 @@ pub(crate) fn rate(events: usize, took: Duration) -> f64 {
     events as f64 / took.as_secs_f64().max(1e-9)
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
+pub(crate) fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 {
         (a / b * 100.0).round() / 100.0
     } else {

@@ -87,6 +87,35 @@ pub(crate) fn report(ctx: &Ctx, r: &Report) {
         ]);
     }
     line(&projection);
+    if let Some(c) = &r.catalogue {
+        line(format!(
+            "catalogue: {} products ({:.0} values/s to fill), {} events per traffic and setup; plain write loop: uniform {:.0}, Zipf {:.0} events/s",
+            c.products, c.fill_per_s, c.events, c.ceiling_uniform_per_s, c.ceiling_zipf_per_s
+        ));
+        let mut catalogue = table([
+            "traffic",
+            "setup",
+            "events/s",
+            "vs ceiling",
+            "peak RSS MiB",
+            "warm-up s",
+        ]);
+        for row in &c.rows {
+            let rss: Vec<String> = row.peak_rss_mb.iter().map(|m| format!("{m:.0}")).collect();
+            catalogue.add_row(vec![
+                format!(
+                    "{} ({} products touched)",
+                    row.traffic, row.products_touched
+                ),
+                row.setup.clone(),
+                format!("{:.0}", row.events_per_s),
+                format!("{:.2}", row.ratio),
+                rss.join(" + "),
+                format!("{:.1}", row.warm_up_s),
+            ]);
+        }
+        line(&catalogue);
+    }
     if let Some(b) = &r.rebuild {
         line(format!(
             "rebuild stock of {} events: {:.1} s ({:.0} events/s); verify: {:.1} s; stock-projector catching up: {:.0} events/s",

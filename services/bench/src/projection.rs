@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::failure::Failure;
 use crate::{encode_all, median, rate, sample_events, send_batches, Ctx};
 
-const CEILING_BUCKET: &str = "bench_ceiling";
+pub(crate) const CEILING_BUCKET: &str = "bench_ceiling";
 const PROJECTOR_BUCKET: &str = "bench_stock";
 const GET_PUT_ACK_BUCKET: &str = "bench_get_put_ack";
 
@@ -75,7 +75,7 @@ pub(crate) async fn measure(
         for round in 1..=rounds {
             let ceiling = rate(
                 events,
-                ceiling(client, js, &filter, first, events, timeout).await?,
+                ceiling(client, js, CEILING_BUCKET, &filter, first, events, timeout).await?,
             );
             eprintln!(
                 "bench: {products} products: round {round}: ceiling loop  {ceiling:>10.0} events/s"
@@ -120,7 +120,7 @@ async fn publish_all(
 
 /// A fresh bucket for one figure, with as many replicas as INVENTORY (a view on a
 /// cluster is replicated like the log).
-async fn scratch_bucket(
+pub(crate) async fn scratch_bucket(
     js: &Context,
     bucket: &str,
 ) -> Result<async_nats::jetstream::kv::Store, Failure> {
@@ -149,15 +149,19 @@ async fn scratch_bucket(
 
 /// The plain loop: ordered read (in a task of its own, so reading overlaps writing, as
 /// the projector does), last payload per key, one atomic batch per 999 keys, three in flight.
-async fn ceiling(
+/// Into a fresh scratch bucket, or into `bucket` as it is (the catalogue's copy).
+pub(crate) async fn ceiling(
     client: &async_nats::Client,
     js: &Context,
+    bucket: &'static str,
     filter: &str,
     first: u64,
     events: usize,
     timeout: Duration,
 ) -> Result<Duration, Failure> {
-    scratch_bucket(js, CEILING_BUCKET).await?;
+    if bucket == CEILING_BUCKET {
+        scratch_bucket(js, CEILING_BUCKET).await?;
+    }
     let stream = js
         .get_stream(subjects::INVENTORY_STREAM)
         .await
@@ -186,7 +190,7 @@ async fn ceiling(
             let Some((w, s, _)) = subjects::split_event(&msg.subject) else {
                 continue;
             };
-            let subject = subjects::kv_subject(CEILING_BUCKET, &format!("{w}.{s}"));
+            let subject = subjects::kv_subject(bucket, &format!("{w}.{s}"));
             if tx
                 .send((subject, msg.payload.clone(), pending))
                 .await

@@ -48,20 +48,8 @@ pub(crate) fn start(ctx: &Ctx, names: &[&'static str]) -> Result<Vec<Service>, F
 }
 
 impl Service {
-    /// Peak resident memory so far (VmHWM), in MiB.
     fn peak_rss_mb(&self) -> f64 {
-        let Some(pid) = self.child.id() else {
-            return 0.0;
-        };
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-            .map_or(0.0, |kb| (kb / 1024.0 * 10.0).round() / 10.0)
+        peak_rss_mb(self.child.id())
     }
 
     /// Sends SIGTERM and waits for the exit; how long it took, and the peak memory.
@@ -96,6 +84,22 @@ impl Service {
             },
         )
     }
+}
+
+/// Peak resident memory so far (VmHWM) of the process `pid`, in MiB (0 when it is gone).
+pub(crate) fn peak_rss_mb(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else {
+        return 0.0;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| (kb / 1024.0 * 10.0).round() / 10.0)
 }
 
 /// Stops every service and records each (keeping the larger peak of a service seen twice).

@@ -46,8 +46,16 @@ async fn setup() -> Setup {
 }
 
 fn spawn(s: &Setup) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    spawn_keeping(s, 0)
+}
+
+/// The projector keeping at most `cache_keys` values in memory (0: all).
+fn spawn_keeping(s: &Setup, cache_keys: u64) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let config = Config {
-        scale: Default::default(),
+        scale: stockwire::projection::ScaleArgs {
+            cache_keys,
+            ..Default::default()
+        },
         connect: s.server.connect_args(),
         header_prefix: "myorg".into(),
         batch: 5000,
@@ -186,6 +194,54 @@ async fn only_sales_are_read_and_a_late_sale_lands_in_its_own_hour() {
         .await
         .unwrap();
     assert_eq!(keys.len(), 1, "the delivery made no key");
+    stop.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_slide_for_keys_not_kept_in_memory() {
+    let s = setup().await;
+    let product = |sku: &str| Event::Sold {
+        warehouse: WarehouseId::parse("ams1").unwrap(),
+        sku: Sku::parse(sku).unwrap(),
+        location: Location::parse("A1").unwrap(),
+        quantity: Quantity::new(2).unwrap(),
+    };
+    let skus = ["apple", "pear", "plum", "fig"];
+    let mut last = 0;
+    for sku in skus {
+        last = publish(&s, product(sku), T - 30 * MINUTE_MS).await;
+    }
+    // One value in memory: the tick reads the others from the bucket.
+    let (stop, task) = spawn_keeping(&s, 1);
+    wait_until("the sales applied", WAIT, || async {
+        checkpoint(&s).await >= last
+    })
+    .await;
+    let hour = |sku: &'static str| {
+        let velocity = s.velocity.clone();
+        async move {
+            velocity
+                .get(format!("ams1.{sku}"))
+                .await
+                .ok()
+                .flatten()
+                .and_then(|b| serde_json::from_slice::<VelocityView>(&b).ok())
+                .map(|v| v.sold_last_hour)
+        }
+    };
+    for sku in skus {
+        assert_eq!(hour(sku).await, Some(2), "{sku}");
+    }
+    s.clock.advance(HOUR_MS);
+    wait_until("every hour window to empty", WAIT, || async {
+        let mut all = true;
+        for sku in skus {
+            all &= hour(sku).await == Some(0);
+        }
+        all
+    })
+    .await;
     stop.cancel();
     task.await.unwrap();
 }
