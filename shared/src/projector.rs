@@ -1,30 +1,39 @@
-//! The projector loop every view shares: read the log in order from the view's
+//! The projector loop every view shares: read the log in order from the partition's
 //! checkpoint, fold a batch of events per key in memory, commit the touched keys and then
 //! the new checkpoint, and go on.
+//!
+//! A view may be split in partitions (`Config::partition`): each instance applies only
+//! its own products' events, passing the others over by their subject, never decoding
+//! them, and keeps its own checkpoint. Values not kept in memory (`Config::cache_keys`)
+//! are read from the bucket many to a request before a batch is folded, and those the
+//! next batch needs while this one is committed.
 //!
 //! Why it is exactly right:
 //! - An ordered consumer delivers every event after the checkpoint, in stream order, with
 //!   no gap and no redelivery out of order (on a gap the client recreates it).
 //! - A key skips an event whose sequence is not above its `last_seq`, so an event read
 //!   twice (after a crash, a conflict, or by a second instance) counts once.
-//! - A commit expects the bucket to be as this projector last left it (see `view`): a
-//!   second writer makes it fail, and this projector then reloads and redoes from the
-//!   checkpoint. The checkpoint is stored only after every key it covers.
+//! - A commit expects each of its keys, and the checkpoint, to be as this projector last
+//!   read or wrote them (see `view`): a second writer makes it fail, and this projector
+//!   then reloads and redoes from the checkpoint. The checkpoint is stored only after every
+//!   key it covers.
 //! - An event that cannot be decoded is copied to `DEADLETTER` (once: one subject per
 //!   event, expected to be empty) before the checkpoint moves past it.
 //!
 //! A projection says which events it reads and how one changes its value ([`Projection`]);
 //! the rest is here. Rebuild requests arrive on `stockwire.rebuild.{bucket}` (see `rebuild`).
 //!
-//! Of several instances, only the one holding the view's lease (its owning service's
-//! name, see `lease`) reads, commits and takes rebuild requests; the others wait.
+//! Of several instances of a partition, only the one holding its lease (its owning
+//! service's name, with `.p{I}` for a split view; see `lease`) reads, commits and takes
+//! rebuild requests; the others wait.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, Context};
 use futures::StreamExt;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::deadletter;
@@ -143,7 +152,7 @@ pub async fn run<P: Projection>(
                 }
             };
             // Reading and decoding run ahead in their own task while a batch is committed.
-            let (reader, mut incoming) = spawn_reader(
+            let (reader, incoming) = spawn_reader(
                 messages,
                 checkpoint + 1,
                 partition,
@@ -151,6 +160,7 @@ pub async fn run<P: Projection>(
                 config.max_batch,
             );
             let _stop_reader = AbortOnDrop(reader);
+            let mut incoming = Ahead::new(incoming);
             tracing::info!(view = bucket, checkpoint, "reading the log");
             let mut ticker = projection.tick_every().map(|every| {
                 let mut t = tokio::time::interval(every);
@@ -196,7 +206,7 @@ pub async fn run<P: Projection>(
                         };
                         let chunk = fill_batch(first, &mut incoming, config.max_batch, config.live_linger).await;
                         let (events, lag) = (chunk.len() as u64, chunk.last().and_then(|i| i.as_ref().ok()).map_or(0, |i| i.pending));
-                        match apply_chunk(&js, &projection, &mut store, chunk).await {
+                        match apply_chunk(&js, &projection, &mut store, chunk, &mut incoming, config.max_batch).await {
                             Ok(()) => {
                                 backoff.reset();
                                 counters.applied(events);
@@ -247,7 +257,7 @@ async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
 /// `live_linger`.
 async fn fill_batch(
     first: Result<Incoming, String>,
-    incoming: &mut tokio::sync::mpsc::Receiver<Result<Incoming, String>>,
+    incoming: &mut Ahead,
     max: usize,
     live_linger: Duration,
 ) -> Vec<Result<Incoming, String>> {
@@ -281,6 +291,57 @@ const LINGER: Duration = Duration::from_millis(50);
 /// Events waiting in the log from which the projector is catching up (and fills its
 /// batches); below it, it is live and commits what it has at once, for latency.
 const CATCHING_UP: u64 = 256;
+
+/// The events the reader has sent, with those already looked at (to read their keys
+/// ahead) kept in front.
+struct Ahead {
+    looked_at: VecDeque<Result<Incoming, String>>,
+    rx: tokio::sync::mpsc::Receiver<Result<Incoming, String>>,
+}
+
+impl Ahead {
+    fn new(rx: tokio::sync::mpsc::Receiver<Result<Incoming, String>>) -> Self {
+        Self {
+            looked_at: VecDeque::new(),
+            rx,
+        }
+    }
+
+    async fn recv(&mut self) -> Option<Result<Incoming, String>> {
+        match self.looked_at.pop_front() {
+            Some(next) => Some(next),
+            None => self.rx.recv().await,
+        }
+    }
+
+    fn try_recv(&mut self) -> Result<Result<Incoming, String>, TryRecvError> {
+        match self.looked_at.pop_front() {
+            Some(next) => Ok(next),
+            None => self.rx.try_recv(),
+        }
+    }
+
+    /// The keys of the events already here, up to `max` events: what the next batch
+    /// will read or write.
+    fn next_keys<P: Projection>(&mut self, projection: &P, max: usize) -> Vec<String> {
+        while self.looked_at.len() < max {
+            match self.rx.try_recv() {
+                Ok(next) => self.looked_at.push_back(next),
+                Err(_) => break,
+            }
+        }
+        self.looked_at
+            .iter()
+            .filter_map(|item| match item {
+                Ok(Incoming {
+                    decoded: Some(Ok(recorded)),
+                    ..
+                }) => Some(projection.key(&recorded.event)),
+                _ => None,
+            })
+            .collect()
+    }
+}
 
 /// One event read from the log, decoded (or why it could not be).
 struct Incoming {
@@ -374,12 +435,15 @@ fn spawn_reader(
     (task, rx)
 }
 
-/// Folds a batch of events per key and commits it with the checkpoint.
+/// Folds a batch of events per key and commits it with the checkpoint, reading meanwhile
+/// the keys of the events that have arrived since (the next batch's).
 async fn apply_chunk<P: Projection>(
     js: &Context,
     projection: &P,
     store: &mut ViewStore<P::View>,
     chunk: Vec<Result<Incoming, String>>,
+    incoming: &mut Ahead,
+    max_batch: usize,
 ) -> Result<(), ViewError> {
     let bucket = projection.bucket();
     let mut pending = Pending::default();
@@ -414,7 +478,14 @@ async fn apply_chunk<P: Projection>(
             _ => None,
         })
         .collect();
+    let reading = std::time::Instant::now();
     store.prepare(keys.iter().map(String::as_str)).await?;
+    tracing::debug!(
+        view = bucket,
+        keys = keys.len(),
+        ms = reading.elapsed().as_secs_f64() * 1000.0,
+        "keys in memory"
+    );
     let mut keys = keys.into_iter();
     for msg in chunk {
         let seq = msg.seq;
@@ -454,7 +525,14 @@ async fn apply_chunk<P: Projection>(
         last_seq = seq;
     }
     if last_seq > 0 {
-        store.commit(pending.take(), last_seq).await?;
+        let next = if store.is_complete() {
+            Vec::new()
+        } else {
+            incoming.next_keys(projection, max_batch)
+        };
+        store
+            .commit_and_read(pending.take(), last_seq, next)
+            .await?;
     }
     Ok(())
 }

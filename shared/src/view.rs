@@ -133,6 +133,14 @@ impl<V> Change<V> {
     }
 }
 
+/// A commit ready to send: its changes, their messages, and the checkpoint's.
+struct Planned<V> {
+    changes: Vec<(String, Change<V>)>,
+    messages: Vec<Outbound>,
+    checkpoint_message: Outbound,
+    checkpoint_revision: u64,
+}
+
 /// What a commit stored: each key with its value and revision, and the checkpoint's revision.
 struct Committed<V> {
     keys: Vec<(String, Option<V>, u64)>,
@@ -341,7 +349,7 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         if self.complete {
             return Ok(());
         }
-        let mut missing: Vec<String> = keys
+        let missing: Vec<String> = keys
             .into_iter()
             .filter(|k| !self.cache.contains(*k))
             .map(str::to_string)
@@ -349,21 +357,7 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         if missing.is_empty() {
             return Ok(());
         }
-        missing.sort_unstable();
-        missing.dedup();
-        let reads: Vec<_> = missing
-            .chunks(direct::MAX_SUBJECTS)
-            .map(|chunk| {
-                read_keys::<V>(
-                    self.client.clone(),
-                    self.bucket.clone(),
-                    chunk.to_vec(),
-                    self.last_write,
-                    self.timeout,
-                )
-            })
-            .collect();
-        let read: Vec<Vec<(String, Cached<V>)>> = futures::stream::iter(reads)
+        let read: Vec<Vec<(String, Cached<V>)>> = futures::stream::iter(self.reads(missing))
             .buffered(READS_IN_FLIGHT)
             .try_collect()
             .await?;
@@ -388,13 +382,40 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         changes: Vec<(String, Change<V>)>,
         checkpoint: u64,
     ) -> Result<(), ViewError> {
+        self.commit_and_read(changes, checkpoint, Vec::new()).await
+    }
+
+    /// [`commit`](Self::commit), and meanwhile brings `next` into memory: the keys the next
+    /// batch will need, read from the bucket while the server stores this commit (none of
+    /// them is in it, so the reads cannot miss its writes). A failed read is only logged:
+    /// the next batch reads what it lacks.
+    pub async fn commit_and_read(
+        &mut self,
+        changes: Vec<(String, Change<V>)>,
+        checkpoint: u64,
+        next: Vec<String>,
+    ) -> Result<(), ViewError> {
         let started = std::time::Instant::now();
         let keys = changes.len();
         let single = keys <= SINGLE_PUBLISHES_UP_TO;
-        let stored = match self.commit_checked(changes, checkpoint, single).await {
-            Ok(stored) => stored,
+        let planned = match self.plan(changes, checkpoint).await {
+            Ok(planned) => planned,
             Err(e) => {
                 // Whatever happened, what we hold may be stale now.
+                self.invalidate();
+                return Err(e);
+            }
+        };
+        let reads = self.reads(next);
+        let (stored, read) = futures::join!(self.publish_planned(planned, single), async move {
+            futures::stream::iter(reads)
+                .buffered(READS_IN_FLIGHT)
+                .try_collect::<Vec<Vec<(String, Cached<V>)>>>()
+                .await
+        });
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(e) => {
                 self.invalidate();
                 return Err(e);
             }
@@ -411,6 +432,14 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         for (key, value, revision) in stored.keys {
             self.cache.put(key, Cached { value, revision });
         }
+        match read {
+            Ok(read) => {
+                for (key, cached) in read.into_iter().flatten() {
+                    self.cache.get_or_insert(key, || cached);
+                }
+            }
+            Err(e) => tracing::debug!(bucket = %self.bucket, error = %e, "keys not read ahead"),
+        }
         if let Some(known) = &mut self.checkpoint {
             known.value.last_seq = checkpoint;
             known.revision = stored.checkpoint_revision;
@@ -424,12 +453,42 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         Ok(())
     }
 
-    async fn commit_checked(
+    /// The reads (up to 1,024 keys each) that bring those of `keys` not in memory into it.
+    #[allow(clippy::type_complexity)]
+    fn reads(
+        &self,
+        keys: Vec<String>,
+    ) -> Vec<impl std::future::Future<Output = Result<Vec<(String, Cached<V>)>, ViewError>> + use<V>>
+    {
+        if self.complete {
+            return Vec::new();
+        }
+        let mut missing: Vec<String> = keys
+            .into_iter()
+            .filter(|k| !self.cache.contains(k))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        missing
+            .chunks(direct::MAX_SUBJECTS)
+            .map(|chunk| {
+                read_keys::<V>(
+                    self.client.clone(),
+                    self.bucket.clone(),
+                    chunk.to_vec(),
+                    self.last_write,
+                    self.timeout,
+                )
+            })
+            .collect()
+    }
+
+    /// A commit's messages, each key expecting its revision and the checkpoint its own.
+    async fn plan(
         &mut self,
         changes: Vec<(String, Change<V>)>,
         checkpoint: u64,
-        single: bool,
-    ) -> Result<Committed<V>, ViewError> {
+    ) -> Result<Planned<V>, ViewError> {
         let known = self.known_checkpoint().await?;
         self.prepare(changes.iter().map(|(k, _)| k.as_str()))
             .await?;
@@ -443,6 +502,26 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         };
         let messages = self.messages(&changes, &revisions)?;
         let checkpoint_message = self.checkpoint_message(value, known.revision)?;
+        Ok(Planned {
+            changes,
+            messages,
+            checkpoint_message,
+            checkpoint_revision: known.revision,
+        })
+    }
+
+    /// Stores a planned commit: the keys, then the checkpoint.
+    async fn publish_planned(
+        &self,
+        planned: Planned<V>,
+        single: bool,
+    ) -> Result<Committed<V>, ViewError> {
+        let Planned {
+            changes,
+            messages,
+            checkpoint_message,
+            checkpoint_revision,
+        } = planned;
         let sequences = if single {
             self.publish_one_by_one(messages, checkpoint_message)
                 .await?
@@ -460,7 +539,7 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
                 ),
             ));
         }
-        let checkpoint_revision = sequences.last().copied().unwrap_or(known.revision);
+        let checkpoint_revision = sequences.last().copied().unwrap_or(checkpoint_revision);
         Ok(Committed {
             keys: changes
                 .into_iter()

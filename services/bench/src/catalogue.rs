@@ -10,9 +10,11 @@
 //! - one instance keeping at most 100,000 (`--cache-keys 100000`);
 //! - four partitions, each keeping all of its own.
 //!
-//! Each setup starts from a checkpoint just before its events. Its rate counts from the
-//! moment every instance has committed once (reading the bucket at start is reported
-//! apart, as warm-up) to the moment the lowest checkpoint reaches its last event. The
+//! Each setup starts from a checkpoint just before its events: first half as many again
+//! of the same traffic, untimed, to bring it to its steady state (a bounded instance then
+//! holds the products that sell), then the events timed. Its rate counts from the moment
+//! every instance has passed the untimed ones (that, with reading the bucket at start, is
+//! reported apart as warm-up) to the moment the lowest checkpoint reaches its last event. The
 //! ceiling is the plain write loop of the projection figure over the same traffic, writing
 //! over a copy of the same catalogue.
 
@@ -116,7 +118,7 @@ pub(crate) struct CatalogueRow {
     pub(crate) ratio: f64,
     /// Peak resident memory of each instance, MiB.
     pub(crate) peak_rss_mb: Vec<f64>,
-    /// From start to every instance's first commit (reading the bucket included), s.
+    /// From start to every instance past the untimed round (reading the bucket included), s.
     pub(crate) warm_up_s: f64,
     /// Distinct products the traffic touched.
     pub(crate) products_touched: usize,
@@ -180,7 +182,10 @@ pub(crate) async fn measure(
         let mut rows = Vec::new();
         let mut ceilings = Vec::new();
         for traffic in ["uniform", "zipf"] {
-            let skus = popularity(traffic, products, events);
+            // A first round of the traffic (not timed) brings each setup to its steady
+            // state: a bounded instance then holds the products that sell.
+            let mut skus = popularity(traffic, products, events + events / 2);
+            let warm = skus.split_off(events);
             let touched = {
                 let mut distinct = skus.clone();
                 distinct.sort_unstable();
@@ -190,6 +195,9 @@ pub(crate) async fn measure(
             let mut ceiling_rate = 0.0;
             for (i, setup) in SETUPS.iter().enumerate() {
                 let id = format!("bench-{warehouse}-{traffic}-{i}");
+                let (start, warmed) =
+                    publish(ctx, &client, &warehouse, &warm, &format!("{id}-warm"), timeout)
+                        .await?;
                 let (first, last) = publish(ctx, &client, &warehouse, &skus, &id, timeout).await?;
                 if i == 0 {
                     ceiling_rate = rate(
@@ -201,7 +209,7 @@ pub(crate) async fn measure(
                         "bench: catalogue: {traffic}: ceiling loop {ceiling_rate:.0} events/s"
                     );
                 }
-                let run = run_setup(ctx, js, setup, &filter, first, last).await?;
+                let run = run_setup(ctx, js, setup, &filter, start, warmed, last).await?;
                 let events_per_s = rate(events.min((last - run.counted_from) as usize), run.took);
                 eprintln!(
                     "bench: catalogue: {traffic}: {}: {events_per_s:.0} events/s, peak RSS {:?} MiB, warm-up {:.1} s",
@@ -276,18 +284,36 @@ async fn fill(
     Ok(())
 }
 
-/// Which product each of `events` events is about: uniformly at random, or Zipf-skewed
-/// (product 0 the most popular). Seeded: the same traffic every run.
+/// Which product each of `events` events is about: uniformly at random, or Zipf-skewed.
+/// The popular products are spread over the catalogue (rank r is product r * m mod n, m
+/// prime to n), not its first keys, which a cache warmed at start would hold by chance.
+/// Seeded: the same traffic every run.
 fn popularity(traffic: &str, products: usize, events: usize) -> Vec<usize> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(16);
     match traffic {
-        "zipf" => match Zipf::new(products as f64, ZIPF_EXPONENT) {
-            Ok(zipf) => (0..events)
-                .map(|_| (zipf.sample(&mut rng) as usize).saturating_sub(1))
-                .collect(),
-            Err(_) => Vec::new(),
-        },
+        "zipf" => {
+            let Ok(zipf) = Zipf::new(products as f64, ZIPF_EXPONENT) else {
+                return Vec::new();
+            };
+            let spread = (products / 2 + 1..)
+                .find(|m| gcd(*m, products) == 1)
+                .unwrap_or(1);
+            (0..events)
+                .map(|_| {
+                    let rank = (zipf.sample(&mut rng) as usize).saturating_sub(1);
+                    ((rank as u128 * spread as u128) % products as u128) as usize
+                })
+                .collect()
+        }
         _ => (0..events).map(|_| rng.random_range(0..products)).collect(),
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 
@@ -340,13 +366,14 @@ struct SetupRun {
 }
 
 /// Starts `setup`'s workers from a checkpoint just before `first` and waits until the
-/// view's position reaches `last`.
+/// view's position reaches `last`; the clock counts from when it has passed `warmed`.
 async fn run_setup(
     ctx: &Ctx,
     js: &Context,
     setup: &Setup,
     filter: &str,
     first: u64,
+    warmed: u64,
     last: u64,
 ) -> Result<SetupRun, Failure> {
     let client = js.client();
@@ -397,7 +424,7 @@ async fn run_setup(
         let moved = position
             .checkpoints
             .iter()
-            .all(|c| c.is_some_and(|c| c >= first));
+            .all(|c| c.is_some_and(|c| c >= warmed));
         if counting.is_none() && moved && position.partitions == setup.instances {
             counting = Some((Instant::now(), position.lowest()));
         }
@@ -414,7 +441,7 @@ async fn run_setup(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let ended = Instant::now();
-    let (from_t, counted_from) = counting.unwrap_or((started, first - 1));
+    let (from_t, counted_from) = counting.unwrap_or((started, warmed));
     let mut peak_rss_mb = Vec::new();
     for worker in &mut workers {
         peak_rss_mb.push(crate::services::peak_rss_mb(worker.id()));
