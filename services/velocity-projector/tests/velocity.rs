@@ -51,11 +51,21 @@ fn spawn(s: &Setup) -> (CancellationToken, tokio::task::JoinHandle<()>) {
 
 /// The projector keeping at most `cache_keys` values in memory (0: all).
 fn spawn_keeping(s: &Setup, cache_keys: u64) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let config = Config {
-        scale: stockwire::projection::ScaleArgs {
+    spawn_with(
+        s,
+        stockwire::projection::ScaleArgs {
             cache_keys,
             ..Default::default()
         },
+    )
+}
+
+fn spawn_with(
+    s: &Setup,
+    scale: stockwire::projection::ScaleArgs,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let config = Config {
+        scale,
         connect: s.server.connect_args(),
         header_prefix: "myorg".into(),
         batch: 5000,
@@ -244,4 +254,55 @@ async fn windows_slide_for_keys_not_kept_in_memory() {
     .await;
     stop.cancel();
     task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_partitions_count_every_products_sales_once() {
+    let s = setup().await;
+    let skus: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
+    let mut last = 0;
+    for (i, sku) in skus.iter().enumerate() {
+        for _ in 0..=i {
+            let sale = Event::Sold {
+                warehouse: WarehouseId::parse("ams1").unwrap(),
+                sku: Sku::parse(sku).unwrap(),
+                location: Location::parse("A1").unwrap(),
+                quantity: Quantity::new(1).unwrap(),
+            };
+            last = publish(&s, sale, T - 10 * MINUTE_MS).await;
+        }
+    }
+    let partitions: Vec<_> = (0..2)
+        .map(|partition| {
+            spawn_with(
+                &s,
+                stockwire::projection::ScaleArgs {
+                    partition,
+                    partitions: 2,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    wait_until("both partitions caught up", WAIT, || async {
+        view::position(&s.client, subjects::VELOCITY_BUCKET, Duration::from_secs(5))
+            .await
+            .is_ok_and(|p| p.partitions == 2 && p.lowest() >= last)
+    })
+    .await;
+    for (i, sku) in skus.iter().enumerate() {
+        let v: VelocityView = serde_json::from_slice(
+            &s.velocity
+                .get(format!("ams1.{sku}"))
+                .await
+                .unwrap()
+                .expect("a value"),
+        )
+        .unwrap();
+        assert_eq!(v.sold_last_hour, i as u64 + 1, "{sku}");
+    }
+    for (stop, task) in partitions {
+        stop.cancel();
+        task.await.unwrap();
+    }
 }
