@@ -17,7 +17,9 @@
 //! - [`connect`]: connection flags (URL, user/password, creds) and `connect`.
 //! - [`read`]: reading a filtered slice of a stream in order, to its end.
 //! - [`views`]: the list of views: bucket, events read, owning service.
-//! - [`view`]: a view bucket as its projector sees it: cached revisions, atomic commits, checkpoint.
+//! - [`view`]: a view bucket as its projector sees it: the values in memory (bounded),
+//!   checked commits, the partitions' checkpoints and the view's position;
+//!   [`partition`]: a product's partition; [`direct`]: many keys in one direct get.
 //! - [`projection`]: what a view is made of, and a projector's settings;
 //!   [`projector`]: the loop every view's projector runs; [`rebuild`]: rebuilding a view on request.
 //! - [`deadletter`]: copies of events a projector could not apply, with the reason.
@@ -26,6 +28,8 @@
 //! - [`announce`]: derived events announced exactly once per change of state.
 //! - [`watcher`]: the loop every watcher runs: thresholds then views followed, what is known
 //!   of each product, its rules judged on change, each change of state announced once.
+//! - [`simulation`]: the planned demand of `stockwire simulate` (popularity, daily curve,
+//!   bursts), the same for the same seed. Pure.
 //! - [`error`]: one error shape (`Error<Kind>`, a kind to branch on and a source).
 //! - [`retry`]: every retry rule: what the server's answer to a write means, and backoff.
 //! - [`lease`]: one active instance per job (a lease key with a time to live); the
@@ -61,6 +65,7 @@ pub mod replay;
 pub mod retry;
 pub mod service;
 pub mod shutdown;
+pub mod simulation;
 pub mod subjects;
 pub mod telemetry;
 #[cfg(feature = "testing")]
