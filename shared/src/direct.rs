@@ -10,7 +10,9 @@
 //!
 //! Any replica of a stream with `allow_direct` may answer, and a follower may be a little
 //! behind: a caller that must see its own writes passes the sequence of its last one
-//! (`at_least`), and an answer from a copy that has not reached it is asked again.
+//! (`at_least`), and an answer from a copy that has not reached it is asked again. An
+//! answer cut short by the server's limit on bytes (`Nats-Num-Pending` above 0 on the end
+//! of batch) is an error, never a list of keys taken as absent.
 
 use std::time::{Duration, Instant};
 
@@ -20,9 +22,6 @@ use futures::StreamExt;
 
 /// Subjects one request may match, at most (nats-server answers `413` beyond).
 pub const MAX_SUBJECTS: usize = 1024;
-
-/// How many times an answer from a copy behind `at_least` is asked again.
-const BEHIND_RETRIES: u32 = 20;
 
 /// The last message of one subject.
 #[derive(Debug, Clone)]
@@ -57,12 +56,23 @@ pub enum DirectError {
         stream: String,
         header: &'static str,
     },
-    #[error("stream {stream}: every copy that answered is behind sequence {at_least}")]
-    Behind { stream: String, at_least: u64 },
+    #[error("stream {stream}: the copies that answered reached sequence {up_to}, not {at_least}")]
+    Behind {
+        stream: String,
+        at_least: u64,
+        up_to: u64,
+    },
+    #[error("stream {stream} cut its answer short: {pending} more messages than it sent")]
+    Truncated { stream: String, pending: u64 },
 }
 
 /// The last message of each of `subjects` in `stream` that has one, in stream order, from
-/// a copy of the stream that holds at least sequence `at_least`.
+/// a copy of the stream that holds at least sequence `at_least`. An answer from a copy
+/// behind it is asked again, with a growing pause, until `timeout` has passed.
+///
+/// A copy that holds none of the subjects answers `404 No Results`, which does not say
+/// how far it reached: a caller with `at_least` above 0 should name a subject it knows
+/// exists (one it wrote), so that a lagging copy cannot pass for a current one.
 pub async fn last_of(
     client: &async_nats::Client,
     stream: &str,
@@ -70,10 +80,19 @@ pub async fn last_of(
     at_least: u64,
     timeout: Duration,
 ) -> Result<Vec<Last>, DirectError> {
-    for _ in 0..BEHIND_RETRIES {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(2);
+    loop {
         let (found, up_to) = ask(client, stream, subjects, timeout).await?;
         if up_to >= at_least {
             return Ok(found);
+        }
+        if Instant::now() + pause > deadline {
+            return Err(DirectError::Behind {
+                stream: stream.to_string(),
+                at_least,
+                up_to,
+            });
         }
         tracing::debug!(
             stream,
@@ -81,16 +100,13 @@ pub async fn last_of(
             at_least,
             "a copy behind our writes answered; asking again"
         );
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
-    Err(DirectError::Behind {
-        stream: stream.to_string(),
-        at_least,
-    })
 }
 
-/// One request: what it found, and how far the answering copy reached (0: unknown, as
-/// with `No Results`).
+/// One request: what it found, and how far the answering copy reached (0 with `No
+/// Results`: unknown).
 async fn ask(
     client: &async_nats::Client,
     stream: &str,
@@ -130,12 +146,20 @@ async fn ask(
         match message.status.map(|s| s.as_u16()) {
             None | Some(200) => {}
             Some(204) => {
+                let pending = header_u64(&headers, "Nats-Num-Pending").unwrap_or(0);
+                if pending > 0 {
+                    return Err(DirectError::Truncated {
+                        stream: stream.to_string(),
+                        pending,
+                    });
+                }
                 let up_to = header_u64(&headers, "Nats-UpTo-Sequence").unwrap_or(0);
                 return Ok((found, up_to));
             }
-            // Not one of the subjects has a message. The reply does not say how far this
-            // copy reached, so it counts as current only when nothing was asked to be.
-            Some(404) => return Ok((found, u64::MAX)),
+            // Not one of the subjects has a message on this copy.
+            Some(404) if found.is_empty() && no_results(message.description.as_deref()) => {
+                return Ok((found, 0))
+            }
             Some(status) => {
                 return Err(DirectError::Refused {
                     stream: stream.to_string(),
@@ -162,6 +186,12 @@ async fn ask(
             payload: message.payload,
         });
     }
+}
+
+/// Whether a 404 says that nothing matched (rather than that a message failed to load,
+/// which nats-server words `Message Not Found`).
+fn no_results(description: Option<&str>) -> bool {
+    description.is_none_or(|d| d.trim().eq_ignore_ascii_case("No Results"))
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {

@@ -205,7 +205,9 @@ pub async fn run<P: Projection>(
                             continue 'restart;
                         };
                         let chunk = fill_batch(first, &mut incoming, config.max_batch, config.live_linger).await;
-                        let (events, lag) = (chunk.len() as u64, chunk.last().and_then(|i| i.as_ref().ok()).map_or(0, |i| i.pending));
+                        // Events of this partition (the others are passed over, not applied).
+                        let events = chunk.iter().filter(|i| matches!(i, Ok(Incoming { decoded: Some(_), .. }))).count() as u64;
+                        let lag = chunk.last().and_then(|i| i.as_ref().ok()).map_or(0, |i| i.pending);
                         match apply_chunk(&js, &projection, &mut store, chunk, &mut incoming, config.max_batch).await {
                             Ok(()) => {
                                 backoff.reset();
@@ -373,7 +375,8 @@ impl Drop for AbortOnDrop {
 }
 
 /// Reads the ordered consumer from `first_seq` and decodes the events of `partition` (the
-/// others by their subject alone, never decoded), up to `2 * max_batch` events ahead. A read error ends the channel, and the projector restarts from its checkpoint.
+/// others by their subject alone, never decoded), up to `2 * max_batch` events ahead of
+/// what the loop has taken (which looks at up to `max_batch` more, see [`Ahead`]). A read error ends the channel, and the projector restarts from its checkpoint.
 /// An event before the next one expected is passed over (a consumer re-created before its
 /// first message starts over from the beginning: see `read`).
 fn spawn_reader(

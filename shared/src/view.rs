@@ -192,7 +192,7 @@ pub struct ViewStore<V> {
 
 impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
     /// Opens the whole bucket, every value kept in memory; `timeout` is the time allowed
-    /// for a commit's PubAcks.
+    /// for a commit's PubAcks and for a read of many keys.
     pub async fn open(
         client: async_nats::Client,
         bucket: &str,
@@ -238,6 +238,10 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         self.cache.clear();
         self.complete = false;
         self.checkpoint = None;
+        // After a refusal or a failure, what it wrote may be gone (a purge, a bucket made
+        // anew): reads no longer wait for it. A stale read then makes a commit refused,
+        // never wrong.
+        self.last_write = 0;
     }
 
     /// True when every key of the partition is in memory.
@@ -300,8 +304,16 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
         }
         let all =
             Checkpoints::read(&self.client, &self.bucket, self.timeout, self.last_write).await?;
-        let known = match all.own(self.partition) {
-            Some(own) => Known {
+        let own = all.own(self.partition);
+        // A checkpoint of its own count written before a later split (1, then 4, then 1
+        // again) is a leftover: still a safe start, but maybe far behind.
+        let leftover = own.is_some_and(|own| {
+            all.found
+                .iter()
+                .any(|c| c.value.partitions != self.partition.count() && c.revision > own.revision)
+        });
+        let known = match own {
+            Some(own) if !leftover => Known {
                 value: own.value,
                 revision: own.revision,
             },
@@ -312,8 +324,12 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
                 },
                 revision: 0,
             },
-            None => {
-                let start = all.start_for(self.partition);
+            _ => {
+                // Both are points up to which every event of this partition's products is
+                // in their keys; the later one is the better start.
+                let start = all
+                    .start_for(self.partition)
+                    .max(own.map_or(0, |own| own.value.last_seq));
                 let value = Checkpoint {
                     last_seq: start,
                     partitions: self.partition.count(),
@@ -469,13 +485,18 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
             .collect();
         missing.sort_unstable();
         missing.dedup();
+        // Once it has written, each read also names its own checkpoint, which it knows
+        // exists: a copy of the bucket that lacks every key asked for then still says how
+        // far it reached, instead of passing for a current one.
+        let anchor = (self.last_write > 0).then(|| self.partition.checkpoint_key());
         missing
-            .chunks(direct::MAX_SUBJECTS)
+            .chunks(direct::MAX_SUBJECTS - 1)
             .map(|chunk| {
                 read_keys::<V>(
                     self.client.clone(),
                     self.bucket.clone(),
                     chunk.to_vec(),
+                    anchor.clone(),
                     self.last_write,
                     self.timeout,
                 )
@@ -808,16 +829,18 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
 }
 
 /// `keys` of `bucket` as a copy of it at `at_least` or later holds them (a key without a
-/// message: no value, revision 0).
+/// message: no value, revision 0), asked together with `anchor`, a key known to exist.
 async fn read_keys<V: DeserializeOwned>(
     client: async_nats::Client,
     bucket: String,
     keys: Vec<String>,
+    anchor: Option<String>,
     at_least: u64,
     timeout: Duration,
 ) -> Result<Vec<(String, Cached<V>)>, ViewError> {
     let subjects: Vec<String> = keys
         .iter()
+        .chain(anchor.iter())
         .map(|k| subjects::kv_subject(&bucket, k))
         .collect();
     let found = direct::last_of(
@@ -968,7 +991,8 @@ impl StoredCheckpoint {
     /// Whether the key is the one its own count of partitions names (else it is not
     /// one of ours to read).
     fn is_well_formed(&self) -> bool {
-        self.index < self.value.partitions
+        self.value.partitions <= partition::MAX_PARTITIONS
+            && self.index < self.value.partitions
             && partition::checkpoint_key(self.index, self.value.partitions) == self.key
     }
 }

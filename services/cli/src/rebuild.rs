@@ -71,10 +71,12 @@ pub(crate) async fn run(ctx: &Ctx, args: RebuildArgs) -> Outcome {
     );
     bar.set_message("replaying");
     let mut states: BTreeMap<u32, Progress> = BTreeMap::new();
+    // Each partition's last replay figures, kept while it writes.
+    let mut replayed: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
     let answered_by = tokio::time::Instant::now() + FIRST_WORD;
     loop {
         // Each partition reports at once; one that does not has no active projector.
-        let wait = if states.len() < partitions as usize {
+        let wait = if partitions > 1 && states.len() < partitions as usize {
             answered_by.saturating_duration_since(tokio::time::Instant::now())
         } else {
             SILENCE
@@ -84,7 +86,7 @@ pub(crate) async fn run(ctx: &Ctx, args: RebuildArgs) -> Outcome {
             Ok(None) => {
                 return Err(anyhow::anyhow!("the connection closed during the rebuild").into())
             }
-            Err(_) if states.len() < partitions as usize => {
+            Err(_) if partitions > 1 && states.len() < partitions as usize => {
                 bar.abandon();
                 let silent: Vec<String> = (0..partitions)
                     .filter(|i| !states.contains_key(i))
@@ -138,8 +140,11 @@ pub(crate) async fn run(ctx: &Ctx, args: RebuildArgs) -> Outcome {
                 "{owner}{which} could not rebuild the {bucket} view: {error}"
             )));
         }
+        if let Progress::Replaying { done, total } = report.progress {
+            replayed.insert(report.partition, (done, total.max(done)));
+        }
         states.insert(report.partition, report.progress);
-        draw(&bar, &states);
+        draw(&bar, &states, &replayed);
         let done: Vec<&Progress> = states
             .values()
             .filter(|p| matches!(p, Progress::Done { .. }))
@@ -175,15 +180,21 @@ pub(crate) async fn run(ctx: &Ctx, args: RebuildArgs) -> Outcome {
 
 /// The progress of every partition as one bar: events replayed by all of them (each reads
 /// the whole log), then the keys they write.
-fn draw(bar: &ProgressBar, states: &BTreeMap<u32, Progress>) {
+fn draw(bar: &ProgressBar, states: &BTreeMap<u32, Progress>, replayed: &BTreeMap<u32, (u64, u64)>) {
     let (mut done, mut total, mut writing) = (0, 0, 0);
-    for progress in states.values() {
+    for (partition, progress) in states {
         match progress {
             Progress::Replaying { done: d, total: t } => {
                 done += d;
                 total += (*t).max(*d);
             }
-            Progress::Writing { keys } => writing += keys,
+            Progress::Writing { keys } => {
+                // Its replay is over: all of it counts as done.
+                let (_, t) = replayed.get(partition).copied().unwrap_or((0, 0));
+                done += t;
+                total += t;
+                writing += keys;
+            }
             Progress::Done { events, .. } => {
                 done += events;
                 total += events;

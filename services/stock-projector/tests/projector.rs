@@ -698,3 +698,41 @@ async fn a_projector_that_keeps_few_values_reads_the_others_from_the_bucket() {
     stop.cancel();
     task.await.expect("stops");
 }
+
+#[tokio::test]
+async fn a_whole_view_again_after_a_split_starts_where_the_split_ended() {
+    let s = setup().await;
+    let events = mixed_events(600, 40);
+    publish_in_batches(&s.client, &events[..300], 300).await;
+    let (stop, task) = spawn_partition(&s, 0, 1, 0);
+    wait_position(&s, 1).await;
+    stop.cancel();
+    task.await.expect("stops");
+    let whole = stream_last(&s.js).await;
+
+    publish_in_batches(&s.client, &events[300..], 300).await;
+    let two: Vec<_> = (0..2).map(|i| spawn_partition(&s, i, 2, 0)).collect();
+    wait_position(&s, 2).await;
+    for (stop, task) in two {
+        stop.cancel();
+        task.await.expect("stops");
+    }
+    let split = stream_last(&s.js).await;
+    assert!(split > whole);
+
+    // `_checkpoint` (at `whole`) is a leftover now: the whole view starts where the two
+    // partitions ended, not from it.
+    let (stop, task) = spawn_partition(&s, 0, 1, 0);
+    wait_until("the whole view's checkpoint", WAIT, || async {
+        partition_checkpoint(&s, 0, 1)
+            .await
+            .is_some_and(|c| c.from.is_some())
+    })
+    .await;
+    let c = partition_checkpoint(&s, 0, 1).await.expect("checkpoint");
+    assert_eq!((c.from, c.partitions), (Some(split), 1));
+    wait_position(&s, 1).await;
+    assert_view_matches_replay(&s).await;
+    stop.cancel();
+    task.await.expect("stops");
+}
