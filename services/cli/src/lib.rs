@@ -14,6 +14,7 @@
 //!   `verify`, `status`,
 //!   `deadletter`: one command each.
 //! - `bench`: launches `stockwire-bench`, the benchmark's own binary (an admin's tool).
+//! - `simulate`: a living network of warehouses through the real write paths.
 //! - `output`: tables and JSON.
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
@@ -32,6 +33,7 @@ mod publish;
 mod rebuild;
 mod record;
 mod setup;
+mod simulate;
 mod status;
 mod stock;
 mod threshold;
@@ -54,6 +56,7 @@ use failure::{Failure, Outcome};
 pub use history::HistoryArgs;
 pub use rebuild::RebuildArgs;
 pub use setup::SetupArgs;
+pub use simulate::SimulateArgs;
 pub use status::StatusArgs;
 pub use stock::StockArgs;
 pub use threshold::ThresholdArgs;
@@ -113,6 +116,8 @@ pub enum Command {
     Deadletter(DeadletterArgs),
     /// Measure Stockwire against the raw JetStream ceiling (runs stockwire-bench, built beside this binary).
     Bench(BenchArgs),
+    /// Run a living warehouse network: customers buying, orders on low stock, deliveries.
+    Simulate(SimulateArgs),
 }
 
 /// What every command gets: its settings, and a way to reach NATS.
@@ -182,6 +187,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Outcome {
         Command::Status(args) => status::run(ctx, args).await,
         Command::Deadletter(args) => deadletter::run(ctx, args).await,
         Command::Bench(args) => bench::run(ctx, args).await,
+        Command::Simulate(args) => simulate::run(ctx, args).await,
     }
 }
 

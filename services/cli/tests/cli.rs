@@ -22,6 +22,8 @@ mod commands;
 mod ops;
 #[path = "cli/security.rs"]
 mod security;
+#[path = "cli/simulate.rs"]
+mod simulate;
 #[path = "cli/views.rs"]
 mod views;
 
