@@ -3,8 +3,10 @@
 //! Customers try to buy what [`stockwire::simulation::Demand`] plans (popularity, each
 //! warehouse's local day, bursts). Every sale goes through the command executor, checked
 //! against the stock, so nothing is ever oversold: a sale refused for want of stock is a
-//! lost sale. The simulator follows the `ALERTS` stream, and on a `stock.low` it orders
-//! stock, which arrives as a `received` after the warehouse's lead time (simulated hours).
+//! lost sale. The simulator follows the `ALERTS` stream, and on a `stock.low` (or a
+//! stockout forecast) it orders stock, enough for what customers asked over the last day
+//! for twice the lead time, which arrives as a `received` after the warehouse's lead time
+//! (simulated hours).
 //! On start it stocks the products the view has never seen, and orders for those already
 //! below their threshold, so a restart loses no order it meant to place.
 //!
@@ -64,8 +66,14 @@ fn positive(value: &str) -> Result<f64, String> {
     }
 }
 
-/// Units a new product starts with, and an order brings.
+/// Units a new product starts with, and an order brings at least.
 const ORDER_UNITS: u64 = 40;
+
+/// Units an order brings beyond the demand expected over twice the lead time: about the
+/// default low-stock threshold, so a delivery lifts the product clear of it.
+const SAFETY_UNITS: f64 = 10.0;
+
+const DAY_MS: f64 = 24.0 * 60.0 * 60.0 * 1000.0;
 
 /// Where the simulated stock is kept.
 const LOCATION: &str = "A1";
@@ -191,17 +199,16 @@ pub(crate) async fn run(ctx: &Ctx, args: SimulateArgs) -> Outcome {
         ctx.connect.request_timeout(),
     );
     let location = Location::parse(LOCATION).map_err(Failure::invalid)?;
-    let order_units = Quantity::new(ORDER_UNITS).map_err(Failure::invalid)?;
     let mut sim = Sim {
         executor,
         location,
-        order_units,
         summary: Summary {
             from_ms: start_ms,
             ..Summary::default()
         },
         orders: BinaryHeap::new(),
         open: BTreeSet::new(),
+        asked: HashMap::new(),
         shown: (0, Instant::now()),
     };
 
@@ -221,12 +228,12 @@ pub(crate) async fn run(ctx: &Ctx, args: SimulateArgs) -> Outcome {
     for ((warehouse, sku), _) in sorted(&index) {
         let key = subjects::view_key(warehouse, sku);
         match stock.get(&key) {
-            None => sim.receive(warehouse, sku, start_ms).await,
+            None => sim.receive(warehouse, sku, start_ms, ORDER_UNITS).await,
             Some(v) => {
                 let below = Thresholds::low_stock_below(thresholds.get(&key), default);
                 if v.on_hand < below {
                     let w = warehouse_of.get(warehouse).copied().unwrap_or(0);
-                    sim.order(warehouse, sku, start_ms + lead_time_ms(w));
+                    sim.order(warehouse, sku, start_ms, lead_time_ms(w));
                 }
             }
         }
@@ -235,7 +242,7 @@ pub(crate) async fn run(ctx: &Ctx, args: SimulateArgs) -> Outcome {
     let mut alerts = Follower::new(
         &js,
         subjects::ALERTS_STREAM,
-        subjects::LOW_STOCK_ALERTS,
+        subjects::ALERTS_SUBJECTS,
         alerts_from,
     );
     let type_header = ctx.envelope.type_header().to_string();
@@ -250,10 +257,7 @@ pub(crate) async fn run(ctx: &Ctx, args: SimulateArgs) -> Outcome {
     let live_status = std::io::stderr().is_terminal();
     loop {
         let next_sale = demand.peek().map_or(i64::MAX, |a| a.at_ms);
-        let next_order = sim
-            .orders
-            .peek()
-            .map_or(i64::MAX, |Reverse((at, _, _))| *at);
+        let next_order = sim.orders.peek().map_or(i64::MAX, |Reverse((at, ..))| *at);
         let due = clock.instant_of(next_sale.min(next_order));
         let stop_at = ends.unwrap_or(clock.wall0 + Duration::from_secs(100 * 365 * 86_400));
         tokio::select! {
@@ -266,28 +270,26 @@ pub(crate) async fn run(ctx: &Ctx, args: SimulateArgs) -> Outcome {
                 }
             }
             stored = alerts.next() => {
-                let says_low = stored.headers.as_ref()
+                let calls_for_stock = stored.headers.as_ref()
                     .and_then(|h| h.get(type_header.as_str()))
-                    .is_some_and(|t| t.as_str() == "stock.low");
-                let product = stored.subject.strip_prefix("alerts.low_stock.")
-                    .and_then(|rest| rest.split_once('.'))
-                    .and_then(|(w, s)| Some((WarehouseId::parse(w).ok()?, Sku::parse(s).ok()?)));
-                if let (true, Some(product)) = (says_low, product) {
+                    .is_some_and(|t| ORDER_ON.contains(&t.as_str()));
+                let product = product_of_alert(&stored.subject);
+                if let (true, Some(product)) = (calls_for_stock, product) {
                     if index.contains_key(&product) {
                         let w = warehouse_of.get(&product.0).copied().unwrap_or(0);
-                        sim.order(&product.0, &product.1, clock.now_ms() + lead_time_ms(w));
+                        sim.order(&product.0, &product.1, clock.now_ms(), lead_time_ms(w));
                     }
                 }
             }
             _ = tokio::time::sleep_until(due.into()) => {
                 let now = clock.now_ms();
-                while let Some(Reverse((at, w, s))) = sim.orders.peek().cloned() {
+                while let Some(Reverse((at, w, s, units))) = sim.orders.peek().cloned() {
                     if at > now {
                         break;
                     }
                     sim.orders.pop();
                     sim.open.remove(&(w.clone(), s.clone()));
-                    sim.receive(&w, &s, at).await;
+                    sim.receive(&w, &s, at, units).await;
                 }
                 while let Some(attempt) = demand.next_if(|a| a.at_ms <= now) {
                     sim.sell(attempt).await;
@@ -325,6 +327,27 @@ pub(crate) async fn run(ctx: &Ctx, args: SimulateArgs) -> Outcome {
     Ok(())
 }
 
+/// The alerts that make the simulator order stock: low stock, and a forecast stockout
+/// (announced by velocity-watcher, when it runs).
+const ORDER_ON: [&str; 2] = ["stock.low", "stock.stockout_forecast"];
+
+/// The product an alert is about, from its subject (`alerts.<line>.<warehouse>.<sku>`).
+fn product_of_alert(subject: &str) -> Option<(WarehouseId, Sku)> {
+    let mut tokens = subject.split('.');
+    match (
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+    ) {
+        (Some("alerts"), Some(_), Some(w), Some(s), None) => {
+            Some((WarehouseId::parse(w).ok()?, Sku::parse(s).ok()?))
+        }
+        _ => None,
+    }
+}
+
 /// The products in a stable order.
 fn sorted(index: &HashMap<(WarehouseId, Sku), usize>) -> Vec<(&(WarehouseId, Sku), usize)> {
     let mut all: Vec<_> = index.iter().map(|(k, i)| (k, *i)).collect();
@@ -336,31 +359,54 @@ fn sorted(index: &HashMap<(WarehouseId, Sku), usize>) -> Vec<(&(WarehouseId, Sku
 struct Sim {
     executor: Executor,
     location: Location,
-    order_units: Quantity,
     summary: Summary,
     /// Orders on their way: when each arrives, for which product.
-    orders: BinaryHeap<Reverse<(i64, WarehouseId, Sku)>>,
+    orders: BinaryHeap<Reverse<(i64, WarehouseId, Sku, u64)>>,
     open: BTreeSet<(WarehouseId, Sku)>,
+    /// Per product, the units customers asked for over about the last day (a sum that
+    /// decays by e every simulated day), and when it was last brought up to date.
+    asked: HashMap<(WarehouseId, Sku), (f64, i64)>,
     /// Events written by the last status line, and when.
     shown: (u64, Instant),
 }
 
 impl Sim {
-    /// Places an order arriving at `at_ms`, unless one is on its way already.
-    fn order(&mut self, warehouse: &WarehouseId, sku: &Sku, at_ms: i64) {
-        if self.open.insert((warehouse.clone(), sku.clone())) {
-            self.orders
-                .push(Reverse((at_ms, warehouse.clone(), sku.clone())));
-            self.summary.orders += 1;
+    /// Places an order at `now_ms` arriving after `lead_ms`, unless one is on its way
+    /// already: enough for what customers asked over the last day, for twice the lead
+    /// time, and a margin; at least [`ORDER_UNITS`].
+    fn order(&mut self, warehouse: &WarehouseId, sku: &Sku, now_ms: i64, lead_ms: i64) {
+        if !self.open.insert((warehouse.clone(), sku.clone())) {
+            return;
         }
+        let per_day = self.asked_per_day(warehouse, sku, now_ms);
+        let units = (per_day * 2.0 * lead_ms as f64 / DAY_MS + SAFETY_UNITS).ceil() as u64;
+        self.orders.push(Reverse((
+            now_ms + lead_ms,
+            warehouse.clone(),
+            sku.clone(),
+            units.max(ORDER_UNITS),
+        )));
+        self.summary.orders += 1;
     }
 
-    async fn receive(&mut self, warehouse: &WarehouseId, sku: &Sku, at_ms: i64) {
+    /// Units customers asked for over about the last simulated day, as of `now_ms`.
+    fn asked_per_day(&self, warehouse: &WarehouseId, sku: &Sku, now_ms: i64) -> f64 {
+        self.asked
+            .get(&(warehouse.clone(), sku.clone()))
+            .map_or(0.0, |(sum, at)| {
+                sum * (-((now_ms - at).max(0) as f64) / DAY_MS).exp()
+            })
+    }
+
+    async fn receive(&mut self, warehouse: &WarehouseId, sku: &Sku, at_ms: i64, units: u64) {
+        let Ok(quantity) = Quantity::new(units) else {
+            return;
+        };
         let command = Command::Receive {
             warehouse: warehouse.clone(),
             sku: sku.clone(),
             location: self.location.clone(),
-            quantity: self.order_units,
+            quantity,
         };
         if self.record(&command, at_ms).await == Some(true) {
             self.summary.received += 1;
@@ -369,6 +415,10 @@ impl Sim {
 
     async fn sell(&mut self, attempt: simulation::Attempt) {
         self.summary.attempts += 1;
+        let key = (attempt.warehouse.clone(), attempt.sku.clone());
+        let asked =
+            self.asked_per_day(&key.0, &key.1, attempt.at_ms) + f64::from(attempt.quantity.get());
+        self.asked.insert(key, (asked, attempt.at_ms));
         let command = Command::Sell {
             warehouse: attempt.warehouse,
             sku: attempt.sku,
@@ -420,5 +470,33 @@ impl Sim {
             self.open.len(),
             s.received
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_alert_names_its_product_in_its_subject() {
+        let (w, s) = product_of_alert("alerts.low_stock.ams1.p0007").expect("a product");
+        assert_eq!((w.as_str(), s.as_str()), ("ams1", "p0007"));
+        assert!(product_of_alert("alerts.stockout.nyc1.p0001").is_some());
+        assert!(product_of_alert("alerts.low_stock.ams1").is_none());
+        assert!(product_of_alert("warehouse.ams1.product.p1.sold").is_none());
+    }
+
+    #[test]
+    fn simulated_time_runs_at_its_speed_and_maps_back_to_the_clock() {
+        let clock = SimClock {
+            wall0: Instant::now(),
+            start_ms: 1_000_000,
+            speed: 3600.0,
+        };
+        // One simulated hour is one wall-clock second later.
+        let hour_later = clock.instant_of(1_000_000 + 3_600_000);
+        let wall = hour_later.duration_since(clock.wall0).as_secs_f64();
+        assert!((wall - 1.0).abs() < 1e-6, "{wall}");
+        assert!(clock.now_ms() >= 1_000_000);
     }
 }
