@@ -492,3 +492,34 @@ async fn an_event_time_ahead_of_the_servers_clock_is_refused_before_it_is_stored
         "only the backdated event is stored"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checked_sales_on_a_current_view_leave_no_consumer_behind() {
+    let stack = Stack::start();
+    let client = stack.server.client().await;
+    let (stop, _projector) = stack.spawn_projector(client.clone());
+    stack.ok(&[
+        "publish", "received", "-w", "ams1", "-s", "apple", "-l", "A1", "-q", "30", "--wait",
+    ]);
+    let js = jetstream::new(client);
+    let consumers = |js: jetstream::Context| async move {
+        let mut stream = js
+            .get_stream(subjects::INVENTORY_STREAM)
+            .await
+            .expect("INVENTORY");
+        stream.info().await.expect("info").state.consumer_count
+    };
+    let before = consumers(js.clone()).await;
+    for _ in 0..20 {
+        stack.ok(&[
+            "publish", "sold", "-w", "ams1", "-s", "apple", "-l", "A1", "-q", "1", "--wait",
+        ]);
+    }
+    // Each sale found the view current with one direct get: no consumer was made for it
+    // (one made and left would idle on the server for 30 s).
+    assert_eq!(consumers(js).await, before);
+    let out = stack.ok(&["stock", "-w", "ams1", "-s", "apple", "--json"]);
+    let view: Value = serde_json::from_str(out.trim()).expect("stock JSON");
+    assert_eq!(view["on_hand"], 10);
+    stop.cancel();
+}
