@@ -195,6 +195,22 @@ pub fn split_event(subject: &str) -> Option<(&str, &str, &str)> {
     }
 }
 
+/// The tokens of an alert subject, as written: `(line, warehouse, sku)`, e.g.
+/// `("low_stock", "ams1", "apple")`. `None` when it does not have that shape.
+pub fn split_alert(subject: &str) -> Option<(&str, &str, &str)> {
+    let mut tokens = subject.split('.');
+    match (
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+    ) {
+        (Some("alerts"), Some(line), Some(w), Some(sku), None) => Some((line, w, sku)),
+        _ => None,
+    }
+}
+
 /// The key of a product in a view: `{warehouse}.{sku}`.
 pub fn view_key(warehouse: &WarehouseId, sku: &Sku) -> String {
     format!("{warehouse}.{sku}")
@@ -233,6 +249,12 @@ mod tests {
         );
         assert_eq!(split_event("warehouse.ams1.product.apple"), None);
         assert_eq!(split_event("warehouse.ams1.product.apple.sold.x"), None);
+        assert_eq!(
+            split_alert(&low_stock_alert(&w, &s)),
+            Some(("low_stock", "ams1", "apple"))
+        );
+        assert_eq!(split_alert("alerts.low_stock.ams1"), None);
+        assert_eq!(split_alert(&subject), None);
         assert_eq!(view_key(&w, &s), "ams1.apple");
         assert_eq!(
             kv_subject(STOCK_BUCKET, "ams1.apple"),

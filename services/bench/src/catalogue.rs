@@ -404,14 +404,8 @@ async fn run_setup(
             .args(["--worker-bucket", BUCKET, "--worker-filter", filter])
             .args(["--worker-partition", &i.to_string()])
             .args(["--worker-partitions", &setup.instances.to_string()])
-            .args(["--worker-cache-keys", &setup.cache_keys.to_string()])
-            .env(
-                "RUST_LOG",
-                std::env::var("STOCKWIRE_BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true);
+            .args(["--worker-cache-keys", &setup.cache_keys.to_string()]);
+        crate::services::quiet(&mut command);
         workers.push(command.spawn().context("starting a catalogue worker")?);
     }
     let started = Instant::now();

@@ -29,22 +29,27 @@ pub(crate) fn start(ctx: &Ctx, names: &[&'static str]) -> Result<Vec<Service>, F
     let mut started = Vec::new();
     for &name in names {
         let mut command = ctx.command(name)?;
-        command
-            // Their logs go to our stderr; STOCKWIRE_BENCH_SERVICE_LOG (a RUST_LOG filter)
-            // shows more, e.g. `stockwire::view=debug` for each commit's size and time.
-            .env(
-                "RUST_LOG",
-                std::env::var("STOCKWIRE_BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true);
+        quiet(&mut command);
         let child = command
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         started.push(Service { name, child });
     }
     Ok(started)
+}
+
+/// Sets up a process the bench runs beside itself: no input, no output but its logs on
+/// our stderr, killed when dropped. STOCKWIRE_BENCH_SERVICE_LOG (a RUST_LOG filter) shows
+/// more of them, e.g. `stockwire::view=debug` for each commit's size and time.
+pub(crate) fn quiet(command: &mut tokio::process::Command) {
+    command
+        .env(
+            "RUST_LOG",
+            std::env::var("STOCKWIRE_BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
 }
 
 impl Service {

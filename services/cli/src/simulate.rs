@@ -22,7 +22,10 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 use stockwire::clock::{Clock as _, SystemClock};
-use stockwire::domain::{Command, Location, Quantity, Sku, StockView, Thresholds, WarehouseId};
+use stockwire::domain::{
+    Command, Location, Quantity, Sku, StockView, Thresholds, WarehouseId, ALERT_LOW,
+    ALERT_STOCKOUT_FORECAST,
+};
 use stockwire::envelope::EventMeta;
 use stockwire::execute::{Executor, Outcome as CommandOutcome};
 use stockwire::read::Follower;
@@ -135,15 +138,8 @@ pub(crate) async fn run(ctx: &Ctx, args: SimulateArgs) -> Outcome {
     let skus = simulation::skus(args.skus as usize).map_err(Failure::invalid)?;
     let client = ctx.client().await?;
     let js = async_nats::jetstream::new(client.clone());
-    let mut inventory = js
-        .get_stream(subjects::INVENTORY_STREAM)
-        .await
-        .map_err(|e| anyhow::anyhow!("finding stream INVENTORY (run `stockwire setup`?): {e}"))?;
-    let held = inventory
-        .info()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading INVENTORY: {e}"))?
-        .state
+    let held = stream_state(&js, subjects::INVENTORY_STREAM)
+        .await?
         .messages;
     if held > 0 && !args.allow_existing {
         return Err(Failure::invalid(format!(
@@ -151,15 +147,8 @@ pub(crate) async fn run(ctx: &Ctx, args: SimulateArgs) -> Outcome {
              real ones: simulate on a fresh server, or pass --allow-existing to add to them"
         )));
     }
-    let mut alerts_stream = js
-        .get_stream(subjects::ALERTS_STREAM)
-        .await
-        .map_err(|e| anyhow::anyhow!("finding stream ALERTS (run `stockwire setup`?): {e}"))?;
-    let alerts_from = alerts_stream
-        .info()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading ALERTS: {e}"))?
-        .state
+    let alerts_from = stream_state(&js, subjects::ALERTS_STREAM)
+        .await?
         .last_sequence
         + 1;
 
@@ -329,23 +318,28 @@ pub(crate) async fn run(ctx: &Ctx, args: SimulateArgs) -> Outcome {
 
 /// The alerts that make the simulator order stock: low stock, and a forecast stockout
 /// (announced by velocity-watcher, when it runs).
-const ORDER_ON: [&str; 2] = ["stock.low", "stock.stockout_forecast"];
+const ORDER_ON: [&str; 2] = [ALERT_LOW, ALERT_STOCKOUT_FORECAST];
 
-/// The product an alert is about, from its subject (`alerts.<line>.<warehouse>.<sku>`).
+/// The product an alert is about, from its subject.
 fn product_of_alert(subject: &str) -> Option<(WarehouseId, Sku)> {
-    let mut tokens = subject.split('.');
-    match (
-        tokens.next(),
-        tokens.next(),
-        tokens.next(),
-        tokens.next(),
-        tokens.next(),
-    ) {
-        (Some("alerts"), Some(_), Some(w), Some(s), None) => {
-            Some((WarehouseId::parse(w).ok()?, Sku::parse(s).ok()?))
-        }
-        _ => None,
-    }
+    let (_, w, s) = subjects::split_alert(subject)?;
+    Some((WarehouseId::parse(w).ok()?, Sku::parse(s).ok()?))
+}
+
+/// The state of stream `name` now (its counts and sequences).
+async fn stream_state(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> Result<async_nats::jetstream::stream::State, Failure> {
+    let mut stream = js
+        .get_stream(name)
+        .await
+        .map_err(|e| anyhow::anyhow!("finding stream {name} (run `stockwire setup`?): {e}"))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading stream {name}: {e}"))?;
+    Ok(info.state.clone())
 }
 
 /// The products in a stable order.
@@ -479,11 +473,16 @@ mod tests {
 
     #[test]
     fn an_alert_names_its_product_in_its_subject() {
-        let (w, s) = product_of_alert("alerts.low_stock.ams1.p0007").expect("a product");
-        assert_eq!((w.as_str(), s.as_str()), ("ams1", "p0007"));
-        assert!(product_of_alert("alerts.stockout.nyc1.p0001").is_some());
-        assert!(product_of_alert("alerts.low_stock.ams1").is_none());
-        assert!(product_of_alert("warehouse.ams1.product.p1.sold").is_none());
+        let (w, s) = (
+            WarehouseId::parse("ams1").expect("an id"),
+            Sku::parse("p0007").expect("a sku"),
+        );
+        let low = subjects::low_stock_alert(&w, &s);
+        assert_eq!(product_of_alert(&low), Some((w.clone(), s.clone())));
+        let stockout = subjects::stockout_alert(&w, &s);
+        assert_eq!(product_of_alert(&stockout), Some((w.clone(), s.clone())));
+        let event = subjects::event(&w, &s, stockwire::domain::EventKind::Sold);
+        assert_eq!(product_of_alert(&event), None);
     }
 
     #[test]

@@ -166,6 +166,23 @@ impl Stack {
         (token, handle)
     }
 
+    /// low-stock-watcher's `run`, in this process, until `stop` is cancelled.
+    fn spawn_low_stock_watcher(
+        &self,
+        client: async_nats::Client,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let config = low_stock_watcher::Config {
+            connect: self.service_connect("low-stock-watcher"),
+            header_prefix: "myorg".into(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = low_stock_watcher::run(client, &config, stop).await {
+                panic!("low-stock-watcher failed: {e:#}");
+            }
+        });
+    }
+
     /// How a service connects: as its own user on a secured stack, else plainly.
     fn service_connect(&self, service: &str) -> stockwire::connect::ConnectArgs {
         match self.user {

@@ -80,10 +80,12 @@ pub enum AlertDecodeError {
     },
 }
 
-const LOW: &str = "stock.low";
+/// The type of the alert that says a product is below its threshold.
+pub const LOW: &str = "stock.low";
 const RECOVERED: &str = "stock.recovered";
 const VELOCITY: &str = "sales.velocity";
-const STOCKOUT_FORECAST: &str = "stock.stockout_forecast";
+/// The type of the alert that forecasts a product's stockout.
+pub const STOCKOUT_FORECAST: &str = "stock.stockout_forecast";
 const STOCKOUT_CLEARED: &str = "stock.stockout_cleared";
 
 impl AlertBody {

@@ -14,7 +14,8 @@ mod velocity;
 
 pub use alert::{
     Alert, AlertBody, AlertDecodeError, AlertTopic, Basis, LastAlert, LowStockPayload,
-    StockoutPayload, VelocityPayload,
+    StockoutPayload, VelocityPayload, LOW as ALERT_LOW,
+    STOCKOUT_FORECAST as ALERT_STOCKOUT_FORECAST,
 };
 pub use command::{decide, Command, DomainError};
 pub use event::{Event, EventKind, KnownFields};

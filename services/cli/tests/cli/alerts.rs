@@ -83,16 +83,7 @@ async fn alerts_lists_what_the_watcher_announced_and_follows_new_ones() {
     let stack = Stack::start();
     let client = stack.server.client().await;
     let (stop, _projector) = stack.spawn_projector(client.clone());
-    let config = low_stock_watcher::Config {
-        connect: stack.server.connect_args(),
-        header_prefix: "myorg".into(),
-    };
-    let watcher_stop = stop.clone();
-    tokio::spawn(async move {
-        if let Err(e) = low_stock_watcher::run(client, &config, watcher_stop).await {
-            panic!("low-stock-watcher failed: {e:#}");
-        }
-    });
+    stack.spawn_low_stock_watcher(client, stop.clone());
     assert!(stack.ok(&["alerts"]).contains("no alerts"));
     stack.ok(&[
         "publish", "received", "-w", "ams1", "-s", "apple", "-l", "A1", "-q", "12", "--wait",

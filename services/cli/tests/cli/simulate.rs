@@ -32,16 +32,7 @@ async fn a_simulated_half_day_never_oversells_and_its_summary_matches_the_log() 
     let stack = Stack::start();
     let client = stack.server.client().await;
     let (stop, _projector) = stack.spawn_projector(client.clone());
-    let config = low_stock_watcher::Config {
-        connect: stack.server.connect_args(),
-        header_prefix: "myorg".into(),
-    };
-    let watcher_stop = stop.clone();
-    tokio::spawn(async move {
-        if let Err(e) = low_stock_watcher::run(client, &config, watcher_stop).await {
-            panic!("low-stock-watcher failed: {e:#}");
-        }
-    });
+    stack.spawn_low_stock_watcher(client, stop.clone());
 
     let summary = run_simulation(&stack, "5");
     let count = |field: &str| summary[field].as_u64().unwrap_or(u64::MAX);
