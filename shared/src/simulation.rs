@@ -224,6 +224,119 @@ impl Iterator for Demand {
     }
 }
 
+/// Something the warehouse staff do besides selling, planned like the demand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chore {
+    pub at_ms: i64,
+    pub warehouse: WarehouseId,
+    pub sku: Sku,
+    pub kind: ChoreKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChoreKind {
+    /// A cycle count of the product's shelf: it finds what the books say, shifted by
+    /// `drift` (mostly 0; now and then a unit or two gone, rarely one found).
+    Count { drift: i64 },
+    /// Units broken, spoiled or lost, destroyed with a reason.
+    Breakage {
+        quantity: Quantity,
+        reason: &'static str,
+    },
+    /// The warehouse stops replenishing the product: it sells out and stays out.
+    Discontinue,
+}
+
+/// Why units are destroyed, as the staff write it.
+pub const BREAKAGE_REASONS: [&str; 4] = [
+    "damaged in handling",
+    "dropped from a shelf",
+    "past its best-before date",
+    "packaging crushed in transit",
+];
+
+/// Cycle counts a product gets a day: each is counted about once a week.
+const COUNTS_PER_PRODUCT_DAY: f64 = 1.0 / 7.0;
+
+/// Breakages a warehouse has a day.
+const BREAKAGES_PER_DAY: f64 = 3.0;
+
+/// Discontinuations per product a day: a product lasts about 500 days.
+const DISCONTINUED_PER_PRODUCT_DAY: f64 = 1.0 / 500.0;
+
+/// The planned chores, in time order, for ever: cycle counts, breakage and
+/// discontinuations. Drawn from their own generator, so adding them changed nothing of
+/// the planned demand for a seed.
+pub struct Chores {
+    rng: StdRng,
+    sites: Vec<Site>,
+    skus: Vec<Sku>,
+    /// Chores per ms over the network, and the share of each kind.
+    gap: Exp<f64>,
+    shares: [f64; 3],
+    at_ms: f64,
+}
+
+impl Chores {
+    pub fn new(seed: u64, sites: Vec<Site>, skus: Vec<Sku>, start_ms: i64) -> Result<Self, String> {
+        if sites.is_empty() || skus.is_empty() {
+            return Err("chores need at least one warehouse and one SKU".into());
+        }
+        let products = skus.len() as f64;
+        let per_day = [
+            products * COUNTS_PER_PRODUCT_DAY,
+            BREAKAGES_PER_DAY,
+            products * DISCONTINUED_PER_PRODUCT_DAY,
+        ];
+        let total: f64 = per_day.iter().sum();
+        let gap =
+            Exp::new(total * sites.len() as f64 / DAY_MS as f64).map_err(|e| e.to_string())?;
+        Ok(Self {
+            rng: StdRng::seed_from_u64(seed ^ 0x6368_6f72_6573),
+            sites,
+            skus,
+            gap,
+            shares: per_day.map(|d| d / total),
+            at_ms: start_ms as f64,
+        })
+    }
+}
+
+impl Iterator for Chores {
+    type Item = Chore;
+
+    fn next(&mut self) -> Option<Chore> {
+        self.at_ms += self.gap.sample(&mut self.rng);
+        let warehouse = self.sites[self.rng.random_range(0..self.sites.len())]
+            .warehouse
+            .clone();
+        let sku = self.skus[self.rng.random_range(0..self.skus.len())].clone();
+        let pick: f64 = self.rng.random();
+        let kind = if pick < self.shares[0] {
+            let drift = match self.rng.random_range(0..20) {
+                0 => -2,
+                1 | 2 => -1,
+                3 => 1,
+                _ => 0,
+            };
+            ChoreKind::Count { drift }
+        } else if pick < self.shares[0] + self.shares[1] {
+            ChoreKind::Breakage {
+                quantity: Quantity::new(self.rng.random_range(1..=2)).ok()?,
+                reason: BREAKAGE_REASONS[self.rng.random_range(0..BREAKAGE_REASONS.len())],
+            }
+        } else {
+            ChoreKind::Discontinue
+        };
+        Some(Chore {
+            at_ms: self.at_ms as i64,
+            warehouse,
+            sku,
+            kind,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,5 +449,38 @@ mod tests {
         assert_eq!(skus(3).unwrap()[2].as_str(), "p0003");
         assert!(Demand::new(1, vec![], skus(1).unwrap(), 1.0, T0).is_err());
         assert!(Demand::new(1, sites(1).unwrap(), skus(1).unwrap(), 0.0, T0).is_err());
+    }
+
+    #[test]
+    fn chores_are_mostly_counts_that_mostly_agree() {
+        let chores: Vec<Chore> = Chores::new(4, sites(3).unwrap(), skus(50).unwrap(), T0)
+            .unwrap()
+            .take_while(|c| c.at_ms < T0 + 28 * DAY_MS)
+            .collect();
+        let again: Vec<Chore> = Chores::new(4, sites(3).unwrap(), skus(50).unwrap(), T0)
+            .unwrap()
+            .take(chores.len())
+            .collect();
+        assert_eq!(chores, again, "the same seed, the same chores");
+        let counts = chores
+            .iter()
+            .filter(|c| matches!(c.kind, ChoreKind::Count { .. }))
+            .count();
+        let drifted = chores
+            .iter()
+            .filter(|c| matches!(c.kind, ChoreKind::Count { drift } if drift != 0))
+            .count();
+        let broken = chores
+            .iter()
+            .filter(|c| matches!(c.kind, ChoreKind::Breakage { .. }))
+            .count();
+        // Four weeks: 150 products counted once a week; 3 warehouses break 3 things a day.
+        assert!((520..=680).contains(&counts), "{counts} counts");
+        assert!(
+            drifted > 0 && drifted * 4 < counts,
+            "{drifted} of {counts} drifted"
+        );
+        assert!((200..=310).contains(&broken), "{broken} breakages");
+        assert!(chores.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
     }
 }

@@ -42,7 +42,7 @@ const PROBE_FROM: usize = 8 * MAX_BATCH;
 const PROBE_SINGLES: usize = MAX_BATCH / 2;
 
 /// A line checked: its event, and the id and time it is recorded with.
-type Checked = (Event, EventMeta);
+pub(crate) type Checked = (Event, EventMeta);
 
 /// The valid lines, ready to publish: each event with its line number. They are
 /// encoded as they go out, so encoding overlaps the server storing the ones before.
@@ -189,6 +189,30 @@ pub(crate) async fn run(
             summary.write_method
         ));
     }
+    Ok(summary.last_seq)
+}
+
+/// Writes events decided elsewhere (the simulator's backfill) the way an import writes
+/// a file: in atomic batches, in order, each stored once. Returns the sequence of the
+/// last one stored.
+pub(crate) async fn write_events(
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    envelope: &Envelope,
+    timeout: Duration,
+    events: &[Checked],
+) -> Result<Option<u64>, Failure> {
+    let writer = Writer {
+        client,
+        js,
+        envelope,
+        timeout,
+        replicas: inventory(js).await?.config.num_replicas,
+    };
+    let numbers: Vec<usize> = (1..=events.len()).collect();
+    let mut summary = Summary::default();
+    let mut last_stored = None;
+    batches::publish(&writer, events, &numbers, &mut summary, &mut last_stored).await?;
     Ok(summary.last_seq)
 }
 

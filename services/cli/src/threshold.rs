@@ -106,6 +106,19 @@ async fn bucket(ctx: &Ctx) -> Result<(async_nats::jetstream::Context, kv::Store)
 
 async fn set(ctx: &Ctx, key: &str, change: Thresholds) -> Outcome {
     let (_, kv) = bucket(ctx).await?;
+    let value = merge(&kv, key, change).await?;
+    let default = read(&kv, subjects::DEFAULT_THRESHOLD_KEY).await;
+    show(ctx, &[(key.to_string(), value)], default.as_ref());
+    Ok(())
+}
+
+/// Writes the fields `change` sets into threshold `key`, keeping the others; returns
+/// what the key holds now.
+pub(crate) async fn merge(
+    kv: &kv::Store,
+    key: &str,
+    change: Thresholds,
+) -> Result<Thresholds, Failure> {
     for _ in 0..10 {
         let entry = kv
             .entry(key)
@@ -140,11 +153,7 @@ async fn set(ctx: &Ctx, key: &str, change: Thresholds) -> Outcome {
             },
         };
         match written {
-            Ok(true) => {
-                let default = read(&kv, subjects::DEFAULT_THRESHOLD_KEY).await;
-                show(ctx, &[(key.to_string(), value)], default.as_ref());
-                return Ok(());
-            }
+            Ok(true) => return Ok(value),
             Ok(false) => continue,
             Err(e) => return Err(anyhow::anyhow!("writing threshold {key}: {e}").into()),
         }

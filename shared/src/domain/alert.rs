@@ -176,6 +176,17 @@ impl Alert {
         self.body.event_type()
     }
 
+    /// The stock view's `last_seq` an alert was decided on, read back from its msg id
+    /// ([`Alert::msg_id`]): what the product's stock had seen of the log.
+    pub fn stock_seq_of(msg_id: &str) -> Option<u64> {
+        let fields: Vec<&str> = msg_id.split(':').collect();
+        match fields.len() {
+            4 => fields[2].parse().ok(),
+            6 => fields[3].parse().ok(),
+            _ => None,
+        }
+    }
+
     /// Its msg id: the same decision on the same values gives the same id. Low stock:
     /// `{type}:{warehouse}.{sku}:{stock last_seq}:{previous alert seq}`; velocity and
     /// stockout: `{type}:{warehouse}.{sku}:{velocity last_seq}:{stock last_seq}:{as_of_ms}:{previous alert seq}`.
@@ -378,6 +389,9 @@ mod tests {
             band.msg_id(),
             "sales.velocity:ams1.apple:12:9:1795176000000:3"
         );
+        assert_eq!(Alert::stock_seq_of(&low.msg_id()), Some(7));
+        assert_eq!(Alert::stock_seq_of(&band.msg_id()), Some(9));
+        assert_eq!(Alert::stock_seq_of("a-uuid"), None);
     }
 
     #[test]
