@@ -21,8 +21,11 @@ use crate::failure::Failure;
 use crate::import::{self, Checked};
 use crate::threshold;
 
-/// Units a new product starts with, and an order brings at least.
-pub(super) const ORDER_UNITS: u64 = 40;
+/// Units a new product starts with.
+const OPENING_UNITS: u64 = 40;
+
+/// Units an order brings at least.
+const MIN_ORDER: i64 = 20;
 
 /// Units an order brings beyond the demand it is sized for: about the default low-stock
 /// threshold, so a delivery lifts even a slow product clear of it.
@@ -272,7 +275,7 @@ impl Network {
     /// The first stock of a product new to the network, on the shelf.
     pub(super) async fn open_product(&mut self, product: &Product, at_ms: i64) {
         let shelf = self.shelf.clone();
-        self.receive(product, &shelf, at_ms, ORDER_UNITS).await;
+        self.receive(product, &shelf, at_ms, OPENING_UNITS).await;
     }
 
     /// A delivery waiting at the dock (found at start) is put away now.
@@ -365,11 +368,17 @@ impl Network {
     /// Units of `product` at `location` now: from the books, or the log (`None`: it
     /// cannot be read now).
     async fn stock_at(&mut self, product: &Product, location: &Location) -> Option<i64> {
+        Some(self.stock_of(product).await?.at(location))
+    }
+
+    /// The product's locations now: from the books, or the log (`None`: it cannot be
+    /// read now).
+    async fn stock_of(&mut self, product: &Product) -> Option<Locations> {
         match &self.ledger {
-            Ledger::Books(books) => Some(books.stock.get(product).map_or(0, |l| l.at(location))),
+            Ledger::Books(books) => Some(books.stock.get(product).cloned().unwrap_or_default()),
             Ledger::Live(_) => {
                 match aggregate::load(&self.js, &self.envelope, &product.0, &product.1).await {
-                    Ok(a) => Some(a.locations.at(location)),
+                    Ok(a) => Some(a.locations),
                     Err(e) => {
                         tracing::warn!(error = %e, "a product's stock could not be read");
                         None
@@ -380,18 +389,24 @@ impl Network {
     }
 
     /// The product is low, or forecast to run out: unless it is discontinued or an order
-    /// is on its way, take units from the warehouse that has the most to spare, or else
-    /// order them.
+    /// is on its way, bring it up to what it needs for the lead time and a day beyond its
+    /// stockout threshold (at least [`MIN_ORDER`] units): from the warehouse that has the
+    /// most to spare, or else by an order.
     pub(super) async fn restock(&mut self, product: &Product, now_ms: i64) {
         if self.discontinued.contains(product) || self.open.contains(product) {
             return;
         }
         let lead_ms = self.lead_ms(&product.0);
         let per_day = self.asked_per_day(product, now_ms);
-        // Enough for the lead time and a day beyond the stockout threshold: the delivery
-        // clears the forecast, and the next one is asked for days before the shelf is bare.
+        // Up to enough for the lead time and a day beyond the stockout threshold: the
+        // delivery clears the forecast, and the next one is asked for a day later, days
+        // before the shelf is bare.
         let days = lead_ms as f64 / DAY_MS + self.stockout_days(product) + 1.0;
-        let wanted = ((per_day * days + SAFETY_UNITS).ceil() as u64).max(ORDER_UNITS);
+        let target = (per_day * days + SAFETY_UNITS).ceil() as i64;
+        let Some(held) = self.stock_of(product).await.map(|l| l.on_hand()) else {
+            return;
+        };
+        let wanted = (target - held.max(0)).max(MIN_ORDER).unsigned_abs();
         // A transfer that brings half of it or more will do until the next alert.
         if self.transfer_in(product, wanted, now_ms).await * 2 >= wanted {
             return;
