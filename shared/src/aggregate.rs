@@ -16,7 +16,7 @@ use async_nats::jetstream::Context;
 use crate::direct;
 use crate::domain::{evolve, Locations, Sku, StockView, WarehouseId};
 use crate::envelope::{Envelope, Outbound};
-use crate::read::{ReadError, Reader};
+use crate::read::{ReadError, Reader, StoredMessage};
 use crate::subjects;
 
 /// What one aggregate's events say, and where they end.
@@ -75,8 +75,19 @@ async fn read_after(
     mut aggregate: Aggregate,
 ) -> Result<Aggregate, ReadError> {
     let filter = subjects::aggregate(warehouse, sku);
-    if aggregate.last_seq > 0 && nothing_after(js, &filter, aggregate.last_seq).await {
-        return Ok(aggregate);
+    // The usual case: nothing or a few events after the view's value, read with one
+    // direct get, so that no consumer is made (and none is left on the server for its
+    // idle time). A long history, or any doubt, is read with a consumer.
+    match events_after(js, &filter, aggregate.last_seq).await {
+        Ok(events) => {
+            for stored in &events {
+                fold(&mut aggregate, envelope, stored);
+            }
+            return Ok(aggregate);
+        }
+        Err(e) => {
+            tracing::debug!(filter, error = %e, "reading the product's events with a consumer")
+        }
     }
     let mut reader = Reader::open(
         js,
@@ -86,37 +97,58 @@ async fn read_after(
     )
     .await?;
     while let Some(stored) = reader.next().await {
-        let stored = stored?;
-        aggregate.last_seq = stored.sequence;
-        if let Ok(rec) = envelope.decode_stored(&stored) {
-            aggregate.locations = evolve(std::mem::take(&mut aggregate.locations), &rec.event);
-            aggregate.msg_ids.insert(rec.meta.msg_id, stored.sequence);
-        }
+        fold(&mut aggregate, envelope, &stored?);
     }
     Ok(aggregate)
 }
 
-/// Whether the log holds no event under `filter` after `last_seq`, asked with one direct
-/// get of the last message of each of its subjects: when the view is current (the usual
-/// case) no consumer is made, and none is left on the server for its idle time. Any doubt
-/// (no answer, an error) says no, and the product's events are read.
-async fn nothing_after(js: &Context, filter: &str, last_seq: u64) -> bool {
-    let subjects = [filter.to_string()];
-    match direct::last_of(
+fn fold(aggregate: &mut Aggregate, envelope: &Envelope, stored: &StoredMessage) {
+    aggregate.last_seq = stored.sequence;
+    if let Ok(rec) = envelope.decode_stored(stored) {
+        aggregate.locations = evolve(std::mem::take(&mut aggregate.locations), &rec.event);
+        aggregate.msg_ids.insert(rec.meta.msg_id, stored.sequence);
+    }
+}
+
+/// Events a direct get reads at once after the view's value; more are read with a
+/// consumer.
+const AFTER_BATCH: usize = 64;
+
+/// The events under `filter` after `last_seq`, from one batched direct get: an error when
+/// there are more than [`AFTER_BATCH`], or one comes without the time it was stored.
+async fn events_after(
+    js: &Context,
+    filter: &str,
+    last_seq: u64,
+) -> Result<Vec<StoredMessage>, String> {
+    let found = direct::after(
         &js.client(),
         subjects::INVENTORY_STREAM,
-        &subjects,
-        0,
+        filter,
+        last_seq,
+        AFTER_BATCH,
         LAST_TIMEOUT,
     )
     .await
-    {
-        Ok(last) => last.iter().all(|m| m.sequence <= last_seq),
-        Err(e) => {
-            tracing::debug!(filter, error = %e, "reading the product's events instead");
-            false
-        }
-    }
+    .map_err(|e| e.to_string())?;
+    found
+        .into_iter()
+        .map(|m| {
+            let stored_ms = m
+                .headers
+                .get("Nats-Time-Stamp")
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t.as_str()).ok())
+                .map(|t| t.timestamp_millis())
+                .ok_or_else(|| format!("message #{} came without Nats-Time-Stamp", m.sequence))?;
+            Ok(StoredMessage {
+                sequence: m.sequence,
+                stored_ms,
+                subject: m.subject,
+                headers: Some(m.headers),
+                payload: m.payload,
+            })
+        })
+        .collect()
 }
 
 /// Time allowed for the direct get of a product's last events.

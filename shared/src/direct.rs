@@ -105,6 +105,28 @@ pub async fn last_of(
     }
 }
 
+/// The messages of `stream` on `filter` after sequence `after`, in stream order, in one
+/// request (a batched direct get, 2.11+): `Truncated` when more than `batch` of them follow.
+/// Nothing after it is an empty list. A copy of the stream that is behind may answer: a
+/// caller that appends on what it read must expect what it read to be the last (as the
+/// command executor does), so that a stale answer is refused rather than acted on.
+pub async fn after(
+    client: &async_nats::Client,
+    stream: &str,
+    filter: &str,
+    after: u64,
+    batch: usize,
+    timeout: Duration,
+) -> Result<Vec<Last>, DirectError> {
+    let request = serde_json::json!({ "seq": after + 1, "next_by_subj": filter, "batch": batch });
+    match exchange(client, stream, &request, 1, timeout).await {
+        Ok((found, _)) => Ok(found),
+        // Nothing on the filter from that sequence on.
+        Err(DirectError::Refused { status: 404, .. }) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
 /// One request: what it found, and how far the answering copy reached (0 with `No
 /// Results`: unknown).
 async fn ask(
@@ -113,13 +135,25 @@ async fn ask(
     subjects: &[String],
     timeout: Duration,
 ) -> Result<(Vec<Last>, u64), DirectError> {
+    let request = serde_json::json!({ "multi_last": subjects });
+    exchange(client, stream, &request, subjects.len(), timeout).await
+}
+
+/// Sends one direct get `request` (naming `subjects` subjects, for errors) and reads its
+/// answer to the end of batch.
+async fn exchange(
+    client: &async_nats::Client,
+    stream: &str,
+    request: &serde_json::Value,
+    subjects: usize,
+    timeout: Duration,
+) -> Result<(Vec<Last>, u64), DirectError> {
     let request_failed = |source: async_nats::Error| DirectError::Request {
         stream: stream.to_string(),
-        subjects: subjects.len(),
+        subjects,
         source,
     };
-    let body = serde_json::to_vec(&serde_json::json!({ "multi_last": subjects }))
-        .map_err(|e| request_failed(e.into()))?;
+    let body = serde_json::to_vec(request).map_err(|e| request_failed(e.into()))?;
     let inbox = client.new_inbox();
     let mut replies = client
         .subscribe(inbox.clone())
@@ -163,7 +197,7 @@ async fn ask(
             Some(status) => {
                 return Err(DirectError::Refused {
                     stream: stream.to_string(),
-                    subjects: subjects.len(),
+                    subjects,
                     status,
                     description: message.description.unwrap_or_default(),
                 })
