@@ -126,6 +126,13 @@ struct Summary {
     open_orders: u64,
     /// Writes that failed for another reason (NATS), not retried.
     failed: u64,
+    /// The live run: its purchase attempts, how long it ran (wall clock), and how late
+    /// against its planned time the latest attempt was handled, and how many were handled
+    /// more than a second late (a simulator that keeps up has none).
+    live_attempts: u64,
+    live_seconds: f64,
+    late_max_ms: f64,
+    late_over_1s: u64,
     /// The simulated time the run covered, ms since the epoch (backfill included).
     from_ms: i64,
     to_ms: i64,
@@ -175,13 +182,6 @@ pub(crate) async fn run(ctx: &Ctx, args: SimulateArgs) -> Outcome {
              real ones: simulate on a fresh server, or pass --allow-existing to add to them"
         )));
     }
-    if held > 0 && args.backfill_days.is_some() {
-        return Err(Failure::invalid(format!(
-            "--backfill-days writes history dated before now, and INVENTORY already holds \
-             {held} events: a backfill goes into an empty INVENTORY only (drop \
-             --backfill-days to add live traffic)"
-        )));
-    }
 
     let now_ms = SystemClock.now_ms();
     let live_from = match args.duration_s {
@@ -209,6 +209,25 @@ pub(crate) async fn run(ctx: &Ctx, args: SimulateArgs) -> Outcome {
             .peekable(),
     };
 
+    let stock: HashMap<String, StockView> = view::snapshot(&js, subjects::STOCK_BUCKET)
+        .await
+        .map_err(anyhow::Error::new)?
+        .into_iter()
+        .collect();
+    if args.backfill_days.is_some() {
+        // The books start empty: history is made up only for products that have none.
+        if let Some(known) = products
+            .iter()
+            .map(|(w, s)| subjects::view_key(w, s))
+            .find(|key| stock.contains_key(key))
+        {
+            return Err(Failure::invalid(format!(
+                "--backfill-days makes up the history of products that have none, and \
+                 {known} already has events in INVENTORY: backfill into an empty INVENTORY \
+                 (or one whose warehouses differ), or drop --backfill-days to add live traffic"
+            )));
+        }
+    }
     let thresholds_kv = js
         .get_key_value(subjects::THRESHOLDS_BUCKET)
         .await
@@ -287,7 +306,7 @@ pub(crate) async fn run(ctx: &Ctx, args: SimulateArgs) -> Outcome {
         }
         net.ledger = Ledger::Live(Box::new(executor));
     } else {
-        start_from_view(&mut net, &js, &products, live_from).await?;
+        start_from_view(&mut net, &stock, &products, live_from).await?;
     }
     let alerts_from = stream_state(&js, subjects::ALERTS_STREAM)
         .await?
@@ -321,6 +340,7 @@ pub(crate) async fn run(ctx: &Ctx, args: SimulateArgs) -> Outcome {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep_until(stop_at.into()) => break,
             _ = status.tick() => {
+                net.settle_ready();
                 if live_status {
                     show_status(&mut net, &clock);
                 }
@@ -343,14 +363,17 @@ pub(crate) async fn run(ctx: &Ctx, args: SimulateArgs) -> Outcome {
                 }
             }
             _ = tokio::time::sleep_until(due.into()) => {
-                advance(&mut net, &mut plans, clock.now_ms(), Some(stop_at)).await?;
+                advance(&mut net, &mut plans, clock.now_ms(), Some((&clock, stop_at))).await?;
             }
         }
     }
+    net.settle_all().await;
     if live_status {
         eprintln!();
     }
     net.summary.to_ms = clock.now_ms().min(SystemClock.now_ms());
+    net.summary.live_seconds = (clock.wall0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    net.summary.late_max_ms = net.summary.late_max_ms.round();
     net.summary.open_orders = net.open.len() as u64;
     let s = &net.summary;
     if ctx.json {
@@ -404,8 +427,9 @@ async fn advance(
     net: &mut Network,
     plans: &mut Plans,
     until_ms: i64,
-    stop_at: Option<Instant>,
+    live: Option<(&SimClock, Instant)>,
 ) -> Result<(), Failure> {
+    let stop_at = live.map(|(_, stop_at)| stop_at);
     loop {
         if stop_at.is_some_and(|t| Instant::now() >= t) {
             return Ok(());
@@ -426,6 +450,13 @@ async fn advance(
                 net.chore(chore).await;
             }
         } else if let Some(attempt) = plans.demand.next() {
+            if let Some((clock, _)) = live {
+                let late_ms = (clock.now_ms() - attempt.at_ms).max(0) as f64 / clock.speed;
+                let s = &mut net.summary;
+                s.live_attempts += 1;
+                s.late_max_ms = s.late_max_ms.max(late_ms);
+                s.late_over_1s += u64::from(late_ms > 1000.0);
+            }
             net.sell(attempt).await;
         }
         for product in net.calling_for_stock(at) {
@@ -440,15 +471,10 @@ async fn advance(
 /// threshold get an order (a restart forgets the orders it had open).
 async fn start_from_view(
     net: &mut Network,
-    js: &async_nats::jetstream::Context,
+    stock: &HashMap<String, StockView>,
     products: &[Product],
     now_ms: i64,
 ) -> Result<(), Failure> {
-    let stock: HashMap<String, StockView> = view::snapshot(js, subjects::STOCK_BUCKET)
-        .await
-        .map_err(anyhow::Error::new)?
-        .into_iter()
-        .collect();
     let dock = Location::parse(network::DOCK).map_err(Failure::invalid)?;
     for product in products {
         match stock.get(&subjects::view_key(&product.0, &product.1)) {

@@ -12,9 +12,10 @@ use stockwire::domain::{
     WarehouseId,
 };
 use stockwire::envelope::{Envelope, EventMeta};
-use stockwire::execute::{Executor, Outcome as CommandOutcome};
+use stockwire::execute::{CommandError, Executed, Executor, Outcome as CommandOutcome};
 use stockwire::simulation::{self, Chore, ChoreKind};
 use stockwire::{aggregate, subjects};
+use tokio::task::JoinSet;
 
 use super::Summary;
 use crate::failure::Failure;
@@ -39,6 +40,9 @@ const DAY_MS: f64 = 24.0 * HOUR_MS as f64;
 
 /// How long a delivery waits at the dock before it is put on the shelf.
 const PUT_AWAY_MS: i64 = HOUR_MS / 2;
+
+/// Live sales in flight at once (never two for one product): a network has many tills.
+const TILLS: usize = 32;
 
 /// Events the backfill decides before writing them out.
 const BACKFILL_CHUNK: usize = 100_000;
@@ -126,6 +130,9 @@ pub(super) struct Network {
     warehouses: Vec<WarehouseId>,
     /// Events written by the last status line, and when.
     pub(super) shown: (u64, Instant),
+    /// Live sales being recorded, each on its own task, and their products.
+    tills: JoinSet<(Product, Result<Executed, CommandError>)>,
+    busy: HashSet<Product>,
 }
 
 impl Network {
@@ -160,6 +167,8 @@ impl Network {
             thresholds,
             warehouses,
             shown: (0, Instant::now()),
+            tills: JoinSet::new(),
+            busy: HashSet::new(),
         })
     }
 
@@ -283,7 +292,8 @@ impl Network {
         self.plan(at_ms, Due::PutAway { product, units });
     }
 
-    /// A customer tries to buy.
+    /// A customer tries to buy. Live, the sale is recorded on a till of its own, up to
+    /// [`TILLS`] at once and one per product, so that a product's sales keep their order.
     pub(super) async fn sell(&mut self, attempt: simulation::Attempt) {
         self.summary.attempts += 1;
         let product = (attempt.warehouse.clone(), attempt.sku.clone());
@@ -295,7 +305,25 @@ impl Network {
             location: self.shelf.clone(),
             quantity: attempt.quantity,
         };
-        match self.record(&command, attempt.at_ms).await {
+        if let Ledger::Live(executor) = &self.ledger {
+            let executor = Executor::clone(executor);
+            while self.busy.contains(&product) || self.tills.len() >= TILLS {
+                self.settle_one().await;
+            }
+            let meta = meta(attempt.at_ms);
+            self.busy.insert(product.clone());
+            self.tills.spawn(async move {
+                let result = executor.execute(&command, &meta).await;
+                (product, result)
+            });
+            return;
+        }
+        let written = self.record(&command, attempt.at_ms).await;
+        self.sold(product, written);
+    }
+
+    fn sold(&mut self, product: Product, written: Written) {
+        match written {
             Written::Stored => {
                 self.summary.sales += 1;
                 self.out.remove(&product);
@@ -306,6 +334,50 @@ impl Network {
             }
             Written::Failed => {}
         }
+    }
+
+    /// Waits for one live sale to be recorded, and counts it.
+    async fn settle_one(&mut self) {
+        match self.tills.join_next().await {
+            Some(Ok((product, result))) => {
+                self.busy.remove(&product);
+                let written = self.written(result);
+                self.sold(product, written);
+            }
+            Some(Err(e)) => {
+                // A till's task cannot be told apart from the others once it panicked.
+                self.summary.failed += 1;
+                tracing::warn!(error = %e, "a simulated sale's task failed");
+            }
+            None => {}
+        }
+    }
+
+    /// Counts the live sales already recorded, without waiting.
+    pub(super) fn settle_ready(&mut self) {
+        while let Some(joined) = self.tills.try_join_next() {
+            match joined {
+                Ok((product, result)) => {
+                    self.busy.remove(&product);
+                    let written = self.written(result);
+                    self.sold(product, written);
+                }
+                Err(e) => {
+                    self.summary.failed += 1;
+                    tracing::warn!(error = %e, "a simulated sale's task failed");
+                }
+            }
+        }
+    }
+
+    /// Waits for every live sale in flight: before anything else is written (a delivery,
+    /// a chore, a restock reads and writes products the tills may be selling), and at
+    /// the end.
+    pub(super) async fn settle_all(&mut self) {
+        while !self.tills.is_empty() {
+            self.settle_one().await;
+        }
+        self.busy.clear();
     }
 
     /// The staff's chores: a cycle count, a breakage, a product discontinued.
@@ -497,23 +569,15 @@ impl Network {
 
     /// Records `command` at simulated time `at_ms`.
     async fn record(&mut self, command: &Command, at_ms: i64) -> Written {
-        let meta = EventMeta {
-            msg_id: format!("sim-{}", uuid::Uuid::new_v4()),
-            timestamp_ms: at_ms,
-        };
+        let meta = meta(at_ms);
+        if let Ledger::Live(_) = &self.ledger {
+            self.settle_all().await;
+        }
         match &mut self.ledger {
-            Ledger::Live(executor) => match executor.execute(command, &meta).await {
-                Ok(executed) => {
-                    self.summary.events += executed.sequences.len() as u64;
-                    Written::Stored
-                }
-                Err(e) if e.kind().outcome() == CommandOutcome::Rejected => Written::Refused,
-                Err(e) => {
-                    self.summary.failed += 1;
-                    tracing::warn!(error = %e, "a simulated event was not written");
-                    Written::Failed
-                }
-            },
+            Ledger::Live(executor) => {
+                let result = executor.execute(command, &meta).await;
+                self.written(result)
+            }
             Ledger::Books(books) => {
                 let product = command.aggregate();
                 let product = (product.0.clone(), product.1.clone());
@@ -534,6 +598,22 @@ impl Network {
                     self.summary.events += 1;
                 }
                 Written::Stored
+            }
+        }
+    }
+
+    /// What an execution came to, counted.
+    fn written(&mut self, result: Result<Executed, CommandError>) -> Written {
+        match result {
+            Ok(executed) => {
+                self.summary.events += executed.sequences.len() as u64;
+                Written::Stored
+            }
+            Err(e) if e.kind().outcome() == CommandOutcome::Rejected => Written::Refused,
+            Err(e) => {
+                self.summary.failed += 1;
+                tracing::warn!(error = %e, "a simulated event was not written");
+                Written::Failed
             }
         }
     }
@@ -598,5 +678,13 @@ impl Network {
             books.last_seq = last;
         }
         Ok(())
+    }
+}
+
+/// A simulated event's id and time.
+fn meta(at_ms: i64) -> EventMeta {
+    EventMeta {
+        msg_id: format!("sim-{}", uuid::Uuid::new_v4()),
+        timestamp_ms: at_ms,
     }
 }
