@@ -85,19 +85,11 @@ pub(crate) async fn measure(
     stopped: &mut BTreeMap<String, services::Stopped>,
 ) -> Result<Latency, Failure> {
     let warehouse = format!("bl{}", &run_id[..8]);
-    let running = services::start(ctx, &SERVICES)?;
+    let running = services::start(ctx, &services::ALL)?;
     let result = run(ctx, js, &warehouse, rate, duration).await;
     services::stop_all(running, stopped).await;
     result
 }
-
-/// Every service runs during this figure, as processes, under the offered load.
-const SERVICES: [&str; 4] = [
-    "stock-projector",
-    "low-stock-watcher",
-    "velocity-projector",
-    "velocity-watcher",
-];
 
 async fn run(
     ctx: &Ctx,

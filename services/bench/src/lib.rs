@@ -48,6 +48,7 @@ mod projection;
 mod rebuild;
 mod sample;
 mod services;
+mod simulate;
 
 use batches::send_batches;
 use ctx::Ctx;
@@ -144,6 +145,13 @@ pub struct BenchArgs {
     /// 1,000,000; none with --quick; 0 leaves it out).
     #[arg(long)]
     catalogue_products: Option<usize>,
+    /// Seconds of the simulator's live run at --simulate-rate, after a week of backfill
+    /// (default 60; --quick: 10, after a day; 0 leaves the figure out).
+    #[arg(long)]
+    simulate_seconds: Option<u64>,
+    /// Purchase attempts per second the simulator is asked for, on average over a day.
+    #[arg(long, default_value_t = 500.0)]
+    simulate_rate: f64,
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -182,6 +190,8 @@ struct Report {
     round_trip_ms: ingest::RoundTrip,
     /// A checked sale (load, decide, append) on a product with a short and a long history.
     checked_sale: command::CheckedSale,
+    /// `stockwire simulate` after a week of backfill: kept up, and its ceiling.
+    simulate: Option<simulate::SimulateFigures>,
     rebuild: Option<rebuild::RebuildFigures>,
     rebuild_events_per_s: Option<f64>,
     /// stock-projector over a view of a million products: memory bounded, or split.
@@ -369,6 +379,26 @@ async fn measure(ctx: &Ctx, args: BenchArgs) -> Outcome {
         });
     }
     let headline = projection.first().cloned();
+    let simulate_seconds = args
+        .simulate_seconds
+        .unwrap_or(if args.quick { 10 } else { 60 });
+    let simulate = if simulate_seconds > 0 {
+        let days = if args.quick { 1.0 } else { 7.0 };
+        let get_put_ack = headline.as_ref().map_or(0.0, |r| r.get_put_ack_per_s);
+        Some(
+            simulate::measure(
+                ctx,
+                days,
+                simulate_seconds,
+                args.simulate_rate,
+                get_put_ack,
+                &mut stopped,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let rebuild = if args.skip_rebuild {
         None
     } else {
@@ -389,6 +419,7 @@ async fn measure(ctx: &Ctx, args: BenchArgs) -> Outcome {
     };
     let report = Report {
         catalogue,
+        simulate,
         events,
         products: args.products,
         fsync: args.fsync,

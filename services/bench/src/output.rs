@@ -154,6 +154,31 @@ pub(crate) fn report(ctx: &Ctx, r: &Report) {
         c.sales_each,
         c.long_full_read_ms
     ));
+    if let Some(m) = &r.simulate {
+        line(format!(
+            "stockwire simulate, {} warehouses x {} products: {} days backfilled ({} events in \
+             {:.1} s, {:.0} events/s); live, asked {}/s for {:.0} s: {:.0} attempts/s handled \
+             ({:.0} events/s), the latest {} ms late, {} more than a second late, {:.0}% lost \
+             sales; asked ten times that: {:.0} attempts/s, {:.2}x the sequential get -> put -> \
+             ack loop ({:.0}/s)",
+            m.warehouses,
+            m.skus,
+            m.backfill_days,
+            m.backfill_events,
+            m.backfill_seconds,
+            m.backfill_events_per_s,
+            m.live_rate_asked,
+            m.live_seconds,
+            m.live_attempts_per_s,
+            m.live_events_per_s,
+            m.live_late_max_ms,
+            m.live_late_over_1s,
+            m.live_lost_sales_share * 100.0,
+            m.ceiling_attempts_per_s,
+            m.ceiling_over_get_put_ack,
+            m.get_put_ack_per_s
+        ));
+    }
     let l = &r.alert_latency_ms;
     line(format!(
         "alert latency, PubAck of the crossing event -> alert stored in ALERTS, at {} events/s offered: \

@@ -10,6 +10,14 @@ use serde::Serialize;
 use crate::failure::Failure;
 use crate::Ctx;
 
+/// Every service, as the figures that run them all start them.
+pub(crate) const ALL: [&str; 4] = [
+    "stock-projector",
+    "low-stock-watcher",
+    "velocity-projector",
+    "velocity-watcher",
+];
+
 /// One running service.
 pub(crate) struct Service {
     name: &'static str,
