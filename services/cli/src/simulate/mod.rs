@@ -133,8 +133,10 @@ struct Summary {
     live_seconds: f64,
     late_max_ms: f64,
     late_over_1s: u64,
-    /// The simulated time the run covered, ms since the epoch (backfill included).
+    /// The simulated time the run covered, ms since the epoch (backfill included), and
+    /// when its live part began.
     from_ms: i64,
+    live_from_ms: i64,
     to_ms: i64,
 }
 
@@ -257,6 +259,7 @@ pub(crate) async fn run(ctx: &Ctx, args: SimulateArgs) -> Outcome {
         warehouses,
         Summary {
             from_ms,
+            live_from_ms: live_from,
             ..Summary::default()
         },
     )?;
