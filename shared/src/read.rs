@@ -276,8 +276,21 @@ impl Follower {
         }
     }
 
-    async fn open(&self) -> Result<jetstream::consumer::pull::Ordered, ReadError> {
-        messages_from(&self.js, &self.stream, &self.filter, self.next_seq).await
+    /// Opens the consumer from where the follower stands. It borrows no part of `self`
+    /// across the wait (only clones), so a follower can live in a spawned task: the open
+    /// consumer it holds is `Send` but not `Sync`.
+    fn open(
+        &self,
+    ) -> impl std::future::Future<Output = Result<jetstream::consumer::pull::Ordered, ReadError>>
+           + Send
+           + 'static {
+        let (js, stream, filter, next_seq) = (
+            self.js.clone(),
+            self.stream.clone(),
+            self.filter.clone(),
+            self.next_seq,
+        );
+        async move { messages_from(&js, &stream, &filter, next_seq).await }
     }
 }
 

@@ -141,14 +141,15 @@ struct Summary {
 }
 
 /// Simulated time against the clock.
-struct SimClock {
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SimClock {
     wall0: Instant,
     start_ms: i64,
     speed: f64,
 }
 
 impl SimClock {
-    fn now_ms(&self) -> i64 {
+    pub(super) fn now_ms(&self) -> i64 {
         self.start_ms + (self.wall0.elapsed().as_secs_f64() * 1000.0 * self.speed) as i64
     }
 
@@ -217,17 +218,31 @@ pub(crate) async fn run(ctx: &Ctx, args: SimulateArgs) -> Outcome {
         .into_iter()
         .collect();
     if args.backfill_days.is_some() {
-        // The books start empty: history is made up only for products that have none.
-        if let Some(known) = products
-            .iter()
-            .map(|(w, s)| subjects::view_key(w, s))
-            .find(|key| stock.contains_key(key))
-        {
-            return Err(Failure::invalid(format!(
-                "--backfill-days makes up the history of products that have none, and \
-                 {known} already has events in INVENTORY: backfill into an empty INVENTORY \
-                 (or one whose warehouses differ), or drop --backfill-days to add live traffic"
-            )));
+        // The books start empty: history is made up only for warehouses that have none.
+        for warehouse in &warehouses {
+            let filter = subjects::warehouse_events(warehouse);
+            let first = stockwire::direct::after(
+                &client,
+                subjects::INVENTORY_STREAM,
+                &filter,
+                0,
+                1,
+                ctx.connect.request_timeout(),
+            )
+            .await;
+            let has_events = match first {
+                Ok(found) => !found.is_empty(),
+                Err(stockwire::direct::DirectError::Truncated { .. }) => true,
+                Err(e) => return Err(anyhow::Error::new(e).context("reading INVENTORY").into()),
+            };
+            if has_events {
+                return Err(Failure::invalid(format!(
+                    "--backfill-days makes up the history of warehouses that have none, and \
+                     {warehouse} already has events in INVENTORY: backfill into an empty \
+                     INVENTORY (or one whose warehouses differ), or drop --backfill-days to \
+                     add live traffic"
+                )));
+            }
         }
     }
     let thresholds_kv = js
@@ -315,11 +330,17 @@ pub(crate) async fn run(ctx: &Ctx, args: SimulateArgs) -> Outcome {
         .await?
         .last_sequence
         + 1;
-    let mut alerts = Follower::new(
-        &js,
-        subjects::ALERTS_STREAM,
-        subjects::ALERTS_SUBJECTS,
-        alerts_from,
+    // The alerts are read on a task of their own: a consumer being opened must not be
+    // dropped halfway each time a customer comes first.
+    let shutdown = stockwire::shutdown::shutdown_token();
+    let mut alerts = follow(
+        Follower::new(
+            &js,
+            subjects::ALERTS_STREAM,
+            subjects::ALERTS_SUBJECTS,
+            alerts_from,
+        ),
+        shutdown.clone(),
     );
 
     let clock = SimClock {
@@ -327,13 +348,13 @@ pub(crate) async fn run(ctx: &Ctx, args: SimulateArgs) -> Outcome {
         start_ms: live_from,
         speed: args.speed,
     };
+    net.clock = Some(clock);
     let type_header = ctx.envelope.type_header().to_string();
     let ends = args
         .duration_s
         .map(|d| clock.wall0 + Duration::from_secs_f64(d));
     let mut status = tokio::time::interval(Duration::from_secs(1));
     status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let shutdown = stockwire::shutdown::shutdown_token();
     loop {
         let next = plans.next_at().min(net.next_due().unwrap_or(i64::MAX));
         let due = clock.instant_of(next);
@@ -348,7 +369,7 @@ pub(crate) async fn run(ctx: &Ctx, args: SimulateArgs) -> Outcome {
                     show_status(&mut net, &clock);
                 }
             }
-            stored = alerts.next() => {
+            Some(stored) = alerts.recv() => {
                 let headers = stored.headers.as_ref();
                 let calls_for_stock = headers
                     .and_then(|h| h.get(type_header.as_str()))
@@ -366,7 +387,7 @@ pub(crate) async fn run(ctx: &Ctx, args: SimulateArgs) -> Outcome {
                 }
             }
             _ = tokio::time::sleep_until(due.into()) => {
-                advance(&mut net, &mut plans, clock.now_ms(), Some((&clock, stop_at))).await?;
+                advance(&mut net, &mut plans, clock.now_ms(), Some(stop_at)).await?;
             }
         }
     }
@@ -430,9 +451,8 @@ async fn advance(
     net: &mut Network,
     plans: &mut Plans,
     until_ms: i64,
-    live: Option<(&SimClock, Instant)>,
+    stop_at: Option<Instant>,
 ) -> Result<(), Failure> {
-    let stop_at = live.map(|(_, stop_at)| stop_at);
     loop {
         if stop_at.is_some_and(|t| Instant::now() >= t) {
             return Ok(());
@@ -453,13 +473,6 @@ async fn advance(
                 net.chore(chore).await;
             }
         } else if let Some(attempt) = plans.demand.next() {
-            if let Some((clock, _)) = live {
-                let late_ms = (clock.now_ms() - attempt.at_ms).max(0) as f64 / clock.speed;
-                let s = &mut net.summary;
-                s.live_attempts += 1;
-                s.late_max_ms = s.late_max_ms.max(late_ms);
-                s.late_over_1s += u64::from(late_ms > 1000.0);
-            }
             net.sell(attempt).await;
         }
         for product in net.calling_for_stock(at) {
@@ -493,6 +506,26 @@ async fn start_from_view(
         }
     }
     Ok(())
+}
+
+/// Runs `follower` on its own task until `shutdown`, handing each message over.
+fn follow(
+    mut follower: Follower,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::sync::mpsc::Receiver<stockwire::read::StoredMessage> {
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move {
+        loop {
+            let stored = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                stored = follower.next() => stored,
+            };
+            if tx.send(stored).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// The alerts that make the simulator restock: low stock, and a forecast stockout

@@ -91,6 +91,9 @@ pub(super) struct Books {
     pub(super) last_seq: u64,
 }
 
+/// A live sale as its till ends it: the product, and what the executor said.
+type Sale = (Product, Result<Executed, CommandError>);
+
 /// What a write came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Written {
@@ -131,8 +134,10 @@ pub(super) struct Network {
     /// Events written by the last status line, and when.
     pub(super) shown: (u64, Instant),
     /// Live sales being recorded, each on its own task, and their products.
-    tills: JoinSet<(Product, Result<Executed, CommandError>)>,
-    busy: HashSet<Product>,
+    tills: JoinSet<Sale>,
+    busy: HashMap<tokio::task::Id, Product>,
+    /// The live run's clock, once live: how late each customer is served.
+    pub(super) clock: Option<super::SimClock>,
 }
 
 impl Network {
@@ -168,7 +173,8 @@ impl Network {
             warehouses,
             shown: (0, Instant::now()),
             tills: JoinSet::new(),
-            busy: HashSet::new(),
+            busy: HashMap::new(),
+            clock: None,
         })
     }
 
@@ -307,15 +313,23 @@ impl Network {
         };
         if let Ledger::Live(executor) = &self.ledger {
             let executor = Executor::clone(executor);
-            while self.busy.contains(&product) || self.tills.len() >= TILLS {
+            while self.busy.values().any(|p| *p == product) || self.tills.len() >= TILLS {
                 self.settle_one().await;
             }
+            if let Some(clock) = self.clock {
+                let late_ms = (clock.now_ms() - attempt.at_ms).max(0) as f64 / clock.speed;
+                let s = &mut self.summary;
+                s.live_attempts += 1;
+                s.late_max_ms = s.late_max_ms.max(late_ms);
+                s.late_over_1s += u64::from(late_ms > 1000.0);
+            }
             let meta = meta(attempt.at_ms);
-            self.busy.insert(product.clone());
-            self.tills.spawn(async move {
+            let owner = product.clone();
+            let till = self.tills.spawn(async move {
                 let result = executor.execute(&command, &meta).await;
                 (product, result)
             });
+            self.busy.insert(till.id(), owner);
             return;
         }
         let written = self.record(&command, attempt.at_ms).await;
@@ -338,34 +352,31 @@ impl Network {
 
     /// Waits for one live sale to be recorded, and counts it.
     async fn settle_one(&mut self) {
-        match self.tills.join_next().await {
-            Some(Ok((product, result))) => {
-                self.busy.remove(&product);
-                let written = self.written(result);
-                self.sold(product, written);
-            }
-            Some(Err(e)) => {
-                // A till's task cannot be told apart from the others once it panicked.
-                self.summary.failed += 1;
-                tracing::warn!(error = %e, "a simulated sale's task failed");
-            }
-            None => {}
+        if let Some(joined) = self.tills.join_next_with_id().await {
+            self.settled(joined);
+        } else {
+            self.busy.clear();
         }
     }
 
     /// Counts the live sales already recorded, without waiting.
     pub(super) fn settle_ready(&mut self) {
-        while let Some(joined) = self.tills.try_join_next() {
-            match joined {
-                Ok((product, result)) => {
-                    self.busy.remove(&product);
-                    let written = self.written(result);
-                    self.sold(product, written);
-                }
-                Err(e) => {
-                    self.summary.failed += 1;
-                    tracing::warn!(error = %e, "a simulated sale's task failed");
-                }
+        while let Some(joined) = self.tills.try_join_next_with_id() {
+            self.settled(joined);
+        }
+    }
+
+    fn settled(&mut self, joined: Result<(tokio::task::Id, Sale), tokio::task::JoinError>) {
+        match joined {
+            Ok((id, (product, result))) => {
+                self.busy.remove(&id);
+                let written = self.written(result);
+                self.sold(product, written);
+            }
+            Err(e) => {
+                self.busy.remove(&e.id());
+                self.summary.failed += 1;
+                tracing::warn!(error = %e, "a simulated sale's task failed");
             }
         }
     }
@@ -382,6 +393,8 @@ impl Network {
 
     /// The staff's chores: a cycle count, a breakage, a product discontinued.
     pub(super) async fn chore(&mut self, chore: Chore) {
+        // A count reads the shelf: the sales before it must be in the log.
+        self.settle_all().await;
         let product = (chore.warehouse.clone(), chore.sku.clone());
         match chore.kind {
             ChoreKind::Count { drift } => {
@@ -465,6 +478,7 @@ impl Network {
     /// stockout threshold (at least [`MIN_ORDER`] units): from the warehouse that has the
     /// most to spare, or else by an order.
     pub(super) async fn restock(&mut self, product: &Product, now_ms: i64) {
+        self.settle_all().await;
         if self.discontinued.contains(product) || self.open.contains(product) {
             return;
         }

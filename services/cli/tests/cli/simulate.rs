@@ -211,11 +211,11 @@ async fn backfill_then_half_a_day_live_never_oversells_and_the_summary_matches_t
     );
     let events = stack.events().await;
 
-    // A backfill makes up history for products that have none: refused for these.
+    // A backfill makes up history for warehouses that have none: refused for these.
     let out = stack.run(&["simulate", "--backfill-days", "1", "--allow-existing"]);
     assert_eq!(code(&out), Some(2));
     assert!(
-        stderr(&out).contains("ams1.p0001 already has events"),
+        stderr(&out).contains("ams1 already has events"),
         "{}",
         stderr(&out)
     );
