@@ -7,8 +7,13 @@ run_dir=$root/.run
 profile=${STOCKWIRE_PROFILE:-release}
 bin_dir=$root/target/$profile
 # Services, in start order; those not built yet are skipped. Each runs as the user of
-# the same name in nats.conf.
-services=(stock-projector low-stock-watcher velocity-projector velocity-watcher)
+# the same name in nats.conf (stockwire-dashboard as user dashboard: see user_of).
+services=(stock-projector low-stock-watcher velocity-projector velocity-watcher stockwire-dashboard)
+
+# The nats.conf user a service binary runs as.
+user_of() {
+  printf '%s' "${1#stockwire-}"
+}
 
 # Development passwords for the users in nats.conf, exported when unset (nats.conf has no
 # defaults of its own). Anywhere but a laptop, set your own before scripts/up: the server
@@ -19,6 +24,7 @@ export STOCKWIRE_STOCK_PROJECTOR_PASSWORD=${STOCKWIRE_STOCK_PROJECTOR_PASSWORD:-
 export STOCKWIRE_LOW_STOCK_WATCHER_PASSWORD=${STOCKWIRE_LOW_STOCK_WATCHER_PASSWORD:-dev-low-stock-watcher}
 export STOCKWIRE_VELOCITY_PROJECTOR_PASSWORD=${STOCKWIRE_VELOCITY_PROJECTOR_PASSWORD:-dev-velocity-projector}
 export STOCKWIRE_VELOCITY_WATCHER_PASSWORD=${STOCKWIRE_VELOCITY_WATCHER_PASSWORD:-dev-velocity-watcher}
+export STOCKWIRE_DASHBOARD_PASSWORD=${STOCKWIRE_DASHBOARD_PASSWORD:-dev-dashboard}
 export STOCKWIRE_SYS_PASSWORD=${STOCKWIRE_SYS_PASSWORD:-dev-sys}
 
 # The password of user $1 (admin, cli, a service name, sys).

@@ -12,13 +12,14 @@ use tokio_util::sync::CancellationToken;
 use super::{code, stderr, Stack};
 
 /// The users nats.conf defines.
-pub(super) const USERS: [&str; 7] = [
+pub(super) const USERS: [&str; 8] = [
     "admin",
     "cli",
     "stock-projector",
     "low-stock-watcher",
     "velocity-projector",
     "velocity-watcher",
+    "dashboard",
     "sys",
 ];
 
