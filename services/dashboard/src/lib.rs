@@ -102,6 +102,9 @@ pub(crate) struct Shared {
     pub(crate) js: jetstream::Context,
     pub(crate) envelope: Envelope,
     pub(crate) password: Option<String>,
+    /// Ends the pages' event streams when the process stops (a server waits for its
+    /// connections to end, and an event stream does not end by itself).
+    pub(crate) shutdown: CancellationToken,
 }
 
 /// Changes a page may fall behind by before it gets a fresh snapshot instead.
@@ -135,6 +138,7 @@ pub async fn start(
         js: js.clone(),
         envelope,
         password: config.password.clone(),
+        shutdown: shutdown.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

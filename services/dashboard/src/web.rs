@@ -232,7 +232,11 @@ async fn events(
 
 fn page_events(page: PageStream) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     futures::stream::unfold(page, |mut page| async move {
-        let event = page.next_event().await;
+        let shutdown = page.shared.shutdown.clone();
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            event = page.next_event() => event?,
+        };
         Some((Ok(event), page))
     })
 }
@@ -272,9 +276,10 @@ impl PageStream {
 
     /// The next event for the page: a snapshot first (and after falling behind), then an
     /// update whenever something it shows changed; what has piled up meanwhile goes in one.
-    async fn next_event(&mut self) -> SseEvent {
+    /// `None` when the process is stopping: the page will reconnect.
+    async fn next_event(&mut self) -> Option<SseEvent> {
         if !self.started {
-            return self.snapshot().await;
+            return Some(self.snapshot().await);
         }
         loop {
             let mut update = Update::default();
@@ -297,11 +302,8 @@ impl PageStream {
                     Ok(Change::Status) => {
                         update.status = Some(self.shared.status.read().await.clone())
                     }
-                    Err(RecvError::Lagged(_)) => return self.snapshot().await,
-                    Err(RecvError::Closed) => {
-                        // The process is stopping: the page will reconnect.
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                    }
+                    Err(RecvError::Lagged(_)) => return Some(self.snapshot().await),
+                    Err(RecvError::Closed) => return None,
                 }
             }
             if rows_changed {
@@ -331,9 +333,11 @@ impl PageStream {
                 && update.alerts.is_empty()
                 && update.status.is_none();
             if !empty {
-                return SseEvent::default()
-                    .event("update")
-                    .data(serde_json::to_string(&update).unwrap_or_default());
+                return Some(
+                    SseEvent::default()
+                        .event("update")
+                        .data(serde_json::to_string(&update).unwrap_or_default()),
+                );
             }
         }
     }
