@@ -110,7 +110,7 @@ function prependAlerts(alerts) {
 function renderStatus(s) {
   if (!s) return;
   const lag = [s.stock_lag, s.velocity_lag].map((l) => (l == null ? "?" : l));
-  $("lag").textContent = "views behind by " + lag[0] + " / " + lag[1] + " events";
+  $("lag").textContent = "behind the log: stock " + lag[0] + ", velocity " + lag[1] + " events";
   $("dead-letters").textContent = (s.dead_letters == null ? "?" : s.dead_letters) + " dead letters";
   $("last-event").textContent = s.last_event_ms ? "last event " + localTime(s.last_event_ms) : "";
   setLive(s.nats);

@@ -17,11 +17,17 @@ use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
 
+#[path = "dashboard/browser.rs"]
+mod browser;
+
 struct Stack {
-    _server: NatsServer,
+    server: NatsServer,
+    client: async_nats::Client,
     js: jetstream::Context,
     stop: CancellationToken,
     addr: SocketAddr,
+    /// The dashboard's own stop, and its web server's task.
+    dashboard: (CancellationToken, tokio::task::JoinHandle<()>),
 }
 
 impl Stack {
@@ -56,15 +62,38 @@ impl Stack {
             }
         });
         let config = dashboard_config(&server, "127.0.0.1:0", None);
-        let (addr, _) = dashboard::start(client, &config, stop.clone())
+        let dashboard_stop = stop.child_token();
+        let (addr, task) = dashboard::start(client.clone(), &config, dashboard_stop.clone())
             .await
             .expect("the dashboard starts");
         Self {
-            _server: server,
+            server,
+            client,
             js,
             stop,
             addr,
+            dashboard: (dashboard_stop, task),
         }
+    }
+
+    /// Stops the dashboard (its pages lose their stream), then starts it again on the
+    /// same address after `meanwhile` has run.
+    async fn restart_dashboard<T>(&mut self, meanwhile: impl std::future::Future<Output = T>) -> T {
+        let (stop, task) = &mut self.dashboard;
+        stop.cancel();
+        tokio::time::timeout(WAIT, task)
+            .await
+            .expect("the dashboard stops in time")
+            .expect("the dashboard's task");
+        let said = meanwhile.await;
+        let config = dashboard_config(&self.server, &self.addr.to_string(), None);
+        let stop = self.stop.child_token();
+        let (addr, task) = dashboard::start(self.client.clone(), &config, stop.clone())
+            .await
+            .expect("the dashboard starts again");
+        assert_eq!(addr, self.addr);
+        self.dashboard = (stop, task);
+        said
     }
 
     async fn record(&self, event: Event) -> u64 {
