@@ -65,11 +65,11 @@ function renderTotal(total) {
   $("shown").textContent = state.order.length + " of " + total + " shown";
 }
 
-function addWarehouses(rows) {
+function addWarehouses(seen) {
   let added = false;
-  for (const r of rows) {
-    if (!state.warehouses.has(r.warehouse)) {
-      state.warehouses.add(r.warehouse);
+  for (const name of seen) {
+    if (!state.warehouses.has(name)) {
+      state.warehouses.add(name);
       added = true;
     }
   }
@@ -126,6 +126,8 @@ function connect() {
   if (state.source) state.source.close();
   clearTimeout(state.retry);
   const qs = query();
+  // The address says what the page shows, so it can be bookmarked or shared.
+  history.replaceState(null, "", location.pathname + (qs ? "?" + qs : ""));
   $("csv").href = "/rows.csv" + (qs ? "?" + qs : "");
   const source = new EventSource("/events" + (qs ? "?" + qs : ""));
   state.source = source;
@@ -133,7 +135,8 @@ function connect() {
     const snap = JSON.parse(e.data);
     state.rows = new Map(snap.rows.map((r) => [r.key, r]));
     state.order = snap.rows.map((r) => r.key);
-    addWarehouses(snap.rows);
+    addWarehouses(snap.warehouses || []);
+    addWarehouses(snap.rows.map((r) => r.warehouse));
     renderTable();
     renderTotal(snap.total);
     $("alerts").replaceChildren();
@@ -150,7 +153,7 @@ function connect() {
       for (const k of [...state.rows.keys()]) if (!keep.has(k)) state.rows.delete(k);
     }
     if (u.rows || u.order) {
-      addWarehouses(u.rows || []);
+      addWarehouses((u.rows || []).map((r) => r.warehouse));
       renderTable();
     }
     if (u.total != null) renderTotal(u.total);
@@ -165,6 +168,14 @@ function connect() {
   };
 }
 
+// A page opened as /?warehouse=W&q=S starts filtered.
+{
+  const params = new URLSearchParams(location.search);
+  const w = params.get("warehouse");
+  if (w) addWarehouses([w]);
+  $("warehouse").value = w || "";
+  $("search").value = params.get("q") || "";
+}
 $("warehouse").addEventListener("change", connect);
 let typing = null;
 $("search").addEventListener("input", () => {

@@ -126,6 +126,8 @@ pub struct Board {
     thresholds: HashMap<String, Thresholds>,
     rows: HashMap<String, Row>,
     order: BTreeSet<Urgency>,
+    /// The same order, per warehouse: a page filtered by warehouse reads only its own.
+    by_warehouse: HashMap<String, BTreeSet<Urgency>>,
     alerts: VecDeque<AlertItem>,
     limits: BandLimits,
     /// The latest event time among the products.
@@ -214,12 +216,19 @@ impl Board {
         self.rows.len()
     }
 
+    /// The warehouses that hold products, by name.
+    pub fn warehouses(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.by_warehouse.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     /// The first rows for `query` in order of urgency, and how many match in all.
     pub fn page(&self, query: &Query) -> Page {
         let limit = query.limit();
         let mut rows = Vec::with_capacity(limit.min(self.rows.len()));
         let mut total = 0;
-        for place in &self.order {
+        for place in self.ordered(query) {
             let Some(row) = self.rows.get(&place.key) else {
                 continue;
             };
@@ -235,12 +244,22 @@ impl Board {
 
     /// Every row for `query`, in order (the CSV download).
     pub fn all(&self, query: &Query) -> Vec<Row> {
-        self.order
-            .iter()
+        self.ordered(query)
             .filter_map(|place| self.rows.get(&place.key))
             .filter(|row| query.matches(row))
             .cloned()
             .collect()
+    }
+
+    /// The rows in order of urgency that a query may match: its warehouse's, or all.
+    fn ordered(&self, query: &Query) -> Box<dyn Iterator<Item = &Urgency> + '_> {
+        match query.warehouse.as_deref().filter(|w| !w.is_empty()) {
+            Some(w) => match self.by_warehouse.get(w) {
+                Some(set) => Box::new(set.iter()),
+                None => Box::new(std::iter::empty()),
+            },
+            None => Box::new(self.order.iter()),
+        }
     }
 
     /// Recomputes the row of `key` from what is known; whether it changed.
@@ -248,11 +267,23 @@ impl Board {
         let row = self.stock.get(key).map(|stock| self.join(key, stock));
         let before = self.rows.remove(key);
         if let Some(before) = &before {
-            self.order.remove(&urgency(before));
+            let place = urgency(before);
+            if let Some(set) = self.by_warehouse.get_mut(&before.warehouse) {
+                set.remove(&place);
+                if set.is_empty() {
+                    self.by_warehouse.remove(&before.warehouse);
+                }
+            }
+            self.order.remove(&place);
         }
         let changed = before != row;
         if let Some(row) = row {
-            self.order.insert(urgency(&row));
+            let place = urgency(&row);
+            self.by_warehouse
+                .entry(row.warehouse.clone())
+                .or_default()
+                .insert(place.clone());
+            self.order.insert(place);
             self.rows.insert(key.to_string(), row);
         }
         changed

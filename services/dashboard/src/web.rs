@@ -175,6 +175,8 @@ async fn csv(
 struct Snapshot {
     rows: Vec<Row>,
     total: usize,
+    /// Every warehouse, for the page's filter (its rows may show only a few).
+    warehouses: Vec<String>,
     alerts: Vec<AlertItem>,
     status: Status,
 }
@@ -245,6 +247,7 @@ impl PageStream {
     async fn snapshot(&mut self) -> SseEvent {
         let board = self.shared.board.read().await;
         let page = board.page(&self.query);
+        let warehouses = board.warehouses();
         let alerts = board
             .alerts(SNAPSHOT_ALERTS * 4)
             .into_iter()
@@ -258,6 +261,7 @@ impl PageStream {
         let snapshot = Snapshot {
             rows: page.rows,
             total: page.total,
+            warehouses,
             alerts,
             status: self.shared.status.read().await.clone(),
         };

@@ -222,6 +222,20 @@ async fn drive(stack: &mut Stack, driver: &Driver) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The address says so: opened again, the page starts filtered.
+    let filtered = driver.client.current_url().await?;
+    if !filtered.as_str().ends_with("/?warehouse=nyc1") {
+        return Err(anyhow!("the filtered page's address is {filtered}"));
+    }
+    driver.client.goto(filtered.as_str()).await?;
+    driver
+        .has(r#"tr[data-key="nyc1.pear"]"#, "nyc1's row, opened filtered")
+        .await?;
+    if driver.client.find(Locator::Css(apple)).await.is_ok() {
+        return Err(anyhow!(
+            "ams1's row is shown on a page opened filtered on nyc1"
+        ));
+    }
 
     // The product page: one point of the chart per event.
     driver
