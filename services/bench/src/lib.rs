@@ -40,6 +40,7 @@ mod batches;
 mod catalogue;
 mod command;
 mod ctx;
+mod dashboard;
 mod failure;
 mod ingest;
 mod latency;
@@ -152,6 +153,14 @@ pub struct BenchArgs {
     /// Purchase attempts per second the simulator is asked for, on average over a day.
     #[arg(long, default_value_t = 500.0)]
     simulate_rate: f64,
+    /// Products in the view for the dashboard's memory and first-load figure (default
+    /// 100,000; --quick: 10,000; 0 leaves the dashboard's figure out).
+    #[arg(long)]
+    dashboard_products: Option<usize>,
+    /// Seconds of events at 100 a second for the dashboard's latency figure (default 30;
+    /// --quick: 5).
+    #[arg(long)]
+    dashboard_seconds: Option<u64>,
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -192,6 +201,8 @@ struct Report {
     checked_sale: command::CheckedSale,
     /// `stockwire simulate` after a week of backfill: kept up, and its ceiling.
     simulate: Option<simulate::SimulateFigures>,
+    /// The dashboard: memory and first load with many products, PubAck -> page latency.
+    dashboard: Option<dashboard::DashboardFigures>,
     rebuild: Option<rebuild::RebuildFigures>,
     rebuild_events_per_s: Option<f64>,
     /// stock-projector over a view of a million products: memory bounded, or split.
@@ -399,6 +410,17 @@ async fn measure(ctx: &Ctx, args: BenchArgs) -> Outcome {
     } else {
         None
     };
+    let dashboard_products =
+        args.dashboard_products
+            .unwrap_or(if args.quick { 10_000 } else { 100_000 });
+    let dashboard = if dashboard_products > 0 {
+        let seconds = args
+            .dashboard_seconds
+            .unwrap_or(if args.quick { 5 } else { 30 });
+        Some(dashboard::measure(ctx, &client, &run_id, dashboard_products, seconds, timeout).await?)
+    } else {
+        None
+    };
     let rebuild = if args.skip_rebuild {
         None
     } else {
@@ -420,6 +442,7 @@ async fn measure(ctx: &Ctx, args: BenchArgs) -> Outcome {
     let report = Report {
         catalogue,
         simulate,
+        dashboard,
         events,
         products: args.products,
         fsync: args.fsync,

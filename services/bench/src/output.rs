@@ -179,6 +179,22 @@ pub(crate) fn report(ctx: &Ctx, r: &Report) {
             m.get_put_ack_per_s
         ));
     }
+    if let Some(d) = &r.dashboard {
+        line(format!(
+            "stockwire-dashboard: {} products held in {} MiB, a page's first snapshot in {:.0} ms; \
+             PubAck -> row on the page with {} pages open at {} events/s: p50 {} ms, p99 {} ms, \
+             max {} ms ({} samples)",
+            d.products,
+            d.rss_mb,
+            d.first_snapshot_ms,
+            d.pages,
+            d.events_per_s,
+            d.p50_ms,
+            d.p99_ms,
+            d.max_ms,
+            d.samples
+        ));
+    }
     let l = &r.alert_latency_ms;
     line(format!(
         "alert latency, PubAck of the crossing event -> alert stored in ALERTS, at {} events/s offered: \
