@@ -111,6 +111,8 @@ class Stack:
             text = f.read()
         store = os.path.join(work, "store")
         text = re.sub(r"store_dir:.*", "store_dir: %s" % json.dumps(store), text)
+        # The leaf node listener too, on a port of its own (a running scripts/up has 7422).
+        text = re.sub(r"(\n\s+listen: )127\.0\.0\.1:7422", r"\g<1>127.0.0.1:%d" % free_port(), text)
         with open(self.conf, "w") as f:
             f.write(text)
         # nats.conf includes the users from ./accounts.conf, next to the including file.

@@ -66,6 +66,7 @@ pub mod retry;
 pub mod service;
 pub mod shutdown;
 pub mod simulation;
+pub mod sites;
 pub mod subjects;
 pub mod telemetry;
 #[cfg(feature = "testing")]

@@ -10,9 +10,12 @@ use std::fmt;
 use std::time::Duration;
 
 use async_nats::jetstream::context::GetStreamErrorKind;
-use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::stream::{
+    Config, DiscardPolicy, External, RetentionPolicy, Source, StorageType,
+};
 use async_nats::jetstream::{Context, ErrorCode};
 
+use crate::domain::WarehouseId;
 use crate::retry::Backoff;
 use crate::subjects;
 use crate::views;
@@ -34,6 +37,10 @@ pub struct Options {
     /// Replicas of every stream and bucket; `None` keeps each existing stream's count (a
     /// new one gets 1), so a plain re-run never scales an R3 deployment back to R1.
     pub replicas: Option<usize>,
+    /// The warehouse whose own server this is (an edge site), or `None` at the hub. A
+    /// site's `INVENTORY` holds that warehouse's events only, and its `sites` bucket is a
+    /// mirror of the hub's.
+    pub site: Option<WarehouseId>,
 }
 
 impl Default for Options {
@@ -41,6 +48,7 @@ impl Default for Options {
         Self {
             duplicate_window: DEFAULT_DUPLICATE_WINDOW,
             replicas: None,
+            site: None,
         }
     }
 }
@@ -108,13 +116,23 @@ impl ProvisionError {
 
 /// The streams Stockwire needs, with a word on what each is.
 pub fn desired(options: &Options) -> Vec<(String, Config)> {
+    let (subjects, description) = match &options.site {
+        Some(site) => (
+            subjects::warehouse_events(site),
+            format!("Stockwire events of record of warehouse {site}, recorded at its site"),
+        ),
+        None => (
+            subjects::INVENTORY_SUBJECTS.to_string(),
+            "Stockwire events of record: the source of truth".to_string(),
+        ),
+    };
     let mut wanted = vec![
         (
             "events of record".into(),
             Config {
                 name: subjects::INVENTORY_STREAM.into(),
-                description: Some("Stockwire events of record: the source of truth".into()),
-                subjects: vec![subjects::INVENTORY_SUBJECTS.into()],
+                description: Some(description),
+                subjects: vec![subjects],
                 storage: StorageType::File,
                 retention: RetentionPolicy::Limits,
                 duplicate_window: options.duplicate_window,
@@ -167,6 +185,31 @@ pub fn desired(options: &Options) -> Vec<(String, Config)> {
             false,
         ),
     ));
+    let sites = kv_config(
+        subjects::SITES_BUCKET,
+        "Stockwire edge sites: the warehouses that record at their own server",
+        false,
+    );
+    wanted.push(match &options.site {
+        None => (format!("bucket {}", subjects::SITES_BUCKET), sites),
+        // A copy of the hub's registry, kept by the server: a mirror has no subjects of
+        // its own, and follows the hub whenever the link is up.
+        Some(_) => (
+            format!("bucket {} (a mirror of the hub's)", subjects::SITES_BUCKET),
+            Config {
+                subjects: Vec::new(),
+                mirror: Some(Source {
+                    name: sites.name.clone(),
+                    external: Some(External {
+                        api_prefix: subjects::domain_api(subjects::HUB_DOMAIN),
+                        delivery_prefix: None,
+                    }),
+                    ..Default::default()
+                }),
+                ..sites
+            },
+        ),
+    });
     wanted.push((
         format!("bucket {}", subjects::LEASES_BUCKET),
         Config {

@@ -18,6 +18,18 @@ pub const ALERTS_SUBJECTS: &str = "alerts.>";
 pub const DEADLETTER_STREAM: &str = "DEADLETTER";
 pub const DEADLETTER_SUBJECTS: &str = "deadletter.>";
 
+/// The warehouses that run their own server (edge sites), one key per warehouse, kept
+/// at the hub; each site holds a mirror of it.
+pub const SITES_BUCKET: &str = "sites";
+/// The hub's JetStream domain: a site reaches the hub's API at `$JS.hub.API`.
+pub const HUB_DOMAIN: &str = "hub";
+
+/// The JetStream API of another domain, as a stream source's `external.api` names it:
+/// `$JS.{domain}.API`.
+pub fn domain_api(domain: &str) -> String {
+    format!("$JS.{domain}.API")
+}
+
 /// Stock per product and location.
 pub const STOCK_BUCKET: &str = "stock";
 /// Units sold over the last hour, day and week.

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use crate::connect::{connect, ConnectArgs, Startup};
 
 mod cluster;
+mod relay;
 pub use cluster::NatsCluster;
+pub use relay::Relay;
 
 const MIN_VERSION: (u32, u32) = (2, 14);
 
@@ -124,6 +126,12 @@ impl NatsServer {
                 if line.trim_start().starts_with("store_dir") {
                     has_store = true;
                     format!("  store_dir: {:?}", store.display().to_string())
+                } else if line.starts_with(char::is_whitespace)
+                    && line.trim_start().starts_with("listen:")
+                {
+                    // A listener inside a block (leaf nodes): any free port, read from
+                    // the log by `leafnode_port`.
+                    "  listen: \"127.0.0.1:-1\"".to_string()
                 } else {
                     line.to_string()
                 }
@@ -204,6 +212,22 @@ impl NatsServer {
         self.port
     }
 
+    /// The port the server listens on for leaf nodes (its config has a `leafnodes`
+    /// listener), as its log says.
+    pub fn leafnode_port(&self) -> Option<u16> {
+        let log = self.log();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("Listening for leafnode connections on"))?;
+        line.rsplit(':').next()?.trim().parse().ok()
+    }
+
+    /// Sends SIGKILL to the server, which stays down until [`NatsServer::restart`].
+    pub fn kill_now(&mut self) {
+        self.kill();
+    }
+
     /// The server's log so far (for a test that checks what the server said).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
@@ -245,6 +269,12 @@ impl NatsServer {
 /// test's own directory finds everything it refers to.
 pub fn repo_nats_conf() -> Result<String, ServerError> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../nats.conf");
+    with_includes_expanded(&path)
+}
+
+/// The repo's `site/site.conf` (an edge site's server), includes expanded.
+pub fn repo_site_conf() -> Result<String, ServerError> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../site/site.conf");
     with_includes_expanded(&path)
 }
 

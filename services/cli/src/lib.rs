@@ -14,6 +14,7 @@
 //!   `verify`, `status`,
 //!   `deadletter`: one command each.
 //! - `bench`: launches `stockwire-bench`, the benchmark's own binary (an admin's tool).
+//! - `site`: edge sites (warehouses with their own server), at the hub.
 //! - `simulate`: a living network of warehouses through the real write paths.
 //! - `output`: tables and JSON.
 #![forbid(unsafe_code)]
@@ -34,6 +35,7 @@ mod rebuild;
 mod record;
 mod setup;
 mod simulate;
+mod site;
 mod status;
 mod stock;
 mod threshold;
@@ -57,6 +59,7 @@ pub use history::HistoryArgs;
 pub use rebuild::RebuildArgs;
 pub use setup::SetupArgs;
 pub use simulate::SimulateArgs;
+pub use site::SiteArgs;
 pub use status::StatusArgs;
 pub use stock::StockArgs;
 pub use threshold::ThresholdArgs;
@@ -118,6 +121,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Run a living warehouse network: customers buying, orders on low stock, deliveries.
     Simulate(SimulateArgs),
+    /// Edge sites, at the hub: add a warehouse that records at its own server; list them.
+    Site(SiteArgs),
 }
 
 /// What every command gets: its settings, and a way to reach NATS.
@@ -188,6 +193,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Outcome {
         Command::Deadletter(args) => deadletter::run(ctx, args).await,
         Command::Bench(args) => bench::run(ctx, args).await,
         Command::Simulate(args) => simulate::run(ctx, args).await,
+        Command::Site(args) => site::run(ctx, args).await,
     }
 }
 

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
+use stockwire::domain::WarehouseId;
 use stockwire::provision::{self, Options};
+use stockwire::subjects;
 
 use crate::failure::{Failure, Outcome};
 use crate::{output, Ctx};
@@ -19,6 +21,10 @@ pub struct SetupArgs {
     /// existing stream keeps its count and new ones get 1; lowering it needs this flag.
     #[arg(long, env = "STOCKWIRE_REPLICAS", value_parser = clap::value_parser!(u64).range(1..=5))]
     replicas: Option<u64>,
+    /// Set up an edge site's own server: the warehouse is the server's JetStream domain,
+    /// and its `INVENTORY` holds that warehouse's events only (see `site/site.conf`).
+    #[arg(long)]
+    site: bool,
 }
 
 #[derive(Serialize)]
@@ -30,9 +36,11 @@ struct Line<'a> {
 
 pub(crate) async fn run(ctx: &Ctx, args: SetupArgs) -> Outcome {
     let js = ctx.jetstream().await?;
+    let site = site_of(&js, args.site).await?;
     let options = Options {
         duplicate_window: Duration::from_secs(args.duplicate_window_s),
         replicas: args.replicas.map(|n| n as usize),
+        site,
     };
     let report = match provision::provision(&js, &options).await {
         Ok(report) => report,
@@ -65,4 +73,39 @@ pub(crate) async fn run(ctx: &Ctx, args: SetupArgs) -> Outcome {
         output::line(&table);
     }
     Ok(())
+}
+
+/// The warehouse whose site this server is, from its JetStream domain; checks that
+/// `--site` is given exactly when the server is a site's.
+async fn site_of(
+    js: &async_nats::jetstream::Context,
+    site: bool,
+) -> Result<Option<WarehouseId>, Failure> {
+    let account = js.query_account().await.map_err(|e| {
+        anyhow::anyhow!("asking the server for its JetStream account (and its domain): {e}")
+    })?;
+    let domain = account.domain.filter(|d| !d.is_empty());
+    match (domain.as_deref(), site) {
+        (None, false) => Ok(None),
+        (Some(subjects::HUB_DOMAIN), false) => Ok(None),
+        (Some(domain), false) => Err(Failure::invalid(format!(
+            "this server's JetStream domain is {domain:?}: it is an edge site's server; set it \
+             up with `stockwire setup --site` (its INVENTORY then holds warehouse {domain}'s \
+             events only)"
+        ))),
+        (None, true) => Err(Failure::invalid(
+            "--site: this server has no JetStream domain; a site's server names its warehouse \
+             with `jetstream { domain: <warehouse> }` (site/site.conf does)",
+        )),
+        (Some(subjects::HUB_DOMAIN), true) => Err(Failure::invalid(format!(
+            "--site: this server's JetStream domain is {:?}, the hub's; run `stockwire setup` \
+             here, and `stockwire setup --site` on the site's own server",
+            subjects::HUB_DOMAIN
+        ))),
+        (Some(domain), true) => WarehouseId::parse(domain).map(Some).map_err(|e| {
+            Failure::invalid(format!(
+                "--site: this server's JetStream domain {domain:?} is not a warehouse id: {e}"
+            ))
+        }),
+    }
 }

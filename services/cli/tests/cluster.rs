@@ -11,6 +11,9 @@ use stockwire::subjects;
 use stockwire::testing::{wait_until, NatsCluster};
 use tokio::sync::Mutex;
 
+#[path = "cluster/sites.rs"]
+mod sites;
+
 /// Three nodes per test on two cores: one test at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 

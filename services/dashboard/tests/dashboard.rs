@@ -424,7 +424,7 @@ async fn beyond_loopback_it_asks_who_is_there() {
 }
 
 /// The users of the repo's nats.conf, and the password each has here.
-const USERS: [&str; 8] = [
+const USERS: [&str; 9] = [
     "admin",
     "cli",
     "stock-projector",
@@ -432,6 +432,7 @@ const USERS: [&str; 8] = [
     "velocity-projector",
     "velocity-watcher",
     "dashboard",
+    "site",
     "sys",
 ];
 

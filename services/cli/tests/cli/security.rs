@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::{code, stderr, Stack};
 
 /// The users nats.conf defines.
-pub(super) const USERS: [&str; 8] = [
+pub(super) const USERS: [&str; 9] = [
     "admin",
     "cli",
     "stock-projector",
@@ -20,6 +20,7 @@ pub(super) const USERS: [&str; 8] = [
     "velocity-projector",
     "velocity-watcher",
     "dashboard",
+    "site",
     "sys",
 ];
 

@@ -1,0 +1,345 @@
+//! Edge sites: a hub (the repo's nats.conf) and a site's own server (site/site.conf) as a
+//! leaf node, with a relay in the leaf link that the test cuts and restores.
+
+use std::process::Output;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use stockwire::connect::{connect, Startup};
+use stockwire::read::Reader;
+use stockwire::subjects;
+use stockwire::testing::{repo_nats_conf, repo_site_conf, wait_until, NatsServer, Relay};
+
+use super::{msg_id, ONE_AT_A_TIME};
+
+const USERS: [&str; 9] = [
+    "admin",
+    "cli",
+    "stock-projector",
+    "low-stock-watcher",
+    "velocity-projector",
+    "velocity-watcher",
+    "dashboard",
+    "site",
+    "sys",
+];
+
+fn password(user: &str) -> String {
+    format!("test-{user}-secret")
+}
+
+fn passwords() -> Vec<(String, String)> {
+    USERS
+        .iter()
+        .map(|u| {
+            let var = format!("STOCKWIRE_{}_PASSWORD", u.replace('-', "_").to_uppercase());
+            (var, password(u))
+        })
+        .collect()
+}
+
+fn start(conf: &str, extra: &[(&str, String)]) -> NatsServer {
+    let mut env = passwords();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    NatsServer::with_config(conf, &env).expect("nats-server")
+}
+
+fn stockwire(server: &NatsServer, user: &str, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_stockwire"))
+        .env("NATS_URL", server.url())
+        .env("NATS_USER", user)
+        .env("NATS_PASSWORD", password(user))
+        .env("STOCKWIRE_REQUEST_TIMEOUT_MS", "3000")
+        .env_remove("NATS_CREDS")
+        .env_remove("STOCKWIRE_HEADER_PREFIX")
+        .env_remove("STOCKWIRE_SITE_OFFLINE_S")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run stockwire")
+}
+
+fn ok(server: &NatsServer, user: &str, args: &[&str]) -> String {
+    let out = stockwire(server, user, args);
+    assert!(
+        out.status.success(),
+        "stockwire {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The command fails with exit 2 and says `clue`.
+fn refused(server: &NatsServer, user: &str, args: &[&str], clue: &str) {
+    let out = stockwire(server, user, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stockwire {args:?}: {stderr}");
+    assert!(stderr.contains(clue), "stockwire {args:?} says: {stderr}");
+}
+
+async fn js_as(server: &NatsServer, user: &str) -> jetstream::Context {
+    let args = server.connect_args().as_user(user, &password(user));
+    let client = connect(&args, "sites-test", Startup::FailFast)
+        .await
+        .expect("connect");
+    jetstream::new(client)
+}
+
+/// The msg ids of `filter`'s events in `INVENTORY`, in stream order.
+async fn ids(js: &jetstream::Context, filter: &str) -> Vec<String> {
+    let mut reader = Reader::open(js, subjects::INVENTORY_STREAM, filter, 1)
+        .await
+        .expect("read INVENTORY");
+    let mut ids = Vec::new();
+    while let Some(msg) = reader.next().await {
+        ids.extend(msg_id(&msg.expect("a message")));
+    }
+    ids
+}
+
+fn site_list(hub: &NatsServer, offline_s: &str) -> serde_json::Value {
+    let out = ok(
+        hub,
+        "cli",
+        &["--json", "site", "list", "--site-offline-s", offline_s],
+    );
+    let line = out.lines().next().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("site list: {e}: {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_in_order() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let hub_conf = repo_nats_conf().expect("nats.conf");
+    let hub = start(&hub_conf, &[]);
+    let leaf_port = hub.leafnode_port().expect("the hub's leafnode port");
+    let relay = Relay::start(leaf_port).await.expect("relay");
+    let site_conf = repo_site_conf().expect("site/site.conf");
+    let mut site = start(
+        &site_conf,
+        &[
+            ("STOCKWIRE_SITE", "ams1".into()),
+            ("STOCKWIRE_SITE_LISTEN", "127.0.0.1:-1".into()),
+            ("STOCKWIRE_SITE_STORE", "unused".into()),
+            (
+                "STOCKWIRE_HUB_LEAFNODE_URL",
+                format!(
+                    "nats-leaf://site:{}@127.0.0.1:{}",
+                    password("site"),
+                    relay.port()
+                ),
+            ),
+        ],
+    );
+
+    // Each server is set up as what it is, and refuses to be set up as the other.
+    ok(&hub, "admin", &["setup"]);
+    refused(&hub, "admin", &["setup", "--site"], "the hub's");
+    refused(&site, "admin", &["setup"], "stockwire setup --site");
+    ok(&site, "admin", &["setup", "--site"]);
+    refused(&site, "admin", &["site", "list"], "at the hub");
+
+    // A warehouse with history at the hub cannot become a site as it is.
+    ok(
+        &hub,
+        "cli",
+        &[
+            "publish", "received", "-w", "nyc1", "-s", "pear", "-l", "A1", "-q", "5",
+        ],
+    );
+    refused(
+        &hub,
+        "admin",
+        &["site", "add", "nyc1"],
+        "already has 1 events",
+    );
+
+    ok(&hub, "admin", &["site", "add", "ams1"]);
+    let again = ok(&hub, "admin", &["site", "add", "ams1"]);
+    assert!(again.contains("already there"), "{again}");
+    // A re-run of setup at the hub keeps the source it does not own.
+    ok(&hub, "admin", &["setup"]);
+    let hub_js = js_as(&hub, "admin").await;
+    let sources = hub_js
+        .get_stream(subjects::INVENTORY_STREAM)
+        .await
+        .expect("INVENTORY")
+        .info()
+        .await
+        .expect("info")
+        .config
+        .sources
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(
+        sources.len(),
+        1,
+        "one source after setup ran again: {sources:?}"
+    );
+
+    // The site records; the hub gets it.
+    let sell = |q: &str| {
+        [
+            "publish", "sold", "-w", "ams1", "-s", "apple", "-l", "A1", "-q",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([q.to_string()])
+        .collect::<Vec<String>>()
+    };
+    ok(
+        &site,
+        "cli",
+        &[
+            "publish", "received", "-w", "ams1", "-s", "apple", "-l", "A1", "-q", "10",
+        ],
+    );
+    let args = sell("3");
+    ok(
+        &site,
+        "cli",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let site_js = js_as(&site, "admin").await;
+    let filter = subjects::warehouse_events(&"ams1".parse().expect("id"));
+    wait_until(
+        "the hub has the site's first two events",
+        Duration::from_secs(15),
+        || {
+            let (hub_js, filter) = (hub_js.clone(), filter.clone());
+            async move { ids(&hub_js, &filter).await.len() == 2 }
+        },
+    )
+    .await;
+    assert_eq!(ids(&hub_js, &filter).await, ids(&site_js, &filter).await);
+    // Nothing but the events crosses: an alert or a view write at the site stays there.
+    site_js
+        .publish("alerts.low_stock.ams1.apple", "{}".into())
+        .await
+        .expect("publish an alert at the site")
+        .await
+        .expect("its ack");
+    site_js
+        .get_key_value(subjects::THRESHOLDS_BUCKET)
+        .await
+        .expect("thresholds at the site")
+        .put("ams1.apple", r#"{"low_stock_below":40}"#.into())
+        .await
+        .expect("a threshold at the site");
+    let listed = site_list(&hub, "60");
+    assert_eq!(listed["warehouse"], "ams1");
+    assert_eq!(listed["online"], true, "{listed}");
+    assert_eq!(listed["events"], 2, "{listed}");
+
+    // The link goes down: the site goes on, its checks against its own log.
+    relay.cut();
+    ok(
+        &site,
+        "cli",
+        &[
+            "publish", "received", "-w", "ams1", "-s", "apple", "-l", "A1", "-q", "5",
+        ],
+    );
+    let args = sell("20");
+    let out = stockwire(
+        &site,
+        "cli",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "an oversell at the site is refused"
+    );
+    let args = sell("12");
+    ok(
+        &site,
+        "cli",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    // The site's server dies and comes back during the outage: nothing is lost.
+    site.restart().expect("restart the site");
+    let args = sell("1");
+    let out = stockwire(
+        &site,
+        "cli",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "nothing left after the restart: {out:?}"
+    );
+    wait_until(
+        "the hub sees the site silent",
+        Duration::from_secs(15),
+        || async { site_list(&hub, "2")["online"] == false },
+    )
+    .await;
+    assert_eq!(
+        ids(&hub_js, &filter).await.len(),
+        2,
+        "nothing crossed the cut link"
+    );
+
+    // The link is back: the hub catches up, each event once, in the site's order.
+    relay.restore();
+    let site_js = js_as(&site, "admin").await;
+    wait_until("the hub has caught up", Duration::from_secs(30), || {
+        let (hub_js, filter) = (hub_js.clone(), filter.clone());
+        async move { ids(&hub_js, &filter).await.len() == 4 }
+    })
+    .await;
+    let at_site = ids(&site_js, &filter).await;
+    assert_eq!(at_site.len(), 4);
+    assert_eq!(
+        ids(&hub_js, &filter).await,
+        at_site,
+        "the site's order, each once"
+    );
+    wait_until(
+        "the site is online again",
+        Duration::from_secs(15),
+        || async { site_list(&hub, "60")["online"] == true },
+    )
+    .await;
+    let hub_alerts = hub_js
+        .get_stream(subjects::ALERTS_STREAM)
+        .await
+        .expect("ALERTS")
+        .info()
+        .await
+        .expect("info")
+        .state
+        .messages;
+    assert_eq!(hub_alerts, 0, "the site's alert stayed at the site");
+    let hub_threshold = hub_js
+        .get_key_value(subjects::THRESHOLDS_BUCKET)
+        .await
+        .expect("thresholds at the hub")
+        .get("ams1.apple")
+        .await
+        .expect("read");
+    assert!(
+        hub_threshold.is_none(),
+        "the site's view write stayed at the site"
+    );
+
+    // The site's copy of the registry follows the hub's.
+    wait_until(
+        "the site's registry has itself",
+        Duration::from_secs(15),
+        || {
+            let site_js = site_js.clone();
+            async move {
+                match site_js.get_key_value(subjects::SITES_BUCKET).await {
+                    Ok(kv) => kv.get("ams1").await.ok().flatten().is_some(),
+                    Err(_) => false,
+                }
+            }
+        },
+    )
+    .await;
+}
