@@ -65,6 +65,69 @@ fn failed<E: std::fmt::Display>(what: impl Into<String>) -> impl FnOnce(E) -> Si
     }
 }
 
+/// Where the server a client talks to records events: the hub (every warehouse but the
+/// sites'), or one site (its own warehouse only). One home per warehouse: a site's events
+/// enter the hub only by sourcing.
+#[derive(Debug, Clone)]
+pub enum Home {
+    Hub(Box<async_nats::jetstream::kv::Store>),
+    Site(WarehouseId),
+}
+
+impl Home {
+    /// The server's home, from its JetStream domain (no domain, or `hub`: the hub).
+    pub async fn of(js: &Context) -> Result<Self, SiteError> {
+        let account = js
+            .query_account()
+            .await
+            .map_err(failed("asking the server for its JetStream domain"))?;
+        match account.domain.as_deref().filter(|d| !d.is_empty()) {
+            Some(domain) if domain != subjects::HUB_DOMAIN => WarehouseId::parse(domain)
+                .map(Home::Site)
+                .map_err(failed(format!(
+                    "this server's JetStream domain {domain:?} is not a warehouse id"
+                ))),
+            _ => {
+                let registry = js
+                    .get_key_value(subjects::SITES_BUCKET)
+                    .await
+                    .map_err(failed(format!(
+                        "opening bucket {} (run `stockwire setup`)",
+                        subjects::SITES_BUCKET
+                    )))?;
+                Ok(Home::Hub(Box::new(registry)))
+            }
+        }
+    }
+
+    /// Why this server may not record events of `warehouse`, if it may not.
+    pub async fn refuses(&self, warehouse: &WarehouseId) -> Result<Option<String>, SiteError> {
+        match self {
+            Home::Site(site) if site == warehouse => Ok(None),
+            Home::Site(site) => Ok(Some(format!(
+                "this server is warehouse {site}'s edge site, which records {site}'s events \
+                 only; {warehouse}'s are recorded at the hub or at its own site"
+            ))),
+            Home::Hub(registry) => {
+                let entry = registry
+                    .get(warehouse.as_str())
+                    .await
+                    .map_err(failed(format!(
+                        "looking {warehouse} up in bucket {}",
+                        subjects::SITES_BUCKET
+                    )))?;
+                Ok(entry.map(|_| {
+                    format!(
+                        "warehouse {warehouse} is an edge site: its events are recorded at its \
+                         own server (site {warehouse}) and reach the hub from there, never \
+                         published at the hub"
+                    )
+                }))
+            }
+        }
+    }
+}
+
 /// How the hub sees a site.
 #[derive(Debug, Clone, Serialize)]
 pub struct SiteState {

@@ -9,7 +9,7 @@
 //! from its line number and content, so re-running a file inside the duplicate window
 //! stores nothing twice.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,10 +19,11 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use serde::Serialize;
 use stockwire::batch::MAX_BATCH;
 use stockwire::connect::{connect_with, Startup};
-use stockwire::domain::Event;
+use stockwire::domain::{Event, WarehouseId};
 use stockwire::envelope::{Envelope, EventMeta, Outbound};
 use stockwire::event_line::{self, LineError};
 use stockwire::execute::UNAVAILABLE_FOR;
+use stockwire::sites::Home;
 use stockwire::subjects;
 
 use crate::failure::{Failure, Outcome};
@@ -129,6 +130,7 @@ pub(crate) async fn run(
         .map_err(|e| anyhow::anyhow!("connecting: {e}"))?
         .map_err(anyhow::Error::new)?;
     let js = async_nats::jetstream::new(client.clone());
+    check_homes(&js, &lines, file).await?;
     let latest = lines
         .events
         .iter()
@@ -190,6 +192,50 @@ pub(crate) async fn run(
         ));
     }
     Ok(summary.last_seq)
+}
+
+/// Refuses the whole file when a line's warehouse records elsewhere (a site's events at
+/// the hub, another warehouse's at a site), naming the lines.
+async fn check_homes(
+    js: &async_nats::jetstream::Context,
+    lines: &Lines,
+    file: &Path,
+) -> Result<(), Failure> {
+    let home = Home::of(js).await.map_err(anyhow::Error::new)?;
+    let mut verdicts: HashMap<&WarehouseId, Option<String>> = HashMap::new();
+    let mut refused: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for ((event, _), number) in lines.events.iter().zip(&lines.numbers) {
+        let warehouse = event.warehouse();
+        if !verdicts.contains_key(warehouse) {
+            let why = home.refuses(warehouse).await.map_err(anyhow::Error::new)?;
+            verdicts.insert(warehouse, why);
+        }
+        if let Some(Some(why)) = verdicts.get(warehouse) {
+            refused.entry(why.clone()).or_default().push(*number);
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let count: usize = refused.values().map(Vec::len).sum();
+    let reasons: Vec<String> = refused
+        .iter()
+        .map(|(why, numbers)| {
+            let shown: Vec<String> = numbers.iter().take(10).map(|n| n.to_string()).collect();
+            let more = if numbers.len() > 10 {
+                format!(" and {} more", numbers.len() - 10)
+            } else {
+                String::new()
+            };
+            format!("line {}{more}: {why}", shown.join(", "))
+        })
+        .collect();
+    Err(Failure::invalid(format!(
+        "{}: {count} lines record events this server does not keep, so nothing was \
+         published: {}",
+        file.display(),
+        reasons.join("; ")
+    )))
 }
 
 /// Writes events decided elsewhere (the simulator's backfill) the way an import writes

@@ -3,9 +3,10 @@
 //! on stdout too, with its outcome. `publish` and `transfer` both record this way.
 
 use serde::Serialize;
-use stockwire::domain::Command;
+use stockwire::domain::{Command, WarehouseId};
 use stockwire::envelope::EventMeta;
 use stockwire::execute::{Executed, Executor, Outcome as CommandOutcome};
+use stockwire::sites::Home;
 
 use crate::failure::Failure;
 use crate::meta::{check_server_clock, server_now_ms};
@@ -20,6 +21,7 @@ pub(crate) async fn execute(
     meta: &EventMeta,
 ) -> Result<Executed, Failure> {
     let js = ctx.jetstream().await?;
+    check_home(&js, command.warehouses()).await?;
     check_server_clock(what, meta.timestamp_ms, server_now_ms(&js).await?)?;
     let executor = Executor::new(js, ctx.envelope.clone(), ctx.connect.request_timeout());
     match executor.execute(command, meta).await {
@@ -34,6 +36,21 @@ pub(crate) async fn execute(
             Err(e.into())
         }
     }
+}
+
+/// Refuses events of a warehouse recorded elsewhere: a site's at the hub, or another
+/// warehouse's at a site (exit 2, nothing published).
+pub(crate) async fn check_home(
+    js: &async_nats::jetstream::Context,
+    warehouses: Vec<&WarehouseId>,
+) -> Result<(), Failure> {
+    let home = Home::of(js).await.map_err(anyhow::Error::new)?;
+    for warehouse in warehouses {
+        if let Some(why) = home.refuses(warehouse).await.map_err(anyhow::Error::new)? {
+            return Err(Failure::invalid(format!("{why}; nothing was published")));
+        }
+    }
+    Ok(())
 }
 
 /// A command that was not stored, as printed with `--json`.

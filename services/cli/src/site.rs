@@ -229,7 +229,7 @@ async fn list(ctx: &Ctx, js: &async_nats::jetstream::Context, offline_after: Dur
 }
 
 /// A time since, to the unit that reads well: `800 ms`, `42 s`, `7 min`, `3 h`.
-fn ago(ms: u64) -> String {
+pub(crate) fn ago(ms: u64) -> String {
     match ms {
         0..=999 => format!("{ms} ms"),
         1_000..=119_999 => format!("{} s", ms / 1_000),

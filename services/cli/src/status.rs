@@ -19,6 +19,7 @@ use clap::Args;
 use futures::StreamExt;
 use serde::Serialize;
 
+use stockwire::sites::{self, Home, SiteError, SiteState};
 use stockwire::{subjects, view, views};
 
 use crate::failure::{Failure, Outcome};
@@ -38,6 +39,14 @@ pub struct StatusArgs {
         default_value_t = 1000
     )]
     max_lag: u64,
+    /// An edge site silent for longer than this many seconds is reported (and fails --check).
+    #[arg(
+        long,
+        value_name = "S",
+        env = "STOCKWIRE_SITE_OFFLINE_S",
+        default_value_t = 60
+    )]
+    site_offline_s: u64,
 }
 
 /// Time allowed for one read of a view's checkpoints.
@@ -104,6 +113,13 @@ struct PartitionStats {
     lag: Option<u64>,
 }
 
+#[derive(Debug, Serialize)]
+struct SiteSummary {
+    #[serde(flatten)]
+    state: SiteState,
+    online: bool,
+}
+
 /// Everything `status` reports; `None` (JSON `null`) stands for missing.
 #[derive(Debug, Serialize)]
 struct Report {
@@ -113,6 +129,8 @@ struct Report {
     dead_letters: Option<u64>,
     /// The running instances of every service (the NATS service API).
     instances: Vec<stockwire::instance::Listed>,
+    /// The edge sites, as the hub sees them (none at a site, or without sites).
+    sites: Vec<SiteSummary>,
     max_lag: u64,
     /// Why `--check` fails (or would fail); empty when healthy.
     problems: Vec<String>,
@@ -135,6 +153,27 @@ pub(crate) async fn run(ctx: &Ctx, args: StatusArgs) -> Outcome {
         ));
     }
     report.instances = listed;
+    let offline_after = std::time::Duration::from_secs(args.site_offline_s);
+    match sites_of(&js).await {
+        Ok(states) => {
+            for state in states {
+                let online = state.online(offline_after);
+                if !online {
+                    report.problems.push(match state.silent_ms {
+                        Some(ms) => format!(
+                            "site {} silent for {} (more than --site-offline-s {})",
+                            state.warehouse,
+                            crate::site::ago(ms),
+                            args.site_offline_s
+                        ),
+                        None => format!("site {} never heard from", state.warehouse),
+                    });
+                }
+                report.sites.push(SiteSummary { state, online });
+            }
+        }
+        Err(e) => report.problems.push(format!("edge sites: {e}")),
+    }
     if ctx.json {
         output::json_line(&report);
     } else {
@@ -286,6 +325,7 @@ async fn gather(js: &Context, max_lag: u64) -> Result<Report, Failure> {
         projectors,
         dead_letters,
         instances: Vec::new(),
+        sites: Vec::new(),
         max_lag,
         problems,
     })
@@ -342,6 +382,16 @@ async fn lag(inventory: &Stream, filter: &str, checkpoint: u64) -> Result<u64, F
     // Only the count is needed; the server removes the idle consumer by itself (users
     // such as cli may not delete consumers).
     Ok(consumer.cached_info().num_pending)
+}
+
+/// The edge sites as the hub sees them; none at a site's own server.
+async fn sites_of(js: &async_nats::jetstream::Context) -> Result<Vec<SiteState>, SiteError> {
+    match Home::of(js).await {
+        Ok(Home::Hub(_)) => sites::states(js).await,
+        Ok(Home::Site(_)) => Ok(Vec::new()),
+        // No registry (setup not run yet): no sites; the missing streams say the rest.
+        Err(_) => Ok(Vec::new()),
+    }
 }
 
 fn print_tables(report: &Report, with_problems: bool) {
@@ -409,6 +459,21 @@ fn print_tables(report: &Report, with_problems: bool) {
     output::line(&buckets);
 
     instances::print(&report.instances);
+    if !report.sites.is_empty() {
+        let mut table = output::table(["site", "online", "last contact", "events at the hub"]);
+        for site in &report.sites {
+            table.add_row(vec![
+                site.state.warehouse.to_string(),
+                if site.online { "yes" } else { "NO" }.to_string(),
+                site.state.silent_ms.map_or_else(
+                    || "never".into(),
+                    |ms| format!("{} ago", crate::site::ago(ms)),
+                ),
+                site.state.events.to_string(),
+            ]);
+        }
+        output::line(&table);
+    }
     output::line(format!(
         "dead letters: {}",
         report

@@ -81,6 +81,18 @@ pub enum DomainError {
 }
 
 impl Command {
+    /// The warehouses whose events the command records (both ends of a transfer).
+    pub fn warehouses(&self) -> Vec<&WarehouseId> {
+        match self {
+            Command::Transfer {
+                from_warehouse,
+                to_warehouse,
+                ..
+            } => vec![from_warehouse, to_warehouse],
+            _ => vec![self.aggregate().0],
+        }
+    }
+
     /// The aggregate the command is decided on (the source, for a transfer).
     pub fn aggregate(&self) -> (&WarehouseId, &Sku) {
         match self {

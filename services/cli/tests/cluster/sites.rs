@@ -159,6 +159,59 @@ async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_
     ok(&hub, "admin", &["site", "add", "ams1"]);
     let again = ok(&hub, "admin", &["site", "add", "ams1"]);
     assert!(again.contains("already there"), "{again}");
+    // One home per warehouse: ams1's events are refused at the hub, whole files too,
+    // and a site records its own warehouse only.
+    refused(
+        &hub,
+        "cli",
+        &[
+            "publish", "received", "-w", "ams1", "-s", "apple", "-l", "A1", "-q", "1",
+        ],
+        "warehouse ams1 is an edge site",
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("events.ndjson");
+    let line = |w: &str| {
+        format!(
+            r#"{{"type":"stock.received","warehouse":"{w}","sku":"apple","location":"A1","quantity":1}}"#
+        )
+    };
+    std::fs::write(&file, format!("{}\n{}\n", line("nyc1"), line("ams1"))).expect("file");
+    refused(
+        &hub,
+        "cli",
+        &["publish", "--file", &file.to_string_lossy()],
+        "line 2: warehouse ams1 is an edge site",
+    );
+    refused(
+        &hub,
+        "cli",
+        &[
+            "transfer",
+            "-s",
+            "pear",
+            "--from-warehouse",
+            "nyc1",
+            "--from",
+            "A1",
+            "--to-warehouse",
+            "ams1",
+            "--to",
+            "A1",
+            "-q",
+            "1",
+        ],
+        "warehouse ams1 is an edge site",
+    );
+    refused(
+        &site,
+        "cli",
+        &[
+            "publish", "received", "-w", "nyc1", "-s", "pear", "-l", "A1", "-q", "1",
+        ],
+        "records ams1's events only",
+    );
+
     // A re-run of setup at the hub keeps the source it does not own.
     ok(&hub, "admin", &["setup"]);
     let hub_js = js_as(&hub, "admin").await;
@@ -177,6 +230,12 @@ async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_
         sources.len(),
         1,
         "one source after setup ran again: {sources:?}"
+    );
+    let nyc1 = subjects::warehouse_events(&"nyc1".parse().expect("id"));
+    assert_eq!(
+        ids(&hub_js, &nyc1).await.len(),
+        1,
+        "nothing of the refused file or transfer"
     );
 
     // The site records; the hub gets it.
@@ -283,6 +342,11 @@ async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_
         2,
         "nothing crossed the cut link"
     );
+    let status = ok(&hub, "cli", &["--json", "status", "--site-offline-s", "2"]);
+    let status: serde_json::Value = serde_json::from_str(status.trim()).expect("status JSON");
+    assert_eq!(status["sites"][0]["online"], false, "{status}");
+    let problems = status["problems"].to_string();
+    assert!(problems.contains("site ams1 silent for"), "{problems}");
 
     // The link is back: the hub catches up, each event once, in the site's order.
     relay.restore();
