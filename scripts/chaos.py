@@ -117,6 +117,7 @@ class Stack:
             f.write(text)
         # nats.conf includes the users from ./accounts.conf, next to the including file.
         shutil.copy(os.path.join(root, "accounts.conf"), work)
+        shutil.copy(os.path.join(root, "refused-events.conf"), work)
 
     def write_cluster(self):
         """Three node configs with free ports, each including the repo's users."""

@@ -43,6 +43,12 @@ pub fn source(site: &WarehouseId) -> Source {
     }
 }
 
+/// What the hub's permissions refuse its clients for a site: every event subject of its
+/// warehouse (they enter the hub only by sourcing).
+pub fn refused_at_the_hub(site: &WarehouseId) -> String {
+    format!("warehouse.{site}.>")
+}
+
 /// Whether `source` is the one that brings `site`'s events.
 pub fn is_source_of(source: &Source, site: &WarehouseId) -> bool {
     source.external.as_ref().map(|e| e.api_prefix.as_str())

@@ -119,31 +119,9 @@ impl NatsServer {
             .prefix("stockwire-nats-")
             .tempdir()?;
         let store = dir.path().join("store");
-        let mut has_store = false;
-        let text: Vec<String> = text
-            .lines()
-            .map(|line| {
-                if line.trim_start().starts_with("store_dir") {
-                    has_store = true;
-                    format!("  store_dir: {:?}", store.display().to_string())
-                } else if line.starts_with(char::is_whitespace)
-                    && line.trim_start().starts_with("listen:")
-                {
-                    // A listener inside a block (leaf nodes): any free port, read from
-                    // the log by `leafnode_port`.
-                    "  listen: \"127.0.0.1:-1\"".to_string()
-                } else {
-                    line.to_string()
-                }
-            })
-            .collect();
-        if !has_store {
-            return Err(ServerError::Unusable(
-                "the test config needs a jetstream block with a store_dir".into(),
-            ));
-        }
+        let text = prepared(text, &store)?;
         let path = dir.path().join("nats.conf");
-        std::fs::write(&path, text.join("\n"))?;
+        std::fs::write(&path, text)?;
         let env = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -159,6 +137,61 @@ impl NatsServer {
         Ok(server)
     }
 
+    /// Replaces the server's config with `text` (prepared as [`NatsServer::with_config`]
+    /// does) and has the running server reload it (SIGHUP), as an operator would.
+    pub fn reload_config(&mut self, text: &str) -> Result<(), ServerError> {
+        let Some((path, _)) = &self.config else {
+            return Err(ServerError::Unusable(
+                "only a server started from a config can reload one".into(),
+            ));
+        };
+        let text = prepared(text, &self.dir.path().join("store"))?;
+        std::fs::write(path, text)?;
+        let pid = self
+            .child
+            .as_ref()
+            .map(|c| c.id())
+            .ok_or_else(|| ServerError::Unusable("the server is not running".into()))?;
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()?;
+        if !status.success() {
+            return Err(ServerError::Unusable(format!("kill -HUP {pid}: {status}")));
+        }
+        Ok(())
+    }
+}
+
+/// Config text for a test's server: its `store_dir` in the test's directory, and any
+/// listener inside a block on a free port.
+fn prepared(text: &str, store: &Path) -> Result<String, ServerError> {
+    let mut has_store = false;
+    let text: Vec<String> = text
+        .lines()
+        .map(|line| {
+            if line.trim_start().starts_with("store_dir") {
+                has_store = true;
+                format!("  store_dir: {:?}", store.display().to_string())
+            } else if line.starts_with(char::is_whitespace)
+                && line.trim_start().starts_with("listen:")
+            {
+                // A listener inside a block (leaf nodes): any free port, read from
+                // the log by `leafnode_port`.
+                "  listen: \"127.0.0.1:-1\"".to_string()
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    if !has_store {
+        return Err(ServerError::Unusable(
+            "the test config needs a jetstream block with a store_dir".into(),
+        ));
+    }
+    Ok(text.join("\n"))
+}
+
+impl NatsServer {
     fn spawn(&mut self, port: &str) -> Result<(), ServerError> {
         let ports_dir = self.dir.path().join("ports");
         let _ = std::fs::remove_dir_all(&ports_dir);

@@ -32,6 +32,9 @@ enum Action {
         #[arg(value_parser = WarehouseId::parse)]
         warehouse: WarehouseId,
     },
+    /// The hub's refused-events.conf, from the registry: the sites' events, which admin
+    /// and cli may not publish at the hub (write it, then reload the server).
+    Conf,
     /// Every site: last contact, the events of it at the hub, online or not.
     List {
         /// A site silent for longer than this many seconds is shown offline.
@@ -59,6 +62,7 @@ pub(crate) async fn run(ctx: &Ctx, args: SiteArgs) -> Outcome {
     at_the_hub(&js).await?;
     match args.action {
         Action::Add { warehouse } => add(ctx, &js, &warehouse).await,
+        Action::Conf => conf(&js).await,
         Action::List { site_offline_s } => {
             list(ctx, &js, Duration::from_secs(site_offline_s)).await
         }
@@ -174,6 +178,26 @@ async fn add(ctx: &Ctx, js: &async_nats::jetstream::Context, warehouse: &Warehou
             subjects::domain_api(warehouse.as_str())
         ));
     }
+    Ok(())
+}
+
+/// Prints refused-events.conf for the hub: one deny per site.
+async fn conf(js: &async_nats::jetstream::Context) -> Outcome {
+    let entries = sites::registry(js).await.map_err(anyhow::Error::new)?;
+    let denied: Vec<String> = entries
+        .iter()
+        .map(|e| format!("{:?}", sites::refused_at_the_hub(&e.warehouse)))
+        .collect();
+    output::line(format!(
+        "# Generated at the hub by `stockwire site conf` from the sites registry ({} site{}).\n\
+         # Included by accounts.conf in the publish permissions of admin and cli: a site's\n\
+         # events are recorded at its own server and reach the hub only by sourcing.\n\
+         # Reload the hub after writing it (`nats-server --signal reload`, or SIGHUP).\n\
+         deny: [{}]",
+        entries.len(),
+        if entries.len() == 1 { "" } else { "s" },
+        denied.join(", ")
+    ));
     Ok(())
 }
 

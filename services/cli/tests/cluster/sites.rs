@@ -87,6 +87,14 @@ async fn js_as(server: &NatsServer, user: &str) -> jetstream::Context {
     jetstream::new(client)
 }
 
+/// A plain NATS client of `server` as `user`.
+async fn hub_conf_client(server: &NatsServer, user: &str) -> async_nats::Client {
+    let args = server.connect_args().as_user(user, &password(user));
+    connect(&args, "sites-test", Startup::FailFast)
+        .await
+        .expect("connect")
+}
+
 /// The msg ids of `filter`'s events in `INVENTORY`, in stream order.
 async fn ids(js: &jetstream::Context, filter: &str) -> Vec<String> {
     let mut reader = Reader::open(js, subjects::INVENTORY_STREAM, filter, 1)
@@ -113,7 +121,7 @@ fn site_list(hub: &NatsServer, offline_s: &str) -> serde_json::Value {
 async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_in_order() {
     let _one = ONE_AT_A_TIME.lock().await;
     let hub_conf = repo_nats_conf().expect("nats.conf");
-    let hub = start(&hub_conf, &[]);
+    let mut hub = start(&hub_conf, &[]);
     let leaf_port = hub.leafnode_port().expect("the hub's leafnode port");
     let relay = Relay::start(leaf_port).await.expect("relay");
     let site_conf = repo_site_conf().expect("site/site.conf");
@@ -211,6 +219,37 @@ async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_
         ],
         "records ams1's events only",
     );
+
+    // The hub's permissions refuse a raw publish of the site's events too, once its
+    // refused-events.conf is written from the registry and the server reloads it.
+    let generated = ok(&hub, "admin", &["site", "conf"]);
+    assert!(
+        generated.contains(r#"deny: ["warehouse.ams1.>"]"#),
+        "{generated}"
+    );
+    let reloaded = hub_conf.replace("deny: []", &generated);
+    assert_ne!(reloaded, hub_conf, "nats.conf includes refused-events.conf");
+    hub.reload_config(&reloaded).expect("reload the hub");
+    let raw = hub_conf_client(&hub, "cli").await;
+    wait_until(
+        "the hub refuses a raw publish of ams1",
+        Duration::from_secs(10),
+        || {
+            let (raw, hub) = (raw.clone(), &hub);
+            async move {
+                let _ = raw
+                    .publish("warehouse.ams1.product.apple.received", "{}".into())
+                    .await;
+                let _ = raw.flush().await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                hub.log().lines().any(|l| {
+                    l.contains("Publish Violation")
+                        && l.contains("warehouse.ams1.product.apple.received")
+                })
+            }
+        },
+    )
+    .await;
 
     // A re-run of setup at the hub keeps the source it does not own.
     ok(&hub, "admin", &["setup"]);
