@@ -50,6 +50,7 @@ mod rebuild;
 mod sample;
 mod services;
 mod simulate;
+mod sites;
 
 use batches::send_batches;
 use ctx::Ctx;
@@ -161,6 +162,20 @@ pub struct BenchArgs {
     /// --quick: 5).
     #[arg(long)]
     dashboard_seconds: Option<u64>,
+    /// Measure an edge site instead of everything else (scripts/bench --sites): the site's
+    /// server (a leaf node of this hub, set up with `setup --site` and added with `site add`).
+    #[arg(long, value_name = "URL", requires = "site_relay_pid")]
+    site_url: Option<String>,
+    /// The relay process in the site's leaf link (scripts/relay.py), cut and restored by
+    /// the figure.
+    #[arg(long, value_name = "PID")]
+    site_relay_pid: Option<u32>,
+    /// Events recorded at the site during the outage (default 100,000; --quick: 20,000).
+    #[arg(long)]
+    site_events: Option<usize>,
+    /// Seconds of checked sales at the site, then at the hub (default 10; --quick: 3).
+    #[arg(long)]
+    site_sales_seconds: Option<u64>,
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -262,6 +277,27 @@ async fn measure(ctx: &Ctx, args: BenchArgs) -> Outcome {
         ));
     }
     let client = ctx.client().await?;
+    if let (Some(site_url), Some(relay_pid)) = (&args.site_url, args.site_relay_pid) {
+        let figures = sites::measure(
+            ctx,
+            &client,
+            site_url,
+            relay_pid,
+            args.site_events
+                .unwrap_or(if args.quick { 20_000 } else { 100_000 }),
+            args.site_sales_seconds
+                .unwrap_or(if args.quick { 3 } else { 10 }),
+            ctx.connect.request_timeout().max(Duration::from_secs(10)),
+        )
+        .await?;
+        output::sites(ctx, &figures, &args.fsync, &client.server_info().version);
+        if let Some(path) = &args.report {
+            let text = serde_json::to_string_pretty(&figures).context("encoding the report")?;
+            std::fs::write(path, text + "\n")
+                .map_err(|e| Failure::invalid(format!("writing {}: {e}", path.display())))?;
+        }
+        return Ok(());
+    }
     let js = async_nats::jetstream::new(client.clone());
     let mut inventory = js
         .get_stream(subjects::INVENTORY_STREAM)

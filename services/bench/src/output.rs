@@ -204,3 +204,35 @@ pub(crate) fn report(ctx: &Ctx, r: &Report) {
         l.to_view.p50, l.to_view.p99, l.view_to_alert.p50, l.view_to_alert.p99
     ));
 }
+
+/// The edge site's figures (`scripts/bench --sites`).
+pub(crate) fn sites(ctx: &Ctx, f: &crate::sites::SiteFigures, fsync: &str, version: &str) {
+    if ctx.json {
+        json_line(f);
+        return;
+    }
+    line(format!(
+        "edge site {}: {} events recorded during an outage; fsync {fsync}; nats-server {version}",
+        f.site, f.outage_events
+    ));
+    let mut t = table(["figure", "result", "ceiling (same run)", "ratio"]);
+    t.add_row(vec![
+        "the hub catching up after the outage".to_string(),
+        format!(
+            "{} events/s (reconnect {} ms)",
+            f.catch_up_events_per_s, f.reconnect_ms
+        ),
+        format!(
+            "{} /s raw sourcing (reconnect {} ms)",
+            f.raw_catch_up_events_per_s, f.raw_reconnect_ms
+        ),
+        format!("{:.2}", f.catch_up_ratio),
+    ]);
+    t.add_row(vec![
+        "checked sales, one clerk".to_string(),
+        format!("{} /s at the site", f.site_checked_sales_per_s),
+        format!("{} /s at the hub", f.hub_checked_sales_per_s),
+        format!("{:.2}", f.site_over_hub),
+    ]);
+    line(t);
+}
