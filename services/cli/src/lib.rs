@@ -14,7 +14,8 @@
 //!   `verify`, `status`,
 //!   `deadletter`: one command each.
 //! - `bench`: launches `stockwire-bench`, the benchmark's own binary (an admin's tool).
-//! - `site`: edge sites (warehouses with their own server), at the hub.
+//! - `site`: edge sites (warehouses with their own server), at the hub; `transit`: the
+//!   arrival of a transfer between two homes.
 //! - `simulate`: a living network of warehouses through the real write paths.
 //! - `output`: tables and JSON.
 #![forbid(unsafe_code)]
@@ -40,6 +41,7 @@ mod status;
 mod stock;
 mod threshold;
 mod transfer;
+mod transit;
 mod velocity;
 mod verify;
 mod wait;
@@ -64,6 +66,7 @@ pub use status::StatusArgs;
 pub use stock::StockArgs;
 pub use threshold::ThresholdArgs;
 pub use transfer::TransferArgs;
+pub use transit::TransitArgs;
 pub use velocity::VelocityArgs;
 pub use verify::VerifyArgs;
 
@@ -123,6 +126,8 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Edge sites, at the hub: add a warehouse that records at its own server; list them.
     Site(SiteArgs),
+    /// Transfers between two homes: record the arrival at the destination's home.
+    Transit(TransitArgs),
 }
 
 /// What every command gets: its settings, and a way to reach NATS.
@@ -194,6 +199,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Outcome {
         Command::Bench(args) => bench::run(ctx, args).await,
         Command::Simulate(args) => simulate::run(ctx, args).await,
         Command::Site(args) => site::run(ctx, args).await,
+        Command::Transit(args) => transit::run(ctx, args).await,
     }
 }
 

@@ -5,11 +5,18 @@
 //! share a transfer id; each carries the expected last sequence of its own aggregate, so a
 //! change to either refuses both. Decided against the source like a sale, and retried
 //! the same way, by the same executor (`stockwire::execute`).
+//!
+//! Between two homes (the destination is an edge site, or the source is a site and the
+//! destination is not) the two halves cannot be one batch: only the out leg is recorded
+//! here, checked the same way, and the destination records the arrival at its own home
+//! with `stockwire transit receive`.
 
 use clap::Args;
 use serde::Serialize;
 use stockwire::domain::{Command, Location, Quantity, Sku, TransferId, WarehouseId};
 use stockwire::execute::Outcome as CommandOutcome;
+
+use stockwire::sites::Home;
 
 use crate::args::EventOpts;
 use crate::failure::{Failure, Outcome};
@@ -50,7 +57,10 @@ struct Transferred<'a> {
     outcome: CommandOutcome,
     transfer_id: &'a str,
     out_seq: u64,
-    in_seq: u64,
+    /// `None` when the destination records the arrival at its own home.
+    in_seq: Option<u64>,
+    /// The units are on their way to a warehouse recorded elsewhere.
+    in_transit: bool,
     already_stored: bool,
 }
 
@@ -60,11 +70,27 @@ pub(crate) async fn run(ctx: &Ctx, args: TransferArgs) -> Outcome {
             "transfer takes --transfer-id (its events are <id>-out and <id>-in), not --msg-id or --force",
         ));
     }
-    let transfer_id = match args.transfer_id {
+    let transfer_id = match args.transfer_id.clone() {
         Some(id) => id,
         None => TransferId::parse(&uuid::Uuid::new_v4().to_string())?,
     };
     let meta = event_meta(&args.opts)?;
+    let js = ctx.jetstream().await?;
+    let home = Home::of(&js).await.map_err(anyhow::Error::new)?;
+    let elsewhere = home
+        .refuses(&args.to_warehouse)
+        .await
+        .map_err(anyhow::Error::new)?
+        .is_some();
+    if elsewhere
+        && home
+            .refuses(&args.from_warehouse)
+            .await
+            .map_err(anyhow::Error::new)?
+            .is_none()
+    {
+        return ship(ctx, &args, transfer_id, &meta).await;
+    }
     let command = Command::Transfer {
         sku: args.sku.clone(),
         from_warehouse: args.from_warehouse.clone(),
@@ -95,7 +121,8 @@ pub(crate) async fn run(ctx: &Ctx, args: TransferArgs) -> Outcome {
             outcome: executed.outcome,
             transfer_id: transfer_id.as_str(),
             out_seq,
-            in_seq,
+            in_seq: Some(in_seq),
+            in_transit: false,
             already_stored: earlier,
         });
     } else if earlier {
@@ -106,6 +133,68 @@ pub(crate) async fn run(ctx: &Ctx, args: TransferArgs) -> Outcome {
         output::line(format!(
             "transferred {} {} from {}/{} to {}/{} as #{out_seq} and #{in_seq} (transfer {transfer_id})",
             args.quantity, args.sku, args.from_warehouse, args.from, args.to_warehouse, args.to
+        ));
+    }
+    Ok(())
+}
+
+/// The out leg alone, for a destination recorded at another home.
+async fn ship(
+    ctx: &Ctx,
+    args: &TransferArgs,
+    transfer_id: TransferId,
+    meta: &stockwire::envelope::EventMeta,
+) -> Outcome {
+    let command = Command::Ship {
+        sku: args.sku.clone(),
+        from_warehouse: args.from_warehouse.clone(),
+        from: args.from.clone(),
+        to_warehouse: args.to_warehouse.clone(),
+        quantity: args.quantity,
+        transfer_id: transfer_id.clone(),
+    };
+    let executed = execute(ctx, "transfer", &command, meta).await?;
+    let [out_seq] = executed.sequences[..] else {
+        return Err(anyhow::anyhow!(
+            "the out leg of a transfer recorded {} events, not 1",
+            executed.sequences.len()
+        )
+        .into());
+    };
+    let earlier = executed.outcome == CommandOutcome::AlreadyStored;
+    if args.opts.wait {
+        let products = [(args.from_warehouse.as_str(), args.sku.as_str())];
+        wait_applied(ctx, out_seq, &products).await?;
+    }
+    if ctx.json {
+        output::json_line(&Transferred {
+            outcome: executed.outcome,
+            transfer_id: transfer_id.as_str(),
+            out_seq,
+            in_seq: None,
+            in_transit: true,
+            already_stored: earlier,
+        });
+    } else if earlier {
+        output::line(format!(
+            "transfer {transfer_id} was already stored (#{out_seq}): not stored again"
+        ));
+    } else {
+        output::line(format!(
+            "shipped {} {} from {}/{} to {} as #{out_seq} (transfer {transfer_id}); {} records \
+             its arrival at its own home: stockwire transit receive --transfer-id {transfer_id} \
+             -s {} --from-warehouse {} -w {} -l {} -q {}",
+            args.quantity,
+            args.sku,
+            args.from_warehouse,
+            args.from,
+            args.to_warehouse,
+            args.to_warehouse,
+            args.sku,
+            args.from_warehouse,
+            args.to_warehouse,
+            args.to,
+            args.quantity
         ));
     }
     Ok(())

@@ -56,6 +56,18 @@ pub enum Command {
         quantity: Quantity,
         transfer_id: TransferId,
     },
+    /// The out leg of a transfer to a warehouse recorded at another home (an edge site,
+    /// or the hub from a site): units leave `from_warehouse`/`from`, checked against its
+    /// stock; the destination records their arrival at its own home when they come
+    /// (`stockwire transit receive`).
+    Ship {
+        sku: Sku,
+        from_warehouse: WarehouseId,
+        from: Location,
+        to_warehouse: WarehouseId,
+        quantity: Quantity,
+        transfer_id: TransferId,
+    },
     /// A fact recorded as given, without looking at the stock (`--force`).
     Record(Event),
 }
@@ -105,6 +117,11 @@ impl Command {
                 from_warehouse,
                 sku,
                 ..
+            }
+            | Command::Ship {
+                from_warehouse,
+                sku,
+                ..
             } => (from_warehouse, sku),
             Command::Record(event) => (event.warehouse(), event.sku()),
         }
@@ -118,7 +135,7 @@ impl Command {
             Command::Sell { .. } => EventKind::Sold,
             Command::Destroy { .. } => EventKind::Destroyed,
             Command::Move { .. } => EventKind::Moved,
-            Command::Transfer { .. } => EventKind::TransferredOut,
+            Command::Transfer { .. } | Command::Ship { .. } => EventKind::TransferredOut,
             Command::Record(event) => event.kind(),
         }
     }
@@ -132,6 +149,7 @@ impl Command {
                 | Command::Destroy { .. }
                 | Command::Move { .. }
                 | Command::Transfer { .. }
+                | Command::Ship { .. }
         )
     }
 
@@ -235,6 +253,21 @@ impl Command {
                     transfer_id,
                 },
             ],
+            Command::Ship {
+                sku,
+                from_warehouse,
+                from,
+                to_warehouse,
+                quantity,
+                transfer_id,
+            } => vec![Event::TransferredOut {
+                warehouse: from_warehouse,
+                sku,
+                location: from,
+                quantity,
+                to_warehouse,
+                transfer_id,
+            }],
             Command::Record(event) => vec![event],
         }
     }
@@ -246,6 +279,7 @@ impl Command {
             Command::Transfer { transfer_id, .. } => {
                 vec![format!("{transfer_id}-out"), format!("{transfer_id}-in")]
             }
+            Command::Ship { transfer_id, .. } => vec![format!("{transfer_id}-out")],
             _ => vec![msg_id.to_string()],
         }
     }
@@ -305,6 +339,14 @@ pub fn decide(command: &Command, state: &Locations) -> Result<Vec<Event>, Domain
             take("move", state, warehouse, sku, from, *quantity)?
         }
         Command::Transfer {
+            sku,
+            from_warehouse,
+            from,
+            to_warehouse,
+            quantity,
+            ..
+        }
+        | Command::Ship {
             sku,
             from_warehouse,
             from,
@@ -477,5 +519,29 @@ mod tests {
         assert_eq!(given(&events[1..]).at(&loc("B2")), 4);
         assert!(decide(&transfer(11), &state).is_err());
         assert_eq!(transfer(1).msg_ids("ignored"), vec!["t1-out", "t1-in"]);
+    }
+
+    #[test]
+    fn a_shipment_to_another_home_is_the_out_leg_alone_decided_on_the_source() {
+        let state = given(&[received(10)]);
+        let ship = |n| Command::Ship {
+            sku: apple(),
+            from_warehouse: w("ams1"),
+            from: loc("A43"),
+            to_warehouse: w("rtm1"),
+            quantity: q(n),
+            transfer_id: TransferId::parse("t1").unwrap(),
+        };
+        let events = decide(&ship(4), &state).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind(), EventKind::TransferredOut);
+        assert_eq!(given(&events).at(&loc("A43")), -4);
+        assert!(decide(&ship(11), &state).is_err());
+        assert_eq!(ship(1).msg_ids("ignored"), vec!["t1-out"]);
+        assert_eq!(
+            ship(1).warehouses().len(),
+            1,
+            "recorded at the source's home only"
+        );
     }
 }

@@ -199,11 +199,11 @@ async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_
             "-s",
             "pear",
             "--from-warehouse",
-            "nyc1",
+            "ams1",
             "--from",
             "A1",
             "--to-warehouse",
-            "ams1",
+            "nyc1",
             "--to",
             "A1",
             "-q",
@@ -277,6 +277,35 @@ async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_
         "nothing of the refused file or transfer"
     );
 
+    // A transfer from the hub to the site: the out leg is recorded at the hub; the site
+    // records the arrival itself (below, while its link is down).
+    let shipped = ok(
+        &hub,
+        "cli",
+        &[
+            "transfer",
+            "-s",
+            "pear",
+            "--from-warehouse",
+            "nyc1",
+            "--from",
+            "A1",
+            "--to-warehouse",
+            "ams1",
+            "--to",
+            "A1",
+            "-q",
+            "3",
+            "--transfer-id",
+            "t1",
+        ],
+    );
+    assert!(shipped.contains("shipped 3 pear"), "{shipped}");
+    assert!(
+        shipped.contains("stockwire transit receive --transfer-id t1"),
+        "{shipped}"
+    );
+
     // The site records; the hub gets it.
     let sell = |q: &str| {
         [
@@ -333,6 +362,49 @@ async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_
 
     // The link goes down: the site goes on, its checks against its own log.
     relay.cut();
+    let receive = |q: &str| {
+        [
+            "transit",
+            "receive",
+            "--transfer-id",
+            "t1",
+            "-w",
+            "ams1",
+            "-s",
+            "pear",
+            "--from-warehouse",
+            "nyc1",
+            "-l",
+            "A1",
+            "-q",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([q.to_string()])
+        .collect::<Vec<String>>()
+    };
+    // A short receipt: 2 of the 3 arrived. A second one is refused, whatever the window.
+    let args = receive("2");
+    let received = ok(
+        &site,
+        "cli",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(
+        received.contains("received 2 pear at ams1/A1 from nyc1"),
+        "{received}"
+    );
+    let args = receive("1");
+    let out = stockwire(
+        &site,
+        "cli",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(out.status.code(), Some(3), "a second receipt: {out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("transfer t1 was already received"),
+        "{out:?}"
+    );
     ok(
         &site,
         "cli",
@@ -392,11 +464,11 @@ async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_
     let site_js = js_as(&site, "admin").await;
     wait_until("the hub has caught up", Duration::from_secs(30), || {
         let (hub_js, filter) = (hub_js.clone(), filter.clone());
-        async move { ids(&hub_js, &filter).await.len() == 4 }
+        async move { ids(&hub_js, &filter).await.len() == 5 }
     })
     .await;
     let at_site = ids(&site_js, &filter).await;
-    assert_eq!(at_site.len(), 4);
+    assert_eq!(at_site.len(), 5);
     assert_eq!(
         ids(&hub_js, &filter).await,
         at_site,
