@@ -80,14 +80,41 @@ pub enum Home {
     Site(WarehouseId),
 }
 
+/// The JetStream domain of the server `js` talks to, if it has one. JetStream that cannot
+/// answer yet (a cluster electing its meta leader) is asked again for up to `budget`.
+pub async fn domain(js: &Context, budget: Duration) -> Result<Option<String>, SiteError> {
+    use async_nats::jetstream::context::AccountErrorKind;
+    let started = std::time::Instant::now();
+    let mut backoff =
+        crate::retry::Backoff::new(Duration::from_millis(250), Duration::from_secs(2));
+    loop {
+        match js.query_account().await {
+            Ok(account) => return Ok(account.domain.filter(|d| !d.is_empty())),
+            Err(e)
+                if (match e.kind() {
+                    AccountErrorKind::TimedOut | AccountErrorKind::JetStreamUnavailable => true,
+                    // 503: JetStream is there, not ready (no meta leader yet).
+                    AccountErrorKind::JetStream(api) => api.code() == 503,
+                    AccountErrorKind::Other => false,
+                }) && started.elapsed() < budget =>
+            {
+                tracing::debug!(error = %e, "JetStream does not answer yet; asking again");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => {
+                return Err(failed(
+                    "asking the server for its JetStream account (and its domain)",
+                )(e))
+            }
+        }
+    }
+}
+
 impl Home {
     /// The server's home, from its JetStream domain (no domain, or `hub`: the hub).
     pub async fn of(js: &Context) -> Result<Self, SiteError> {
-        let account = js
-            .query_account()
-            .await
-            .map_err(failed("asking the server for its JetStream domain"))?;
-        match account.domain.as_deref().filter(|d| !d.is_empty()) {
+        let domain = domain(js, crate::execute::UNAVAILABLE_FOR).await?;
+        match domain.as_deref() {
             Some(domain) if domain != subjects::HUB_DOMAIN => WarehouseId::parse(domain)
                 .map(Home::Site)
                 .map_err(failed(format!(

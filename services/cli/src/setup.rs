@@ -6,7 +6,7 @@ use clap::Args;
 use serde::Serialize;
 use stockwire::domain::WarehouseId;
 use stockwire::provision::{self, Options};
-use stockwire::subjects;
+use stockwire::{sites, subjects};
 
 use crate::failure::{Failure, Outcome};
 use crate::{output, Ctx};
@@ -81,10 +81,11 @@ async fn site_of(
     js: &async_nats::jetstream::Context,
     site: bool,
 ) -> Result<Option<WarehouseId>, Failure> {
-    let account = js.query_account().await.map_err(|e| {
-        anyhow::anyhow!("asking the server for its JetStream account (and its domain): {e}")
-    })?;
-    let domain = account.domain.filter(|d| !d.is_empty());
+    // A cluster that has just started answers once it has a meta leader: as provisioning
+    // does, ask for a minute.
+    let domain = sites::domain(js, Duration::from_secs(60))
+        .await
+        .map_err(anyhow::Error::new)?;
     match (domain.as_deref(), site) {
         (None, false) => Ok(None),
         (Some(subjects::HUB_DOMAIN), false) => Ok(None),

@@ -71,11 +71,10 @@ pub(crate) async fn run(ctx: &Ctx, args: SiteArgs) -> Outcome {
 
 /// Refuses to run on a site's own server, whose registry is a read-only copy.
 async fn at_the_hub(js: &async_nats::jetstream::Context) -> Result<(), Failure> {
-    let account = js
-        .query_account()
+    let domain = sites::domain(js, stockwire::execute::UNAVAILABLE_FOR)
         .await
-        .map_err(|e| anyhow::anyhow!("asking the server for its JetStream domain: {e}"))?;
-    match account.domain.as_deref().filter(|d| !d.is_empty()) {
+        .map_err(anyhow::Error::new)?;
+    match domain.as_deref() {
         Some(domain) if domain != subjects::HUB_DOMAIN => Err(Failure::invalid(format!(
             "this server is the site of warehouse {domain}: sites are added and listed at \
              the hub (JetStream domain {:?})",

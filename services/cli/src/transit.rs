@@ -9,6 +9,11 @@
 //! duplicate window: the destination's log is read for an earlier receipt, and the receipt
 //! is appended expecting that log's last receipt of the product, so two clerks receiving
 //! the same transfer at once store one receipt.
+//!
+//! `stockwire transit list` pairs the two legs of every transfer the server's log holds
+//! (at the hub: every warehouse's) and shows those still on their way, with their age, and
+//! any mismatch: a short receipt (the units lost in transit), an arrival whose out leg has
+//! not come in yet, more received than sent.
 
 use std::time::{Duration, Instant};
 
@@ -59,6 +64,13 @@ enum Action {
         #[command(flatten)]
         opts: EventOpts,
     },
+    /// Transfers on their way and any mismatch between their two legs (at the hub, every
+    /// warehouse's), oldest first.
+    List {
+        /// Also the transfers whose units all arrived.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Serialize)]
@@ -72,6 +84,13 @@ struct Received<'a> {
 const CONTENDED_FOR: Duration = Duration::from_secs(10);
 
 pub(crate) async fn run(ctx: &Ctx, args: TransitArgs) -> Outcome {
+    match args.action {
+        Action::List { all } => list(ctx, all).await,
+        receive @ Action::Receive { .. } => self::receive(ctx, receive).await,
+    }
+}
+
+async fn receive(ctx: &Ctx, action: Action) -> Outcome {
     let Action::Receive {
         transfer_id,
         warehouse,
@@ -80,7 +99,10 @@ pub(crate) async fn run(ctx: &Ctx, args: TransitArgs) -> Outcome {
         location,
         quantity,
         opts,
-    } = args.action;
+    } = action
+    else {
+        return Err(anyhow::anyhow!("transit: not a receipt").into());
+    };
     if opts.force || opts.msg_id.is_some() {
         return Err(Failure::invalid(
             "transit receive takes --transfer-id (its event is <id>-in), not --msg-id or --force",
@@ -202,4 +224,144 @@ async fn receipts(
         }
     }
     Ok((found, last))
+}
+
+/// One transfer's two legs, as far as this server's log holds them.
+#[derive(Debug, Default, Serialize)]
+struct Transit {
+    transfer_id: String,
+    sku: String,
+    from_warehouse: String,
+    to_warehouse: String,
+    sent: Option<u32>,
+    sent_ms: Option<i64>,
+    out_seq: Option<u64>,
+    received: Option<u32>,
+    received_ms: Option<i64>,
+    in_seq: Option<u64>,
+    state: &'static str,
+    /// Units sent and never received (a short receipt).
+    lost: u32,
+    /// Since the out leg (or the arrival, when only that is here), in seconds.
+    age_s: i64,
+}
+
+impl Transit {
+    fn settle(&mut self, now_ms: i64) {
+        let (state, lost) = match (self.sent, self.received) {
+            (Some(_), None) => ("in transit", 0),
+            (Some(s), Some(r)) if r == s => ("received", 0),
+            (Some(s), Some(r)) if r < s => ("short: lost in transit", s - r),
+            (Some(_), Some(_)) => ("MISMATCH: more received than sent", 0),
+            (None, Some(_)) => ("MISMATCH: received, its out leg not here (yet)", 0),
+            (None, None) => ("", 0),
+        };
+        self.state = state;
+        self.lost = lost;
+        let since = self.sent_ms.or(self.received_ms).unwrap_or(now_ms);
+        self.age_s = (now_ms - since).max(0) / 1000;
+    }
+
+    /// Still to be looked at: on its way, short or mismatched.
+    fn open(&self) -> bool {
+        self.state != "received"
+    }
+}
+
+async fn list(ctx: &Ctx, all: bool) -> Outcome {
+    use std::collections::BTreeMap;
+    let js = ctx.jetstream().await?;
+    let mut transits: BTreeMap<String, Transit> = BTreeMap::new();
+    for kind in [EventKind::TransferredOut, EventKind::TransferredIn] {
+        let filter = subjects::events_of_kind(kind);
+        let mut reader = Reader::open(&js, subjects::INVENTORY_STREAM, &filter, 1)
+            .await
+            .map_err(anyhow::Error::new)?;
+        while let Some(stored) = reader.next().await {
+            let stored = stored.map_err(anyhow::Error::new)?;
+            let Ok(recorded) = ctx.envelope.decode_stored(&stored) else {
+                continue; // the projectors dead-letter what does not decode
+            };
+            match recorded.event {
+                Event::TransferredOut {
+                    warehouse,
+                    sku,
+                    quantity,
+                    to_warehouse,
+                    transfer_id,
+                    ..
+                } => {
+                    let t = transits.entry(transfer_id.to_string()).or_default();
+                    t.transfer_id = transfer_id.to_string();
+                    t.sku = sku.to_string();
+                    t.from_warehouse = warehouse.to_string();
+                    t.to_warehouse = to_warehouse.to_string();
+                    t.sent = Some(t.sent.unwrap_or(0) + quantity.get());
+                    t.sent_ms = Some(recorded.meta.timestamp_ms);
+                    t.out_seq = Some(stored.sequence);
+                }
+                Event::TransferredIn {
+                    warehouse,
+                    sku,
+                    quantity,
+                    from_warehouse,
+                    transfer_id,
+                    ..
+                } => {
+                    let t = transits.entry(transfer_id.to_string()).or_default();
+                    t.transfer_id = transfer_id.to_string();
+                    t.sku = sku.to_string();
+                    t.from_warehouse = from_warehouse.to_string();
+                    t.to_warehouse = warehouse.to_string();
+                    t.received = Some(t.received.unwrap_or(0) + quantity.get());
+                    t.received_ms = Some(recorded.meta.timestamp_ms);
+                    t.in_seq = Some(stored.sequence);
+                }
+                _ => {}
+            }
+        }
+    }
+    let now = crate::meta::now_ms();
+    let mut shown: Vec<Transit> = transits
+        .into_values()
+        .map(|mut t| {
+            t.settle(now);
+            t
+        })
+        .filter(|t| all || t.open())
+        .collect();
+    shown.sort_by_key(|t| std::cmp::Reverse(t.age_s));
+    if ctx.json {
+        for t in &shown {
+            output::json_line(t);
+        }
+        return Ok(());
+    }
+    if shown.is_empty() {
+        output::line("nothing in transit");
+        return Ok(());
+    }
+    let mut table = output::table([
+        "transfer", "sku", "from", "to", "sent", "received", "age", "state",
+    ]);
+    for t in &shown {
+        let count = |n: Option<u32>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
+        let state = if t.lost > 0 {
+            format!("{} ({} units)", t.state, t.lost)
+        } else {
+            t.state.to_string()
+        };
+        table.add_row(vec![
+            t.transfer_id.clone(),
+            t.sku.clone(),
+            t.from_warehouse.clone(),
+            t.to_warehouse.clone(),
+            count(t.sent),
+            count(t.received),
+            crate::site::ago(u64::try_from(t.age_s).unwrap_or(0) * 1000),
+            state,
+        ]);
+    }
+    output::line(&table);
+    Ok(())
 }

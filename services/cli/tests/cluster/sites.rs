@@ -305,6 +305,12 @@ async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_
         shipped.contains("stockwire transit receive --transfer-id t1"),
         "{shipped}"
     );
+    let on_its_way = ok(&hub, "cli", &["--json", "transit", "list"]);
+    let on_its_way: serde_json::Value =
+        serde_json::from_str(on_its_way.trim()).expect("one JSON line");
+    assert_eq!(on_its_way["state"], "in transit", "{on_its_way}");
+    assert_eq!(on_its_way["sent"], 3);
+    assert!(on_its_way["received"].is_null());
 
     // The site records; the hub gets it.
     let sell = |q: &str| {
@@ -480,6 +486,19 @@ async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_
         || async { site_list(&hub, "60")["online"] == true },
     )
     .await;
+    // Both legs are at the hub now: the transfer is short by one unit, lost in transit.
+    let transits = ok(&hub, "cli", &["--json", "transit", "list"]);
+    let transits: Vec<serde_json::Value> = transits
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(transits.len(), 1, "{transits:?}");
+    assert_eq!(transits[0]["transfer_id"], "t1");
+    assert_eq!(transits[0]["sent"], 3);
+    assert_eq!(transits[0]["received"], 2);
+    assert_eq!(transits[0]["lost"], 1);
+    assert_eq!(transits[0]["state"], "short: lost in transit");
+
     let hub_alerts = hub_js
         .get_stream(subjects::ALERTS_STREAM)
         .await
