@@ -76,7 +76,9 @@ fn failed<E: std::fmt::Display>(what: impl Into<String>) -> impl FnOnce(E) -> Si
 /// enter the hub only by sourcing.
 #[derive(Debug, Clone)]
 pub enum Home {
-    Hub(Box<async_nats::jetstream::kv::Store>),
+    /// The hub, with its registry (`None`: no `sites` bucket, set up before there were
+    /// sites, so none).
+    Hub(Option<Box<async_nats::jetstream::kv::Store>>),
     Site(WarehouseId),
 }
 
@@ -120,16 +122,29 @@ impl Home {
                 .map_err(failed(format!(
                     "this server's JetStream domain {domain:?} is not a warehouse id"
                 ))),
-            _ => {
-                let registry = js
-                    .get_key_value(subjects::SITES_BUCKET)
-                    .await
-                    .map_err(failed(format!(
-                        "opening bucket {} (run `stockwire setup`)",
-                        subjects::SITES_BUCKET
-                    )))?;
-                Ok(Home::Hub(Box::new(registry)))
-            }
+            _ => match js.get_key_value(subjects::SITES_BUCKET).await {
+                Ok(registry) => Ok(Home::Hub(Some(Box::new(registry)))),
+                Err(e) => {
+                    use async_nats::jetstream::context::GetStreamErrorKind;
+                    // A hub set up before sites existed has no registry, so no sites.
+                    match js
+                        .get_stream(subjects::kv_stream(subjects::SITES_BUCKET))
+                        .await
+                    {
+                        Err(missing)
+                            if matches!(
+                                missing.kind(),
+                                GetStreamErrorKind::JetStream(api)
+                                    if api.error_code()
+                                        == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+                            ) =>
+                        {
+                            Ok(Home::Hub(None))
+                        }
+                        _ => Err(failed(format!("opening bucket {}", subjects::SITES_BUCKET))(e)),
+                    }
+                }
+            },
         }
     }
 
@@ -141,7 +156,8 @@ impl Home {
                 "this server is warehouse {site}'s edge site, which records {site}'s events \
                  only; {warehouse}'s are recorded at the hub or at its own site"
             ))),
-            Home::Hub(registry) => {
+            Home::Hub(None) => Ok(None),
+            Home::Hub(Some(registry)) => {
                 let entry = registry
                     .get(warehouse.as_str())
                     .await

@@ -387,7 +387,8 @@ async fn lag(inventory: &Stream, filter: &str, checkpoint: u64) -> Result<u64, F
 /// The edge sites as the hub sees them; none at a site's own server.
 async fn sites_of(js: &async_nats::jetstream::Context) -> Result<Vec<SiteState>, SiteError> {
     match Home::of(js).await {
-        Ok(Home::Hub(_)) => sites::states(js).await,
+        Ok(Home::Hub(Some(_))) => sites::states(js).await,
+        Ok(Home::Hub(None)) => Ok(Vec::new()),
         Ok(Home::Site(_)) => Ok(Vec::new()),
         // No registry (setup not run yet): no sites; the missing streams say the rest.
         Err(_) => Ok(Vec::new()),

@@ -613,6 +613,25 @@ async fn history_lists_one_aggregate_oldest_first() {
 }
 
 #[tokio::test]
+async fn a_hub_set_up_before_edge_sites_existed_still_records_and_reports() {
+    let stack = Stack::start();
+    let js = jetstream::new(stack.server.client().await);
+    js.delete_stream(subjects::kv_stream(subjects::SITES_BUCKET))
+        .await
+        .expect("remove the sites bucket");
+    stack.ok(&[
+        "publish", "received", "-w", "ams1", "-s", "apple", "-l", "A1", "-q", "1",
+    ]);
+    let status: Value =
+        serde_json::from_str(stack.ok(&["--json", "status"]).trim()).expect("status JSON");
+    assert_eq!(status["sites"], json!([]), "{status}");
+    assert!(
+        !status["problems"].to_string().contains("sites"),
+        "{status}"
+    );
+}
+
+#[tokio::test]
 async fn setup_twice_changes_nothing_the_second_time() {
     let stack = Stack::start();
     let out = stack.ok(&["setup", "--json"]);
