@@ -99,31 +99,11 @@ pub(crate) async fn measure(
         .map_or(0, |(_, last)| last);
 
     // stock-projector keeps the view current, here in this process.
-    let stop = CancellationToken::new();
-    let config = stockwire::projection::Config {
-        envelope: ctx.envelope.clone(),
-        ..Default::default()
-    };
-    let task = tokio::spawn(projector::run(
-        client.clone(),
-        StockProjection::default(),
-        config,
-        stop.clone(),
-    ));
+    let projector = InProcessProjector::start(ctx, client);
     let measured = async {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while view::read_checkpoint(client, subjects::STOCK_BUCKET)
-            .await
-            .unwrap_or(0)
-            < last
-        {
-            if Instant::now() > deadline || task.is_finished() {
-                return Err(Failure::from(anyhow::anyhow!(
-                    "the stock view did not catch up with the histories"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        projector
+            .caught_up(client, last, Duration::from_secs(600), "the histories")
+            .await?;
         let executor = Executor::new(js.clone(), ctx.envelope.clone(), timeout);
         let mut took: [Vec<f64>; 2] = [Vec::with_capacity(sales), Vec::with_capacity(sales)];
         for i in 0..sales {
@@ -155,11 +135,10 @@ pub(crate) async fn measure(
             .await
             .map_err(|e| anyhow::anyhow!("reading the long history: {e}"))?;
         let full_read = started.elapsed().as_secs_f64() * 1000.0;
-        Ok((took, full_read))
+        Ok::<_, Failure>((took, full_read))
     }
     .await;
-    stop.cancel();
-    let _ = task.await;
+    projector.stop().await;
     let ([mut short, mut long_took], full_read) = measured?;
     short.sort_by(f64::total_cmp);
     long_took.sort_by(f64::total_cmp);
@@ -180,6 +159,59 @@ pub(crate) async fn measure(
         },
         long_full_read_ms: round(full_read),
     })
+}
+
+/// stock-projector run in this process, keeping the `stock` view current, as it is in
+/// production, until stopped.
+pub(crate) struct InProcessProjector {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), stockwire::view::ViewError>>,
+}
+
+impl InProcessProjector {
+    pub(crate) fn start(ctx: &Ctx, client: &async_nats::Client) -> Self {
+        let stop = CancellationToken::new();
+        let config = stockwire::projection::Config {
+            envelope: ctx.envelope.clone(),
+            ..Default::default()
+        };
+        let task = tokio::spawn(projector::run(
+            client.clone(),
+            StockProjection::default(),
+            config,
+            stop.clone(),
+        ));
+        Self { stop, task }
+    }
+
+    /// Waits until the view has applied the log up to `seq` (`what` it holds, for the error).
+    pub(crate) async fn caught_up(
+        &self,
+        client: &async_nats::Client,
+        seq: u64,
+        within: Duration,
+        what: &str,
+    ) -> Result<(), Failure> {
+        let deadline = Instant::now() + within;
+        while view::read_checkpoint(client, subjects::STOCK_BUCKET)
+            .await
+            .unwrap_or(0)
+            < seq
+        {
+            if Instant::now() > deadline || self.task.is_finished() {
+                return Err(Failure::from(anyhow::anyhow!(
+                    "the stock view did not catch up with {what}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
 }
 
 fn chrono_now_ms() -> i64 {

@@ -17,14 +17,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream::stream::{Config, External, Source, StorageType};
 use serde::Serialize;
-use stock_projector::StockProjection;
 use stockwire::connect::{connect_with, Startup};
 use stockwire::domain::{Command, Event, Location, Quantity, Sku, WarehouseId};
 use stockwire::envelope::{EventMeta, Outbound};
 use stockwire::execute::{Executor, Outcome};
-use stockwire::{projector, sites, subjects, view};
-use tokio_util::sync::CancellationToken;
+use stockwire::{sites, subjects};
 
+use crate::command::InProcessProjector;
 use crate::failure::Failure;
 use crate::{rate, ratio, send_batches, Ctx};
 
@@ -303,31 +302,11 @@ async fn checked_sales(
         .await
         .map_err(|e| anyhow::anyhow!("the delivery before the sales: {e}"))?
         .map_or(0, |(_, last)| last);
-    let stop = CancellationToken::new();
-    let config = stockwire::projection::Config {
-        envelope: ctx.envelope.clone(),
-        ..Default::default()
-    };
-    let task = tokio::spawn(projector::run(
-        client.clone(),
-        StockProjection::default(),
-        config,
-        stop.clone(),
-    ));
+    let projector = InProcessProjector::start(ctx, client);
     let measured = async {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while view::read_checkpoint(client, subjects::STOCK_BUCKET)
-            .await
-            .unwrap_or(0)
-            < last
-        {
-            if Instant::now() > deadline || task.is_finished() {
-                return Err(Failure::from(anyhow::anyhow!(
-                    "the stock view did not catch up"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        projector
+            .caught_up(client, last, Duration::from_secs(120), "the delivery")
+            .await?;
         let executor = Executor::new(js.clone(), ctx.envelope.clone(), timeout);
         let started = Instant::now();
         let mut sold = 0;
@@ -351,11 +330,10 @@ async fn checked_sales(
             }
             sold += 1;
         }
-        Ok(rate(sold, started.elapsed()))
+        Ok::<_, Failure>(rate(sold, started.elapsed()))
     }
     .await;
-    stop.cancel();
-    let _ = task.await;
+    projector.stop().await;
     measured
 }
 
