@@ -305,6 +305,41 @@ pub fn repo_nats_conf() -> Result<String, ServerError> {
     with_includes_expanded(&path)
 }
 
+/// The users of the repo's `accounts.conf`.
+pub const REPO_USERS: [&str; 9] = [
+    "admin",
+    "cli",
+    "stock-projector",
+    "low-stock-watcher",
+    "velocity-projector",
+    "velocity-watcher",
+    "dashboard",
+    "site",
+    "sys",
+];
+
+/// The variable `accounts.conf` reads `user`'s password from.
+pub fn password_var(user: &str) -> String {
+    format!(
+        "STOCKWIRE_{}_PASSWORD",
+        user.replace('-', "_").to_uppercase()
+    )
+}
+
+/// The password each user has in tests.
+pub fn test_password(user: &str) -> String {
+    format!("test-{user}-secret")
+}
+
+/// Every user's password variable with its test password: the environment a server run
+/// with the repo's configuration needs.
+pub fn repo_passwords() -> Vec<(String, String)> {
+    REPO_USERS
+        .iter()
+        .map(|user| (password_var(user), test_password(user)))
+        .collect()
+}
+
 /// The repo's `site/site.conf` (an edge site's server), includes expanded.
 pub fn repo_site_conf() -> Result<String, ServerError> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../site/site.conf");

@@ -46,10 +46,7 @@ impl Stack {
     /// the CLI runs as `cli` unless told otherwise.
     fn secured() -> Self {
         let conf = stockwire::testing::repo_nats_conf().expect("read nats.conf");
-        let env: Vec<(String, String)> = security::USERS
-            .iter()
-            .map(|user| (security::password_var(user), security::password(user)))
-            .collect();
+        let env = security::repo_passwords();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let server = NatsServer::with_config(&conf, &env).expect("nats-server with nats.conf");
         let stack = Self {

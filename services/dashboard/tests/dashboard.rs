@@ -423,33 +423,12 @@ async fn beyond_loopback_it_asks_who_is_there() {
     stop.cancel();
 }
 
-/// The users of the repo's nats.conf, and the password each has here.
-const USERS: [&str; 9] = [
-    "admin",
-    "cli",
-    "stock-projector",
-    "low-stock-watcher",
-    "velocity-projector",
-    "velocity-watcher",
-    "dashboard",
-    "site",
-    "sys",
-];
-
-fn password(user: &str) -> String {
-    format!("test-{user}-secret")
-}
+use stockwire::testing::test_password as password;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_nats_conf_the_dashboard_user_reads_everything_it_shows() {
     let conf = stockwire::testing::repo_nats_conf().expect("nats.conf");
-    let env: Vec<(String, String)> = USERS
-        .iter()
-        .map(|u| {
-            let var = format!("STOCKWIRE_{}_PASSWORD", u.replace('-', "_").to_uppercase());
-            (var, password(u))
-        })
-        .collect();
+    let env = stockwire::testing::repo_passwords();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let server = NatsServer::with_config(&conf, &env).expect("nats-server with nats.conf");
     let as_user = |user: &str| server.connect_args().as_user(user, &password(user));

@@ -11,31 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{code, stderr, Stack};
 
-/// The users nats.conf defines.
-pub(super) const USERS: [&str; 9] = [
-    "admin",
-    "cli",
-    "stock-projector",
-    "low-stock-watcher",
-    "velocity-projector",
-    "velocity-watcher",
-    "dashboard",
-    "site",
-    "sys",
-];
-
-/// The variable nats.conf reads a user's password from.
-pub(super) fn password_var(user: &str) -> String {
-    format!(
-        "STOCKWIRE_{}_PASSWORD",
-        user.replace('-', "_").to_uppercase()
-    )
-}
-
-/// The password each user has in these tests.
-pub(super) fn password(user: &str) -> String {
-    format!("test-{user}-secret")
-}
+pub(super) use stockwire::testing::{repo_passwords, test_password as password};
 
 /// Settings for `user`, with a short request timeout so that a refusal is quick.
 pub(super) fn connect_as(server: &NatsServer, user: &str) -> ConnectArgs {

@@ -8,38 +8,15 @@ use async_nats::jetstream;
 use stockwire::connect::{connect, Startup};
 use stockwire::read::Reader;
 use stockwire::subjects;
-use stockwire::testing::{repo_nats_conf, repo_site_conf, wait_until, NatsServer, Relay};
+use stockwire::testing::{
+    repo_nats_conf, repo_passwords, repo_site_conf, test_password as password, wait_until,
+    NatsServer, Relay,
+};
 
 use super::{msg_id, ONE_AT_A_TIME};
 
-const USERS: [&str; 9] = [
-    "admin",
-    "cli",
-    "stock-projector",
-    "low-stock-watcher",
-    "velocity-projector",
-    "velocity-watcher",
-    "dashboard",
-    "site",
-    "sys",
-];
-
-fn password(user: &str) -> String {
-    format!("test-{user}-secret")
-}
-
-fn passwords() -> Vec<(String, String)> {
-    USERS
-        .iter()
-        .map(|u| {
-            let var = format!("STOCKWIRE_{}_PASSWORD", u.replace('-', "_").to_uppercase());
-            (var, password(u))
-        })
-        .collect()
-}
-
 fn start(conf: &str, extra: &[(&str, String)]) -> NatsServer {
-    let mut env = passwords();
+    let mut env = repo_passwords();
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     NatsServer::with_config(conf, &env).expect("nats-server")
