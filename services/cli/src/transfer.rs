@@ -82,104 +82,70 @@ pub(crate) async fn run(ctx: &Ctx, args: TransferArgs) -> Outcome {
         .await
         .map_err(anyhow::Error::new)?
         .is_some();
-    if elsewhere
+    // Between two homes only the out leg is recorded here; the destination records the
+    // arrival at its own (`transit receive`).
+    let ship = elsewhere
         && home
             .refuses(&args.from_warehouse)
             .await
             .map_err(anyhow::Error::new)?
-            .is_none()
-    {
-        return ship(ctx, &args, transfer_id, &meta).await;
-    }
-    let command = Command::Transfer {
-        sku: args.sku.clone(),
-        from_warehouse: args.from_warehouse.clone(),
-        from: args.from.clone(),
-        to_warehouse: args.to_warehouse.clone(),
-        to: args.to.clone(),
-        quantity: args.quantity,
-        transfer_id: transfer_id.clone(),
+            .is_none();
+    let command = if ship {
+        Command::Ship {
+            sku: args.sku.clone(),
+            from_warehouse: args.from_warehouse.clone(),
+            from: args.from.clone(),
+            to_warehouse: args.to_warehouse.clone(),
+            quantity: args.quantity,
+            transfer_id: transfer_id.clone(),
+        }
+    } else {
+        Command::Transfer {
+            sku: args.sku.clone(),
+            from_warehouse: args.from_warehouse.clone(),
+            from: args.from.clone(),
+            to_warehouse: args.to_warehouse.clone(),
+            to: args.to.clone(),
+            quantity: args.quantity,
+            transfer_id: transfer_id.clone(),
+        }
     };
     let executed = execute(ctx, "transfer", &command, &meta).await?;
-    let [out_seq, in_seq] = executed.sequences[..] else {
+    let legs = if ship { 1 } else { 2 };
+    let (Some(&out_seq), Some(&last)) = (executed.sequences.first(), executed.sequences.last())
+    else {
+        return Err(anyhow::anyhow!("a transfer recorded no event").into());
+    };
+    if executed.sequences.len() != legs {
         return Err(anyhow::anyhow!(
-            "a transfer recorded {} events, not 2",
+            "a transfer recorded {} events, not {legs}",
             executed.sequences.len()
         )
         .into());
-    };
+    }
+    let in_seq = (!ship).then_some(last);
     let earlier = executed.outcome == CommandOutcome::AlreadyStored;
     if args.opts.wait {
-        let products = [
-            (args.from_warehouse.as_str(), args.sku.as_str()),
-            (args.to_warehouse.as_str(), args.sku.as_str()),
-        ];
-        wait_applied(ctx, in_seq, &products).await?;
+        let mut products = vec![(args.from_warehouse.as_str(), args.sku.as_str())];
+        if !ship {
+            products.push((args.to_warehouse.as_str(), args.sku.as_str()));
+        }
+        wait_applied(ctx, last, &products).await?;
     }
     if ctx.json {
         output::json_line(&Transferred {
             outcome: executed.outcome,
             transfer_id: transfer_id.as_str(),
             out_seq,
-            in_seq: Some(in_seq),
-            in_transit: false,
+            in_seq,
+            in_transit: ship,
             already_stored: earlier,
         });
     } else if earlier {
         output::line(format!(
             "transfer {transfer_id} was already stored (#{out_seq}): not stored again"
         ));
-    } else {
-        output::line(format!(
-            "transferred {} {} from {}/{} to {}/{} as #{out_seq} and #{in_seq} (transfer {transfer_id})",
-            args.quantity, args.sku, args.from_warehouse, args.from, args.to_warehouse, args.to
-        ));
-    }
-    Ok(())
-}
-
-/// The out leg alone, for a destination recorded at another home.
-async fn ship(
-    ctx: &Ctx,
-    args: &TransferArgs,
-    transfer_id: TransferId,
-    meta: &stockwire::envelope::EventMeta,
-) -> Outcome {
-    let command = Command::Ship {
-        sku: args.sku.clone(),
-        from_warehouse: args.from_warehouse.clone(),
-        from: args.from.clone(),
-        to_warehouse: args.to_warehouse.clone(),
-        quantity: args.quantity,
-        transfer_id: transfer_id.clone(),
-    };
-    let executed = execute(ctx, "transfer", &command, meta).await?;
-    let [out_seq] = executed.sequences[..] else {
-        return Err(anyhow::anyhow!(
-            "the out leg of a transfer recorded {} events, not 1",
-            executed.sequences.len()
-        )
-        .into());
-    };
-    let earlier = executed.outcome == CommandOutcome::AlreadyStored;
-    if args.opts.wait {
-        let products = [(args.from_warehouse.as_str(), args.sku.as_str())];
-        wait_applied(ctx, out_seq, &products).await?;
-    }
-    if ctx.json {
-        output::json_line(&Transferred {
-            outcome: executed.outcome,
-            transfer_id: transfer_id.as_str(),
-            out_seq,
-            in_seq: None,
-            in_transit: true,
-            already_stored: earlier,
-        });
-    } else if earlier {
-        output::line(format!(
-            "transfer {transfer_id} was already stored (#{out_seq}): not stored again"
-        ));
-    } else {
+    } else if ship {
         output::line(format!(
             "shipped {} {} from {}/{} to {} as #{out_seq} (transfer {transfer_id}); {} records \
              its arrival at its own home: stockwire transit receive --transfer-id {transfer_id} \
@@ -195,6 +161,11 @@ async fn ship(
             args.to_warehouse,
             args.to,
             args.quantity
+        ));
+    } else {
+        output::line(format!(
+            "transferred {} {} from {}/{} to {}/{} as #{out_seq} and #{last} (transfer {transfer_id})",
+            args.quantity, args.sku, args.from_warehouse, args.from, args.to_warehouse, args.to
         ));
     }
     Ok(())
