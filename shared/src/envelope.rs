@@ -2,7 +2,8 @@
 //!
 //! Every message Stockwire writes carries `{prefix}_format`, `{prefix}_type`,
 //! `{prefix}_msg_id`, `{prefix}_timestamp_ms`, `{prefix}_version` and `Nats-Msg-Id`
-//! (equal to the msg id, so JetStream drops a repeat inside the duplicate window).
+//! (the msg id, so JetStream drops a repeat inside the duplicate window; an event of record's
+//! is `{warehouse}:{msg id}`, see [`Envelope::encode`]).
 //! Decoding checks all of them and says exactly what is wrong ([`DecodeError`]).
 //! Older payload versions are upcast to the current one before the fields are read.
 
@@ -201,10 +202,20 @@ impl Envelope {
     }
 
     /// An event of record, ready to publish on its subject.
+    ///
+    /// Its `Nats-Msg-Id` is `{warehouse}:{msg id}`: a msg id is the caller's key for one
+    /// warehouse's event, and the hub's `INVENTORY` holds events recorded at several homes
+    /// (edge sites, sourced, and its own). Two homes that pick the same id, a reused
+    /// `--msg-id` or transfer id, must not have the hub drop one of them as a repeat.
     pub fn encode(&self, event: &Event, meta: &EventMeta) -> Outbound {
+        let mut headers = self.headers(event.event_type(), meta);
+        headers.insert(
+            NATS_MESSAGE_ID,
+            format!("{}:{}", event.warehouse(), meta.msg_id).as_str(),
+        );
         Outbound {
             subject: subjects::event(event.warehouse(), event.sku(), event.kind()),
-            headers: self.headers(event.event_type(), meta),
+            headers,
             payload: Bytes::from(event.to_payload()),
         }
     }
@@ -378,7 +389,7 @@ mod tests {
         assert_eq!(h.get("myorg_format").unwrap().as_str(), "application/json");
         assert_eq!(h.get("myorg_type").unwrap().as_str(), "stock.destroyed");
         assert_eq!(h.get("myorg_msg_id").unwrap().as_str(), "m-1");
-        assert_eq!(h.get("Nats-Msg-Id").unwrap().as_str(), "m-1");
+        assert_eq!(h.get("Nats-Msg-Id").unwrap().as_str(), "ams1:m-1");
         assert_eq!(
             h.get("myorg_timestamp_ms").unwrap().as_str(),
             "1795176000000"

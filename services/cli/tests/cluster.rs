@@ -41,7 +41,7 @@ fn run(cluster: &NatsCluster, args: &[&str]) -> Output {
 fn msg_id(msg: &stockwire::read::StoredMessage) -> Option<String> {
     msg.headers
         .as_ref()?
-        .get(subjects::NATS_MSG_ID)
+        .get("myorg_msg_id")
         .map(|v| v.to_string())
 }
 

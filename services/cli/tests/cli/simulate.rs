@@ -57,7 +57,7 @@ async fn backfill_then_half_a_day_live_never_oversells_and_the_summary_matches_t
     for e in &events {
         let headers = e.headers.as_ref().expect("headers");
         let kind = headers.get("myorg_type").expect("a type").to_string();
-        let msg_id = headers.get("Nats-Msg-Id").expect("a msg id").to_string();
+        let msg_id = headers.get("myorg_msg_id").expect("a msg id").to_string();
         assert!(msg_id.starts_with("sim-"), "{msg_id}");
         *by_type.entry(kind.clone()).or_default() += 1;
         let payload: Value = serde_json::from_slice(&e.payload).expect("payload");
