@@ -18,8 +18,9 @@ use crate::subjects;
 
 /// The services that run in instances, each with a lease of its own: every one must have
 /// an active instance.
-pub const SERVICES: [&str; 4] = [
+pub const SERVICES: [&str; 5] = [
     "stock-projector",
+    "transit-projector",
     "velocity-projector",
     "low-stock-watcher",
     "velocity-watcher",

@@ -172,10 +172,13 @@ pub fn desired(options: &Options) -> Vec<(String, Config)> {
         ),
     ];
     for view in views::ALL {
-        wanted.push((
-            format!("bucket {}", view.bucket),
-            kv_config(view.bucket, view.description, true),
-        ));
+        let config = kv_config(view.bucket, view.description, true);
+        wanted.push(match &options.site {
+            // A site's own log holds one leg of a transfer to or from another home: the
+            // hub pairs them, and a site reads the hub's view.
+            Some(_) if view == views::TRANSIT => hub_copy(view.bucket, config),
+            _ => (format!("bucket {}", view.bucket), config),
+        });
     }
     wanted.push((
         format!("bucket {}", subjects::THRESHOLDS_BUCKET),
@@ -192,23 +195,7 @@ pub fn desired(options: &Options) -> Vec<(String, Config)> {
     );
     wanted.push(match &options.site {
         None => (format!("bucket {}", subjects::SITES_BUCKET), sites),
-        // A copy of the hub's registry, kept by the server: a mirror has no subjects of
-        // its own, and follows the hub whenever the link is up.
-        Some(_) => (
-            format!("bucket {} (a mirror of the hub's)", subjects::SITES_BUCKET),
-            Config {
-                subjects: Vec::new(),
-                mirror: Some(Source {
-                    name: sites.name.clone(),
-                    external: Some(External {
-                        api_prefix: subjects::domain_api(subjects::HUB_DOMAIN),
-                        delivery_prefix: None,
-                    }),
-                    ..Default::default()
-                }),
-                ..sites
-            },
-        ),
+        Some(_) => hub_copy(subjects::SITES_BUCKET, sites),
     });
     wanted.push((
         format!("bucket {}", subjects::LEASES_BUCKET),
@@ -223,6 +210,27 @@ pub fn desired(options: &Options) -> Vec<(String, Config)> {
         },
     ));
     wanted
+}
+
+/// At a site, a copy of the hub's bucket kept by the server: a mirror has no subjects of
+/// its own, and follows the hub whenever the link is up.
+fn hub_copy(bucket: &str, config: Config) -> (String, Config) {
+    (
+        format!("bucket {bucket} (a mirror of the hub's)"),
+        Config {
+            subjects: Vec::new(),
+            mirror: Some(Source {
+                name: config.name.clone(),
+                external: Some(External {
+                    api_prefix: subjects::domain_api(subjects::HUB_DOMAIN),
+                    delivery_prefix: None,
+                }),
+                ..Default::default()
+            }),
+            allow_atomic_publish: false,
+            ..config
+        },
+    )
 }
 
 /// The backing stream of a KV bucket, as `create_key_value` would make it, one value per key.

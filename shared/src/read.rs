@@ -295,7 +295,8 @@ impl Follower {
 }
 
 /// An ordered consumer (no acks, no redelivery, re-created by the client on a gap) on
-/// `stream`, only subjects matching `filter` (empty: all), starting where `deliver_policy`
+/// `stream`, only subjects matching `filter` (empty: all; several separated by spaces),
+/// starting where `deliver_policy`
 /// says. Every reader of a stream opens its consumer here.
 pub async fn ordered_consumer(
     js: &Context,
@@ -306,13 +307,26 @@ pub async fn ordered_consumer(
     let fail = |e: &dyn std::fmt::Display| read_error(ReadErrorKind::Open, stream, filter, e);
     let handle = js.get_stream_no_info(stream).await.map_err(|e| fail(&e))?;
     handle
-        .create_consumer(OrderedConfig {
-            filter_subject: filter.to_string(),
-            deliver_policy,
-            ..Default::default()
-        })
+        .create_consumer(ordered_config(filter, deliver_policy))
         .await
         .map_err(|e| fail(&e))
+}
+
+/// An ordered consumer's config for `filter`: one subject, or several separated by spaces
+/// (a view that reads two kinds of event, e.g. both legs of a transfer).
+pub fn ordered_config(filter: &str, deliver_policy: DeliverPolicy) -> OrderedConfig {
+    let mut subjects: Vec<String> = filter.split_whitespace().map(str::to_string).collect();
+    let (filter_subject, filter_subjects) = if subjects.len() > 1 {
+        (String::new(), subjects)
+    } else {
+        (subjects.pop().unwrap_or_default(), Vec::new())
+    };
+    OrderedConfig {
+        filter_subject,
+        filter_subjects,
+        deliver_policy,
+        ..Default::default()
+    }
 }
 
 /// The messages of `stream` under `filter` from `start_sequence` on, for ever.

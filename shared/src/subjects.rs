@@ -36,6 +36,8 @@ pub const STOCK_BUCKET: &str = "stock";
 pub const VELOCITY_BUCKET: &str = "sales_velocity";
 /// Low-stock and stockout thresholds, set by people.
 pub const THRESHOLDS_BUCKET: &str = "thresholds";
+/// The in-transit view: one key per transfer id.
+pub const TRANSIT_BUCKET: &str = "transit";
 /// The key of a view that records how far its projector has read the log.
 pub const CHECKPOINT_KEY: &str = "_checkpoint";
 /// The key in `thresholds` that holds the default for every product.
@@ -52,6 +54,8 @@ pub const DEFAULT_HEADER_PREFIX: &str = "myorg";
 
 /// JetStream headers Stockwire sets itself.
 pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
+/// Set by JetStream on a message a stream took from one of its sources.
+pub const NATS_STREAM_SOURCE: &str = "Nats-Stream-Source";
 pub const NATS_EXPECTED_LAST_SEQUENCE: &str = "Nats-Expected-Last-Sequence";
 pub const NATS_EXPECTED_LAST_MSG_ID: &str = "Nats-Expected-Last-Msg-Id";
 pub const NATS_EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";

@@ -14,17 +14,23 @@ pub struct ViewSpec {
     pub owner: &'static str,
     /// What it holds, in a few words (the bucket's description).
     pub description: &'static str,
-    /// The only kind of event it reads; `None`: every event of record.
-    pub reads: Option<EventKind>,
+    /// The kinds of event it reads; none: every event of record.
+    pub reads: &'static [EventKind],
 }
 
 impl ViewSpec {
-    /// The `INVENTORY` subjects its projector reads.
+    /// The `INVENTORY` subjects its projector reads, separated by spaces when there are
+    /// several (see `read::ordered_consumer`).
     pub fn filter(&self) -> String {
-        match self.reads {
-            Some(kind) => subjects::events_of_kind(kind),
-            None => subjects::INVENTORY_SUBJECTS.to_string(),
+        if self.reads.is_empty() {
+            return subjects::INVENTORY_SUBJECTS.to_string();
         }
+        let filters: Vec<String> = self
+            .reads
+            .iter()
+            .map(|kind| subjects::events_of_kind(*kind))
+            .collect();
+        filters.join(" ")
     }
 }
 
@@ -33,7 +39,7 @@ pub const STOCK: ViewSpec = ViewSpec {
     bucket: subjects::STOCK_BUCKET,
     owner: "stock-projector",
     description: "Stockwire view: stock per product and location",
-    reads: None,
+    reads: &[],
 };
 
 /// Units sold over the last hour, day and week.
@@ -41,11 +47,21 @@ pub const VELOCITY: ViewSpec = ViewSpec {
     bucket: subjects::VELOCITY_BUCKET,
     owner: "velocity-projector",
     description: "Stockwire view: units sold per hour, day, week",
-    reads: Some(EventKind::Sold),
+    reads: &[EventKind::Sold],
+};
+
+/// Transfers, one key per transfer id: what was sent, what arrived. Projected by a loop
+/// of its own in every stock-projector process (the lease picks one writer), named
+/// `transit-projector` for its lease, rebuilds and the service API.
+pub const TRANSIT: ViewSpec = ViewSpec {
+    bucket: subjects::TRANSIT_BUCKET,
+    owner: "transit-projector",
+    description: "Stockwire view: transfers and their two legs",
+    reads: &[EventKind::TransferredOut, EventKind::TransferredIn],
 };
 
 /// Every view, in the order they are shown.
-pub const ALL: [ViewSpec; 2] = [STOCK, VELOCITY];
+pub const ALL: [ViewSpec; 3] = [STOCK, VELOCITY, TRANSIT];
 
 /// The view kept in `bucket`, if it is one.
 pub fn by_bucket(bucket: &str) -> Option<ViewSpec> {
@@ -60,6 +76,10 @@ mod tests {
     fn each_view_reads_its_events_and_is_found_by_its_bucket() {
         assert_eq!(STOCK.filter(), "warehouse.*.product.*.*");
         assert_eq!(VELOCITY.filter(), "warehouse.*.product.*.sold");
+        assert_eq!(
+            TRANSIT.filter(),
+            "warehouse.*.product.*.transferred_out warehouse.*.product.*.transferred_in"
+        );
         assert_eq!(by_bucket("sales_velocity"), Some(VELOCITY));
         assert_eq!(by_bucket("thresholds"), None);
     }

@@ -55,7 +55,7 @@ async fn provisioning_twice_changes_nothing_the_second_time() {
     let second = provision::provision(&js, &provision::Options::default())
         .await
         .unwrap();
-    assert_eq!(second.len(), 8, "3 streams and 5 buckets");
+    assert_eq!(second.len(), 9, "3 streams and 6 buckets");
     assert!(
         second.iter().all(|c| c.outcome == Outcome::Unchanged),
         "{second:?}"

@@ -1,7 +1,9 @@
 //! `stockwire history -w W -s SKU`: every event of one aggregate, oldest first.
 //!
 //! With `--json`, one line per event in the import format (`type`, the payload fields,
-//! `msg_id`, `timestamp_ms`) plus `seq`, so a history can be fed back to `publish --file`.
+//! `msg_id`, `timestamp_ms`) plus `seq`, so a history can be fed back to `publish --file`,
+//! and `"sourced": true` on an event this server's stream took from another's (at the hub:
+//! an edge site's event, come by sourcing).
 
 use clap::Args;
 use serde_json::Map;
@@ -37,6 +39,13 @@ pub(crate) async fn run(ctx: &Ctx, args: HistoryArgs) -> Outcome {
                 let mut line = Map::new();
                 line.insert("seq".into(), stored.sequence.into());
                 line.extend(event_line::to_line(&rec.event, &rec.meta));
+                let sourced = stored
+                    .headers
+                    .as_ref()
+                    .is_some_and(|h| h.get(subjects::NATS_STREAM_SOURCE).is_some());
+                if sourced {
+                    line.insert("sourced".into(), true.into());
+                }
                 output::json_line(&line);
             }
             (Ok(rec), false) => {

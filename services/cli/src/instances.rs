@@ -12,15 +12,20 @@ use crate::output;
 /// How long to wait for one more instance to answer.
 const QUIET: Duration = Duration::from_millis(250);
 
-/// Every running instance, and what `--check` finds wrong with them.
+/// Every running instance, and what `--check` finds wrong with them (of the services
+/// not in `not_here`, which do not run at this server).
 pub(crate) async fn gather(
     client: &async_nats::Client,
+    not_here: &[&str],
 ) -> Result<(Vec<Listed>, Vec<String>), Failure> {
     let listed = instance::list(client, QUIET)
         .await
         .map_err(|e| anyhow::anyhow!("asking the services for their state: {e}"))?;
     let mut problems = Vec::new();
     for service in instance::SERVICES {
+        if not_here.contains(&service) {
+            continue;
+        }
         let running = listed.iter().filter(|l| l.service == service).count();
         let active = listed
             .iter()

@@ -32,6 +32,8 @@ enum ViewName {
     Stock,
     /// The sales_velocity view (velocity-projector).
     Velocity,
+    /// The transit view (transit-projector, in the stock-projector processes).
+    Transit,
 }
 
 #[derive(Debug, Args)]
@@ -45,6 +47,7 @@ pub(crate) async fn run(ctx: &Ctx, args: RebuildArgs) -> Outcome {
     let spec = match args.view {
         ViewName::Stock => views::STOCK,
         ViewName::Velocity => views::VELOCITY,
+        ViewName::Transit => views::TRANSIT,
     };
     let (bucket, owner) = (spec.bucket, spec.owner);
     let client = ctx.client().await?;

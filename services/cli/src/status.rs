@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
-use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream::Stream;
 use async_nats::jetstream::{Context, ErrorCode};
@@ -63,9 +63,10 @@ const STREAMS: [&str; 3] = [
 ];
 
 /// The buckets shown, in order.
-const BUCKETS: [&str; 3] = [
+const BUCKETS: [&str; 4] = [
     views::STOCK.bucket,
     views::VELOCITY.bucket,
+    views::TRANSIT.bucket,
     subjects::THRESHOLDS_BUCKET,
 ];
 
@@ -131,6 +132,9 @@ struct Report {
     instances: Vec<stockwire::instance::Listed>,
     /// The edge sites, as the hub sees them (none at a site, or without sites).
     sites: Vec<SiteSummary>,
+    /// Views that are a copy of the hub's here (at an edge site): projected at the hub.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    copies: Vec<&'static str>,
     max_lag: u64,
     /// Why `--check` fails (or would fail); empty when healthy.
     problems: Vec<String>,
@@ -140,7 +144,13 @@ pub(crate) async fn run(ctx: &Ctx, args: StatusArgs) -> Outcome {
     let client = ctx.client().await?;
     let js = async_nats::jetstream::new(client.clone());
     let mut report = gather(&js, args.max_lag).await?;
-    let (listed, problems) = instances::gather(&client).await?;
+    // A view copied from the hub has no projector here.
+    let not_here: Vec<&str> = views::ALL
+        .iter()
+        .filter(|v| report.copies.contains(&v.bucket))
+        .map(|v| v.owner)
+        .collect();
+    let (listed, problems) = instances::gather(&client, &not_here).await?;
     report.problems.extend(problems);
     for (bucket, stats) in &report.projectors {
         let (Some(stats), Some(spec)) = (stats, views::by_bucket(bucket)) else {
@@ -233,6 +243,7 @@ async fn gather(js: &Context, max_lag: u64) -> Result<Report, Failure> {
 
     let mut buckets = BTreeMap::new();
     let mut stores = BTreeMap::new();
+    let mut copies = Vec::new();
     for bucket in BUCKETS {
         let stats = if let Some(stream) = find_stream(js, &subjects::kv_stream(bucket)).await? {
             let leader = stream
@@ -245,7 +256,11 @@ async fn gather(js: &Context, max_lag: u64) -> Result<Report, Failure> {
                 .await
                 .with_context(|| format!("opening bucket {bucket}"))?;
             let keys = count_keys(&kv, bucket).await?;
-            stores.insert(bucket, kv);
+            if stream.cached_info().config.mirror.is_some() {
+                copies.push(bucket);
+            } else {
+                stores.insert(bucket, kv);
+            }
             Some(BucketStats { keys, leader })
         } else {
             problems.push(format!("bucket {bucket} is {MISSING}"));
@@ -326,6 +341,7 @@ async fn gather(js: &Context, max_lag: u64) -> Result<Report, Failure> {
         dead_letters,
         instances: Vec::new(),
         sites: Vec::new(),
+        copies,
         max_lag,
         problems,
     })
@@ -370,13 +386,12 @@ async fn lag(inventory: &Stream, filter: &str, checkpoint: u64) -> Result<u64, F
         return Ok(0);
     }
     let consumer = inventory
-        .create_consumer(OrderedConfig {
-            filter_subject: filter.to_string(),
-            deliver_policy: DeliverPolicy::ByStartSequence {
+        .create_consumer(stockwire::read::ordered_config(
+            filter,
+            DeliverPolicy::ByStartSequence {
                 start_sequence: checkpoint + 1,
             },
-            ..Default::default()
-        })
+        ))
         .await
         .with_context(|| format!("counting the events under {filter} after #{checkpoint}"))?;
     // Only the count is needed; the server removes the idle consumer by itself (users
@@ -386,12 +401,11 @@ async fn lag(inventory: &Stream, filter: &str, checkpoint: u64) -> Result<u64, F
 
 /// The edge sites as the hub sees them; none at a site's own server.
 async fn sites_of(js: &async_nats::jetstream::Context) -> Result<Vec<SiteState>, SiteError> {
-    match Home::of(js).await {
-        Ok(Home::Hub(Some(_))) => sites::states(js).await,
-        Ok(Home::Hub(None)) => Ok(Vec::new()),
-        Ok(Home::Site(_)) => Ok(Vec::new()),
-        // No registry (setup not run yet): no sites; the missing streams say the rest.
-        Err(_) => Ok(Vec::new()),
+    // A hub without a registry (set up before sites existed, or not set up: the missing
+    // streams say the rest) has no sites; a registry that cannot be read is a problem.
+    match Home::of(js).await? {
+        Home::Hub(Some(_)) => sites::states(js).await,
+        Home::Hub(None) | Home::Site(_) => Ok(Vec::new()),
     }
 }
 

@@ -1,30 +1,38 @@
 //! `stockwire transit receive`: the arrival of a transfer between two homes, recorded at
-//! the destination's home.
+//! the destination's home; `stockwire transit list`: the in-transit view.
 //!
 //! A transfer whose two ends are recorded at different servers (an edge site and the hub,
 //! or two sites) cannot be one atomic batch: `stockwire transfer` records the out leg at
 //! the source's home, and the destination records the arrival here when the goods come,
-//! whether or not the out leg has reached this server yet. A short receipt is allowed (the
-//! units that arrived are recorded). A transfer is received once, whatever JetStream's
-//! duplicate window: the destination's log is read for an earlier receipt, and the receipt
-//! is appended expecting that log's last receipt of the product, so two clerks receiving
-//! the same transfer at once store one receipt.
+//! whether or not the out leg has reached this server yet. The product and the source
+//! come from the in-transit view when it knows the transfer (at a site: the hub's view,
+//! mirrored), else from the flags. A short receipt is allowed (the units that arrived are
+//! recorded). A transfer is received once, whatever JetStream's duplicate window: the
+//! warehouse's receipts are read for an earlier one, and the receipt is appended
+//! expecting the last of them (`Nats-Expected-Last-Subject-Sequence-Subject` on all of the
+//! warehouse's receipts), so two clerks receiving the same transfer at once store one. The
+//! same receipt sent again (a retry after a lost acknowledgement) is answered with the one
+//! stored.
 //!
-//! `stockwire transit list` pairs the two legs of every transfer the server's log holds
-//! (at the hub: every warehouse's) and shows those still on their way, with their age, and
-//! any mismatch: a short receipt (the units lost in transit), an arrival whose out leg has
-//! not come in yet, more received than sent.
+//! `stockwire transit list` reads the in-transit view (`transit`, kept at the hub by the
+//! transit-projector from both legs of every transfer; at a site, the hub's copy as of
+//! the link's last contact): those still on their way, with their age, and any mismatch:
+//! a short receipt (the units lost in transit), an arrival whose out leg has not come in
+//! yet, more received than sent.
 
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use stockwire::batch;
-use stockwire::domain::{Event, EventKind, Location, Quantity, Sku, TransferId, WarehouseId};
+use stockwire::domain::{
+    Event, EventKind, Location, Quantity, Sku, TransferId, TransitView, WarehouseId,
+};
 use stockwire::envelope::EventMeta;
 use stockwire::read::Reader;
 use stockwire::retry::AppendErrorKind;
-use stockwire::subjects;
+use stockwire::sites::Home;
+use stockwire::{subjects, view, views};
 
 use crate::args::EventOpts;
 use crate::failure::{Failure, Kind, Outcome};
@@ -32,6 +40,9 @@ use crate::meta::{check_server_clock, event_meta, server_now_ms};
 use crate::record::check_home;
 use crate::wait::wait_applied;
 use crate::{output, Ctx};
+
+/// Where arrivals are put unless told otherwise.
+const ARRIVALS: &str = "DOCK";
 
 #[derive(Debug, Args)]
 pub struct TransitArgs {
@@ -47,25 +58,28 @@ enum Action {
         /// The transfer's id, as `stockwire transfer` printed it.
         #[arg(long, value_parser = TransferId::parse)]
         transfer_id: TransferId,
-        /// The warehouse the units arrived at (recorded here).
-        #[arg(short = 'w', long, value_parser = WarehouseId::parse)]
-        warehouse: WarehouseId,
-        #[arg(short = 's', long, value_parser = Sku::parse)]
-        sku: Sku,
-        /// The warehouse they were shipped from.
-        #[arg(long, value_parser = WarehouseId::parse)]
-        from_warehouse: WarehouseId,
-        /// Where they are put.
-        #[arg(short = 'l', long, value_parser = Location::parse)]
-        location: Location,
         /// Units that arrived.
         #[arg(short = 'q', long, allow_negative_numbers = true, value_parser = Quantity::parse)]
         quantity: Quantity,
+        /// Where they are put.
+        #[arg(short = 'l', long, value_parser = Location::parse, default_value = ARRIVALS)]
+        location: Location,
+        /// The warehouse they arrived at (default: the transfer's destination, as the
+        /// in-transit view has it, or this site's warehouse).
+        #[arg(short = 'w', long, value_parser = WarehouseId::parse)]
+        warehouse: Option<WarehouseId>,
+        /// The product (default: the in-transit view's; needed when the out leg has not
+        /// reached this server).
+        #[arg(short = 's', long, value_parser = Sku::parse)]
+        sku: Option<Sku>,
+        /// The warehouse they were shipped from (default: the in-transit view's).
+        #[arg(long, value_parser = WarehouseId::parse)]
+        from_warehouse: Option<WarehouseId>,
         #[command(flatten)]
         opts: EventOpts,
     },
-    /// Transfers on their way and any mismatch between their two legs (at the hub, every
-    /// warehouse's), oldest first.
+    /// Transfers on their way and any mismatch between their two legs (the in-transit
+    /// view: at the hub, every warehouse's), oldest first.
     List {
         /// Also the transfers whose units all arrived.
         #[arg(long)]
@@ -78,9 +92,11 @@ struct Received<'a> {
     transfer_id: &'a str,
     seq: u64,
     quantity: u32,
+    /// The same receipt was stored already (a retry); nothing new was stored.
+    duplicate: bool,
 }
 
-/// How long a receipt keeps trying while other receipts of the product land first.
+/// How long a receipt keeps trying while other receipts of the warehouse land first.
 const CONTENDED_FOR: Duration = Duration::from_secs(10);
 
 pub(crate) async fn run(ctx: &Ctx, args: TransitArgs) -> Outcome {
@@ -90,14 +106,50 @@ pub(crate) async fn run(ctx: &Ctx, args: TransitArgs) -> Outcome {
     }
 }
 
+/// The in-transit view's value of `transfer_id` at this server, if it has one.
+async fn known(
+    js: &async_nats::jetstream::Context,
+    transfer_id: &TransferId,
+) -> Result<Option<TransitView>, Failure> {
+    let Ok(bucket) = js.get_key_value(views::TRANSIT.bucket).await else {
+        return Ok(None); // set up before the view existed: the flags say it all
+    };
+    let entry = bucket.get(transfer_id.as_str()).await.map_err(|e| {
+        anyhow::anyhow!("reading transfer {transfer_id} in the in-transit view: {e}")
+    })?;
+    match entry {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            anyhow::anyhow!("transfer {transfer_id} in the in-transit view is not readable: {e}")
+                .into()
+        }),
+    }
+}
+
+/// A flag, or the in-transit view's value when it was not given; both, if they differ,
+/// is a mistake (exit 2).
+fn pick<T: PartialEq + std::fmt::Display + Clone>(
+    flag: &str,
+    given: Option<T>,
+    shipped: Option<T>,
+    transfer_id: &TransferId,
+) -> Result<Option<T>, Failure> {
+    match (given, shipped) {
+        (Some(g), Some(s)) if g != s => Err(Failure::invalid(format!(
+            "transfer {transfer_id} was shipped with {flag} {s}, not {g}; nothing was stored"
+        ))),
+        (given, shipped) => Ok(given.or(shipped)),
+    }
+}
+
 async fn receive(ctx: &Ctx, action: Action) -> Outcome {
     let Action::Receive {
         transfer_id,
+        quantity,
+        location,
         warehouse,
         sku,
         from_warehouse,
-        location,
-        quantity,
         opts,
     } = action
     else {
@@ -108,13 +160,45 @@ async fn receive(ctx: &Ctx, action: Action) -> Outcome {
             "transit receive takes --transfer-id (its event is <id>-in), not --msg-id or --force",
         ));
     }
+    let js = ctx.jetstream().await?;
+    let shipped = known(&js, &transfer_id).await?;
+    let here = match Home::of(&js).await.map_err(anyhow::Error::new)? {
+        Home::Site(site) => Some(site),
+        Home::Hub(_) => None,
+    };
+    let warehouse = pick(
+        "-w",
+        warehouse,
+        shipped.as_ref().map(|s| s.to_warehouse.clone()),
+        &transfer_id,
+    )?
+    .or(here);
+    let sku = pick(
+        "-s",
+        sku,
+        shipped.as_ref().map(|s| s.sku.clone()),
+        &transfer_id,
+    )?;
+    let from_warehouse = pick(
+        "--from-warehouse",
+        from_warehouse,
+        shipped.as_ref().map(|s| s.from_warehouse.clone()),
+        &transfer_id,
+    )?;
+    let (Some(warehouse), Some(sku), Some(from_warehouse)) = (warehouse, sku, from_warehouse)
+    else {
+        return Err(Failure::invalid(format!(
+            "transfer {transfer_id} is not in this server's in-transit view (its out leg has \
+             not reached it): give -w WAREHOUSE, -s SKU and --from-warehouse WAREHOUSE as on \
+             the delivery note"
+        )));
+    };
     if from_warehouse == warehouse {
         return Err(Failure::invalid(format!(
             "cannot receive a transfer of {sku} from {warehouse} at {warehouse}: it is the same \
              warehouse"
         )));
     }
-    let js = ctx.jetstream().await?;
     check_home(&js, vec![&warehouse]).await?;
     let asked = event_meta(&opts)?;
     check_server_clock(
@@ -134,12 +218,22 @@ async fn receive(ctx: &Ctx, action: Action) -> Outcome {
         msg_id: format!("{transfer_id}-in"),
         timestamp_ms: asked.timestamp_ms,
     };
-    let subject = subjects::event(&warehouse, &sku, EventKind::TransferredIn);
+    // Every receipt at the warehouse: few, next to its sales.
+    let receipts_here = format!(
+        "warehouse.{warehouse}.product.*.{}",
+        EventKind::TransferredIn.subject_token()
+    );
     let started = Instant::now();
-    let seq = loop {
-        // Every earlier receipt of this product at this warehouse: few, next to its sales.
-        let (earlier, last) = receipts(ctx, &js, &subject, &transfer_id).await?;
-        if let Some((seq, units)) = earlier {
+    let (seq, duplicate) = loop {
+        let (earlier, last) = receipts(ctx, &js, &receipts_here, &transfer_id).await?;
+        if let Some((seq, stored)) = earlier {
+            if stored == event {
+                break (seq, true);
+            }
+            let units = match &stored {
+                Event::TransferredIn { quantity, .. } => quantity.get(),
+                _ => 0,
+            };
             return Err(Failure {
                 kind: Kind::Rejected,
                 error: anyhow::anyhow!(
@@ -153,25 +247,21 @@ async fn receive(ctx: &Ctx, action: Action) -> Outcome {
             subjects::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
             last.to_string().as_str(),
         );
+        out.headers.insert(
+            subjects::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+            receipts_here.as_str(),
+        );
         match batch::publish_acked(&js, out).await {
-            Ok(ack) if ack.duplicate => {
-                return Err(Failure {
-                    kind: Kind::Rejected,
-                    error: anyhow::anyhow!(
-                        "transfer {transfer_id} was already received at {warehouse} as #{}: a \
-                         transfer is received once; nothing was stored",
-                        ack.sequence
-                    ),
-                })
-            }
-            Ok(ack) => break ack.sequence,
+            // Stored already inside the duplicate window: read which receipt it was.
+            Ok(ack) if ack.duplicate => continue,
+            Ok(ack) => break (ack.sequence, false),
             Err(e)
                 if matches!(
                     e.kind(),
                     AppendErrorKind::WrongLastSequence | AppendErrorKind::ExpectationInFlight
                 ) && started.elapsed() < CONTENDED_FOR =>
             {
-                // Another receipt of the product came first: read again.
+                // Another receipt at the warehouse came first: read again.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => return Err(e.into()),
@@ -185,7 +275,13 @@ async fn receive(ctx: &Ctx, action: Action) -> Outcome {
             transfer_id: transfer_id.as_str(),
             seq,
             quantity: quantity.get(),
+            duplicate,
         });
+    } else if duplicate {
+        output::line(format!(
+            "already received, not stored again: {quantity} {sku} at {warehouse}/{location} \
+             from {from_warehouse} is #{seq} (transfer {transfer_id})"
+        ));
     } else {
         output::line(format!(
             "received {quantity} {sku} at {warehouse}/{location} from {from_warehouse} as #{seq} \
@@ -195,50 +291,45 @@ async fn receive(ctx: &Ctx, action: Action) -> Outcome {
     Ok(())
 }
 
-/// The earlier receipt of `transfer_id` on `subject` (its sequence and units), if any, and
-/// the subject's last sequence (0 when it has none).
+/// The earlier receipt of `transfer_id` under `filter` (its sequence and event), if any,
+/// and the filter's last sequence (0 when it has none).
 async fn receipts(
     ctx: &Ctx,
     js: &async_nats::jetstream::Context,
-    subject: &str,
+    filter: &str,
     transfer_id: &TransferId,
-) -> Result<(Option<(u64, u32)>, u64), Failure> {
-    let mut reader = Reader::open(js, subjects::INVENTORY_STREAM, subject, 1)
+) -> Result<(Option<(u64, Event)>, u64), Failure> {
+    let mut reader = Reader::open(js, subjects::INVENTORY_STREAM, filter, 1)
         .await
         .map_err(anyhow::Error::new)?;
     let (mut found, mut last) = (None, 0);
     while let Some(stored) = reader.next().await {
         let stored = stored.map_err(anyhow::Error::new)?;
         last = stored.sequence;
+        if found.is_some() {
+            continue;
+        }
         if let Ok(recorded) = ctx.envelope.decode_stored(&stored) {
-            if let Event::TransferredIn {
-                transfer_id: id,
-                quantity,
-                ..
-            } = &recorded.event
+            if matches!(&recorded.event, Event::TransferredIn { transfer_id: id, .. } if id == transfer_id)
             {
-                if id == transfer_id && found.is_none() {
-                    found = Some((stored.sequence, quantity.get()));
-                }
+                found = Some((stored.sequence, recorded.event));
             }
         }
     }
     Ok((found, last))
 }
 
-/// One transfer's two legs, as far as this server's log holds them.
-#[derive(Debug, Default, Serialize)]
-struct Transit {
+/// One transfer as listed.
+#[derive(Debug, Serialize)]
+struct Listed {
     transfer_id: String,
     sku: String,
     from_warehouse: String,
     to_warehouse: String,
     sent: Option<u32>,
     sent_ms: Option<i64>,
-    out_seq: Option<u64>,
     received: Option<u32>,
     received_ms: Option<i64>,
-    in_seq: Option<u64>,
     state: &'static str,
     /// Units sent and never received (a short receipt).
     lost: u32,
@@ -246,89 +337,29 @@ struct Transit {
     age_s: i64,
 }
 
-impl Transit {
-    fn settle(&mut self, now_ms: i64) {
-        let (state, lost) = match (self.sent, self.received) {
-            (Some(_), None) => ("in transit", 0),
-            (Some(s), Some(r)) if r == s => ("received", 0),
-            (Some(s), Some(r)) if r < s => ("short: lost in transit", s - r),
-            (Some(_), Some(_)) => ("MISMATCH: more received than sent", 0),
-            (None, Some(_)) => ("MISMATCH: received, its out leg not here (yet)", 0),
-            (None, None) => ("", 0),
-        };
-        self.state = state;
-        self.lost = lost;
-        let since = self.sent_ms.or(self.received_ms).unwrap_or(now_ms);
-        self.age_s = (now_ms - since).max(0) / 1000;
-    }
-
-    /// Still to be looked at: on its way, short or mismatched.
-    fn open(&self) -> bool {
-        self.state != "received"
-    }
-}
-
 async fn list(ctx: &Ctx, all: bool) -> Outcome {
-    use std::collections::BTreeMap;
     let js = ctx.jetstream().await?;
-    let mut transits: BTreeMap<String, Transit> = BTreeMap::new();
-    for kind in [EventKind::TransferredOut, EventKind::TransferredIn] {
-        let filter = subjects::events_of_kind(kind);
-        let mut reader = Reader::open(&js, subjects::INVENTORY_STREAM, &filter, 1)
-            .await
-            .map_err(anyhow::Error::new)?;
-        while let Some(stored) = reader.next().await {
-            let stored = stored.map_err(anyhow::Error::new)?;
-            let Ok(recorded) = ctx.envelope.decode_stored(&stored) else {
-                continue; // the projectors dead-letter what does not decode
-            };
-            match recorded.event {
-                Event::TransferredOut {
-                    warehouse,
-                    sku,
-                    quantity,
-                    to_warehouse,
-                    transfer_id,
-                    ..
-                } => {
-                    let t = transits.entry(transfer_id.to_string()).or_default();
-                    t.transfer_id = transfer_id.to_string();
-                    t.sku = sku.to_string();
-                    t.from_warehouse = warehouse.to_string();
-                    t.to_warehouse = to_warehouse.to_string();
-                    t.sent = Some(t.sent.unwrap_or(0) + quantity.get());
-                    t.sent_ms = Some(recorded.meta.timestamp_ms);
-                    t.out_seq = Some(stored.sequence);
-                }
-                Event::TransferredIn {
-                    warehouse,
-                    sku,
-                    quantity,
-                    from_warehouse,
-                    transfer_id,
-                    ..
-                } => {
-                    let t = transits.entry(transfer_id.to_string()).or_default();
-                    t.transfer_id = transfer_id.to_string();
-                    t.sku = sku.to_string();
-                    t.from_warehouse = from_warehouse.to_string();
-                    t.to_warehouse = warehouse.to_string();
-                    t.received = Some(t.received.unwrap_or(0) + quantity.get());
-                    t.received_ms = Some(recorded.meta.timestamp_ms);
-                    t.in_seq = Some(stored.sequence);
-                }
-                _ => {}
-            }
-        }
-    }
+    let transits: Vec<(String, TransitView)> = view::snapshot(&js, views::TRANSIT.bucket)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the in-transit view: {e}"))?;
     let now = crate::meta::now_ms();
-    let mut shown: Vec<Transit> = transits
-        .into_values()
-        .map(|mut t| {
-            t.settle(now);
-            t
-        })
+    let mut shown: Vec<Listed> = transits
+        .into_iter()
+        .map(|(_, t)| t)
         .filter(|t| all || t.open())
+        .map(|t| Listed {
+            state: t.state().as_str(),
+            lost: t.lost(),
+            age_s: t.age_ms(now) / 1000,
+            transfer_id: t.transfer_id.to_string(),
+            sku: t.sku.to_string(),
+            from_warehouse: t.from_warehouse.to_string(),
+            to_warehouse: t.to_warehouse.to_string(),
+            sent: t.sent,
+            sent_ms: t.sent_ms,
+            received: t.received,
+            received_ms: t.received_ms,
+        })
         .collect();
     shown.sort_by_key(|t| std::cmp::Reverse(t.age_s));
     if ctx.json {

@@ -306,7 +306,7 @@ async fn each_kind_lands_on_its_subject_with_the_standard_headers() {
             uuid::Uuid::parse_str(id).map(|u| u.get_version_num()),
             Ok(4)
         );
-        assert_eq!(header(msg, "Nats-Msg-Id"), id);
+        assert_eq!(header(msg, "Nats-Msg-Id"), format!("ams1:{id}"));
         let ts: i64 = header(msg, "myorg_timestamp_ms").parse().expect("ms");
         assert!((ts - chrono::Utc::now().timestamp_millis()).abs() < 60_000);
         assert_eq!(&payload(msg), expected);
@@ -339,7 +339,8 @@ async fn the_same_msg_id_twice_is_stored_once() {
     );
     let events = stack.events().await;
     assert_eq!(events.len(), 1);
-    assert_eq!(header(&events[0], "Nats-Msg-Id"), "delivery-77");
+    assert_eq!(header(&events[0], "myorg_msg_id"), "delivery-77");
+    assert_eq!(header(&events[0], "Nats-Msg-Id"), "ams1:delivery-77");
 }
 
 #[tokio::test]
@@ -636,7 +637,7 @@ async fn setup_twice_changes_nothing_the_second_time() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();
-    assert_eq!(outcomes.len(), 8, "3 streams and 5 buckets: {out}");
+    assert_eq!(outcomes.len(), 9, "3 streams and 6 buckets: {out}");
     assert!(
         outcomes.iter().all(|o| o["outcome"] == "unchanged"),
         "{out}"

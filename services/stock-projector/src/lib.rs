@@ -5,17 +5,26 @@
 //! the last event applied. The loop itself (ordered reading from the checkpoint, per-key
 //! folding, checked commits, dead letters, rebuilds) is `stockwire::projector`; this crate
 //! says what the view is ([`StockProjection`]) and how the service is configured.
+//!
+//! The same process keeps the in-transit view (`transit`, [`TransitProjection`]): one key
+//! per transfer, both legs paired. It is small and never split, so it runs beside the
+//! stock view in every instance under a lease of its own (`transit-projector`): one
+//! instance writes it, whatever the stock view's partitions. At an edge site it does not
+//! run: the site's `transit` is a copy of the hub's, which alone sees both legs of a
+//! transfer between two homes.
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
 
 use std::time::Duration;
 
 use stockwire::connect::ConnectArgs;
-use stockwire::domain::{Event, StockView};
+use stockwire::domain::{Event, StockView, TransitView};
 use stockwire::envelope::{Envelope, Recorded};
+use stockwire::partition::Partition;
 use stockwire::projection::{self, Projection};
 use stockwire::projector;
-use stockwire::{subjects, views};
+use stockwire::retry::Backoff;
+use stockwire::{sites, subjects, views};
 use tokio_util::sync::CancellationToken;
 
 /// The `stock` view: every event of record changes its product's stock.
@@ -64,6 +73,35 @@ impl Projection for StockProjection {
     }
 }
 
+/// The `transit` view: both legs of every transfer, keyed by its id.
+#[derive(Debug, Clone, Default)]
+pub struct TransitProjection;
+
+impl Projection for TransitProjection {
+    type View = TransitView;
+
+    fn bucket(&self) -> &'static str {
+        views::TRANSIT.bucket
+    }
+
+    fn filter(&self) -> String {
+        views::TRANSIT.filter()
+    }
+
+    fn key(&self, event: &Event) -> String {
+        match event {
+            Event::TransferredOut { transfer_id, .. }
+            | Event::TransferredIn { transfer_id, .. } => transfer_id.to_string(),
+            // Not read (see the filter); a key no transfer can have.
+            other => format!("_{}", other.event_type()),
+        }
+    }
+
+    fn apply(&self, view: &mut Option<TransitView>, recorded: &Recorded, seq: u64) -> bool {
+        TransitView::apply(view, &recorded.event, seq, recorded.meta.timestamp_ms)
+    }
+}
+
 /// The service's settings.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -101,6 +139,59 @@ pub async fn run(
         // Low-stock alerts wait on this view: commit live events at once.
         live_linger: Duration::ZERO,
     };
-    projector::run(client, StockProjection::default(), settings, shutdown).await?;
+    let transit = tokio::spawn(run_transit(
+        client.clone(),
+        projection::Config {
+            partition: Partition::WHOLE,
+            cache_keys: None,
+            ..settings.clone()
+        },
+        shutdown.clone(),
+    ));
+    let stock = projector::run(
+        client,
+        StockProjection::default(),
+        settings,
+        shutdown.clone(),
+    )
+    .await;
+    // One stops, both stop.
+    shutdown.cancel();
+    let transit = transit.await;
+    stock?;
+    transit.map_err(|e| anyhow::anyhow!("the transit view's projector: {e}"))??;
+    Ok(())
+}
+
+/// The in-transit view's projector, unless this server is an edge site (its `transit` is
+/// the hub's, mirrored).
+async fn run_transit(
+    client: async_nats::Client,
+    settings: projection::Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    let domain = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            asked = sites::domain(&js, Duration::from_secs(10)) => match asked {
+                Ok(domain) => break domain,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot tell whether this is an edge site yet; asking again");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
+            },
+        }
+    };
+    if let Some(site) = domain.filter(|d| d != subjects::HUB_DOMAIN) {
+        tracing::info!(%site, "an edge site: its transit view is the hub's, mirrored; not projecting it here");
+        shutdown.cancelled().await;
+        return Ok(());
+    }
+    projector::run(client, TransitProjection, settings, shutdown).await?;
     Ok(())
 }

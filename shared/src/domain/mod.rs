@@ -10,6 +10,7 @@ mod react;
 mod stock;
 mod thresholds;
 mod time;
+mod transit;
 mod velocity;
 
 pub use alert::{
@@ -27,6 +28,7 @@ pub use react::{react_band, react_low_stock, react_stockout};
 pub use stock::{evolve, Locations, StockBook, StockView};
 pub use thresholds::{Thresholds, DEFAULT_LOW_STOCK_BELOW, DEFAULT_STOCKOUT_DAYS};
 pub use time::{check_not_in_future, format_ms, parse_time_ms, MAX_FUTURE_MS};
+pub use transit::{TransitState, TransitView};
 pub use velocity::{
     days_of_cover, Band, BandLimits, VelocityView, DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS,
 };

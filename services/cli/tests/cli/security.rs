@@ -155,6 +155,7 @@ async fn every_role_does_its_job_under_nats_conf() {
         [
             "low-stock-watcher",
             "stock-projector",
+            "transit-projector",
             "velocity-projector",
             "velocity-watcher"
         ],

@@ -84,6 +84,40 @@ async fn ids(js: &jetstream::Context, filter: &str) -> Vec<String> {
     ids
 }
 
+/// The stock-projector service (with its transit loop) at `server`, as its own user,
+/// until `stop` is cancelled.
+async fn projector(server: &NatsServer, stop: &tokio_util::sync::CancellationToken) {
+    let connect = server
+        .connect_args()
+        .as_user("stock-projector", &password("stock-projector"));
+    let client = connect_as(&connect).await;
+    let config = stock_projector::Config {
+        scale: Default::default(),
+        connect,
+        header_prefix: "myorg".into(),
+        batch: 1000,
+    };
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        if let Err(e) = stock_projector::run(client, &config, stop).await {
+            panic!("stock-projector failed: {e:#}");
+        }
+    });
+}
+
+async fn connect_as(args: &stockwire::connect::ConnectArgs) -> async_nats::Client {
+    connect(args, "sites-test", Startup::FailFast)
+        .await
+        .expect("connect")
+}
+
+fn transits(server: &NatsServer) -> Vec<serde_json::Value> {
+    ok(server, "cli", &["--json", "transit", "list", "--all"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
 fn site_list(hub: &NatsServer, offline_s: &str) -> serde_json::Value {
     let out = ok(
         hub,
@@ -125,13 +159,18 @@ async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_
     refused(&site, "admin", &["setup"], "stockwire setup --site");
     ok(&site, "admin", &["setup", "--site"]);
     refused(&site, "admin", &["site", "list"], "at the hub");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop_on_drop = stop.clone().drop_guard();
+    projector(&hub, &stop).await;
+    projector(&site, &stop).await;
 
     // A warehouse with history at the hub cannot become a site as it is.
     ok(
         &hub,
         "cli",
         &[
-            "publish", "received", "-w", "nyc1", "-s", "pear", "-l", "A1", "-q", "5",
+            "publish", "received", "-w", "nyc1", "-s", "pear", "-l", "A1", "-q", "5", "--msg-id",
+            "d1",
         ],
     );
     refused(
@@ -282,10 +321,23 @@ async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_
         shipped.contains("stockwire transit receive --transfer-id t1"),
         "{shipped}"
     );
+    wait_until(
+        "the hub's transit view has t1",
+        Duration::from_secs(15),
+        || async { transits(&hub).len() == 1 },
+    )
+    .await;
     let on_its_way = ok(&hub, "cli", &["--json", "transit", "list"]);
     let on_its_way: serde_json::Value =
         serde_json::from_str(on_its_way.trim()).expect("one JSON line");
     assert_eq!(on_its_way["state"], "in transit", "{on_its_way}");
+    // The site reads the hub's view, mirrored: it knows what is coming.
+    wait_until(
+        "the site's copy of the transit view has t1",
+        Duration::from_secs(15),
+        || async { transits(&site).len() == 1 },
+    )
+    .await;
     assert_eq!(on_its_way["sent"], 3);
     assert!(on_its_way["received"].is_null());
 
@@ -299,11 +351,13 @@ async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_
         .chain([q.to_string()])
         .collect::<Vec<String>>()
     };
+    // The same msg id as the hub's first delivery, picked by another home: both stored.
     ok(
         &site,
         "cli",
         &[
-            "publish", "received", "-w", "ams1", "-s", "apple", "-l", "A1", "-q", "10",
+            "publish", "received", "-w", "ams1", "-s", "apple", "-l", "A1", "-q", "10", "--msg-id",
+            "d1",
         ],
     );
     let args = sell("3");
@@ -351,12 +405,6 @@ async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_
             "receive",
             "--transfer-id",
             "t1",
-            "-w",
-            "ams1",
-            "-s",
-            "pear",
-            "--from-warehouse",
-            "nyc1",
             "-l",
             "A1",
             "-q",
@@ -366,7 +414,22 @@ async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_
         .chain([q.to_string()])
         .collect::<Vec<String>>()
     };
-    // A short receipt: 2 of the 3 arrived. A second one is refused, whatever the window.
+    refused(
+        &site,
+        "cli",
+        &[
+            "transit",
+            "receive",
+            "--transfer-id",
+            "t1",
+            "-s",
+            "apple",
+            "-q",
+            "2",
+        ],
+        "transfer t1 was shipped with -s pear, not apple",
+    );
+    // A short receipt: 2 of the 3 arrived; the product and the source from the view.
     let args = receive("2");
     let received = ok(
         &site,
@@ -377,6 +440,17 @@ async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_
         received.contains("received 2 pear at ams1/A1 from nyc1"),
         "{received}"
     );
+    // The same receipt again (a retry after a lost reply): the one stored, exit 0.
+    let again = ok(
+        &site,
+        "cli",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(
+        again.contains("already received, not stored again"),
+        "{again}"
+    );
+    // Another receipt of it is refused, whatever the window.
     let args = receive("1");
     let out = stockwire(
         &site,
@@ -464,17 +538,36 @@ async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_
     )
     .await;
     // Both legs are at the hub now: the transfer is short by one unit, lost in transit.
-    let transits = ok(&hub, "cli", &["--json", "transit", "list"]);
-    let transits: Vec<serde_json::Value> = transits
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
+    wait_until(
+        "the hub's transit view pairs the two legs",
+        Duration::from_secs(15),
+        || async {
+            transits(&hub)
+                .first()
+                .is_some_and(|t| !t["received"].is_null())
+        },
+    )
+    .await;
+    let transits = transits(&hub);
     assert_eq!(transits.len(), 1, "{transits:?}");
     assert_eq!(transits[0]["transfer_id"], "t1");
     assert_eq!(transits[0]["sent"], 3);
     assert_eq!(transits[0]["received"], 2);
     assert_eq!(transits[0]["lost"], 1);
     assert_eq!(transits[0]["state"], "short: lost in transit");
+    // The view is rebuilt from the log like every view, to the same answer.
+    let rebuilt = ok(&hub, "admin", &["rebuild", "transit"]);
+    assert!(rebuilt.contains("rebuilt"), "{rebuilt}");
+    let after = self::transits(&hub);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(
+        (&after[0]["sent"], &after[0]["received"], &after[0]["state"]),
+        (
+            &transits[0]["sent"],
+            &transits[0]["received"],
+            &transits[0]["state"]
+        )
+    );
 
     let hub_alerts = hub_js
         .get_stream(subjects::ALERTS_STREAM)

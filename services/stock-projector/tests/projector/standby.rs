@@ -26,9 +26,16 @@ async fn holder(js: &jetstream::Context) -> Option<String> {
     Some(String::from_utf8_lossy(&value).into_owned())
 }
 
+/// The consumers reading the log for the stock view (the transit view's loop, with a
+/// lease of its own, reads only transfers).
 async fn consumers_on_the_log(js: &jetstream::Context) -> usize {
-    let mut stream = js.get_stream(subjects::INVENTORY_STREAM).await.unwrap();
-    stream.info().await.unwrap().state.consumer_count
+    use futures::TryStreamExt;
+    let stream = js.get_stream(subjects::INVENTORY_STREAM).await.unwrap();
+    let infos: Vec<_> = stream.consumers().try_collect().await.unwrap();
+    infos
+        .iter()
+        .filter(|info| info.config.filter_subjects.is_empty())
+        .count()
 }
 
 /// Publishes one event and returns how long until the view's checkpoint passes it.
