@@ -25,6 +25,15 @@ pub trait Projection: Send + Sync + 'static {
     /// unless the value already holds it. Returns whether it changed the value.
     fn apply(&self, view: &mut Option<Self::View>, recorded: &Recorded, seq: u64) -> bool;
 
+    /// How long a value is kept once written (`None`: until changed). The bucket must allow
+    /// per-message TTLs ([`ViewSpec::expires`](crate::views::ViewSpec)).
+    fn expires(_view: &Self::View) -> Option<Duration>
+    where
+        Self: Sized,
+    {
+        None
+    }
+
     /// How often values are re-evaluated as time passes (windows that slide); `None`: never.
     fn tick_every(&self) -> Option<Duration> {
         None

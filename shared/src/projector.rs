@@ -79,6 +79,7 @@ pub async fn run<P: Projection>(
             }
         }
     };
+    store.expire_with(P::expires);
     let partition = config.partition;
     let mut rebuilds = rebuild::Listener::new(&client, bucket, partition);
     let mut reconnects = crate::connect::Reconnects::new(&client);

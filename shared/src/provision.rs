@@ -172,7 +172,10 @@ pub fn desired(options: &Options) -> Vec<(String, Config)> {
         ),
     ];
     for view in views::ALL {
-        let config = kv_config(view.bucket, view.description, true);
+        let config = Config {
+            allow_message_ttl: view.expires,
+            ..kv_config(view.bucket, view.description, true)
+        };
         wanted.push(match &options.site {
             // A site's own log holds one leg of a transfer to or from another home: the
             // hub pairs them, and a site reads the hub's view.

@@ -188,6 +188,8 @@ pub struct ViewStore<V> {
     /// The highest sequence of the bucket this writer stored: a key read from a copy of
     /// the bucket that has not reached it might be older than our own write.
     last_write: u64,
+    /// How long a value is kept once written (`None`: for ever); see [`Self::expire_with`].
+    expiry: Option<fn(&V) -> Option<Duration>>,
 }
 
 impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
@@ -225,7 +227,16 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
             too_large_to_warm: false,
             checkpoint: None,
             last_write: 0,
+            expiry: None,
         })
+    }
+
+    /// Writes each value with the time to live `expiry` gives it (`Nats-TTL`; the bucket
+    /// must allow per-message TTLs), after which the server removes the key. A value this
+    /// store still holds after that is refused at its next write (its revision is gone)
+    /// and read again, like any value another writer changed.
+    pub fn expire_with(&mut self, expiry: fn(&V) -> Option<Duration>) {
+        self.expiry = Some(expiry);
     }
 
     /// The share of the view this store writes.
@@ -638,6 +649,14 @@ impl<V: Serialize + DeserializeOwned + Clone> ViewStore<V> {
             message
                 .headers
                 .insert(expected.clone(), revision.to_string());
+            if let (Change::Put(v), Some(expiry)) = (change, self.expiry) {
+                if let Some(ttl) = expiry(v) {
+                    message.headers.insert(
+                        subjects::NATS_TTL,
+                        ttl.as_secs().max(1).to_string().as_str(),
+                    );
+                }
+            }
             messages.push(message);
         }
         Ok(messages)

@@ -16,6 +16,8 @@ pub struct ViewSpec {
     pub description: &'static str,
     /// The kinds of event it reads; none: every event of record.
     pub reads: &'static [EventKind],
+    /// Whether its values may carry a time to live (the bucket allows per-message TTLs).
+    pub expires: bool,
 }
 
 impl ViewSpec {
@@ -40,6 +42,7 @@ pub const STOCK: ViewSpec = ViewSpec {
     owner: "stock-projector",
     description: "Stockwire view: stock per product and location",
     reads: &[],
+    expires: false,
 };
 
 /// Units sold over the last hour, day and week.
@@ -48,9 +51,11 @@ pub const VELOCITY: ViewSpec = ViewSpec {
     owner: "velocity-projector",
     description: "Stockwire view: units sold per hour, day, week",
     reads: &[EventKind::Sold],
+    expires: false,
 };
 
-/// Transfers, one key per transfer id: what was sent, what arrived. Projected by a loop
+/// Transfers, one key per open transfer id (and those closed in the last week): what was
+/// sent, what arrived. Projected by a loop
 /// of its own in every stock-projector process (the lease picks one writer), named
 /// `transit-projector` for its lease, rebuilds and the service API.
 pub const TRANSIT: ViewSpec = ViewSpec {
@@ -58,6 +63,8 @@ pub const TRANSIT: ViewSpec = ViewSpec {
     owner: "transit-projector",
     description: "Stockwire view: transfers and their two legs",
     reads: &[EventKind::TransferredOut, EventKind::TransferredIn],
+    // A transfer whose units all arrived is kept a week, then the server removes it.
+    expires: true,
 };
 
 /// Every view, in the order they are shown.

@@ -100,7 +100,16 @@ impl Projection for TransitProjection {
     fn apply(&self, view: &mut Option<TransitView>, recorded: &Recorded, seq: u64) -> bool {
         TransitView::apply(view, &recorded.event, seq, recorded.meta.timestamp_ms)
     }
+
+    /// A transfer with both legs (received whole or short) stays a week, then the server
+    /// removes its key; one still waiting for a leg stays until it comes.
+    fn expires(view: &TransitView) -> Option<Duration> {
+        view.closed().then_some(CLOSED_KEPT)
+    }
 }
+
+/// How long a transfer with both legs stays in the in-transit view.
+pub const CLOSED_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The service's settings.
 #[derive(Debug, Clone, clap::Parser)]

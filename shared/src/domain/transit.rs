@@ -141,6 +141,11 @@ impl TransitView {
         self.state() != TransitState::Received
     }
 
+    /// Both legs are here: nothing more is expected of it (whole, short or not).
+    pub fn closed(&self) -> bool {
+        self.sent.is_some() && self.received.is_some()
+    }
+
     /// Since the out leg (or the arrival, when only that is here), in ms.
     pub fn age_ms(&self, now_ms: i64) -> i64 {
         let since = self.sent_ms.or(self.received_ms).unwrap_or(now_ms);
@@ -191,11 +196,15 @@ mod tests {
         let v = view.unwrap();
         assert_eq!(v.state(), TransitState::Short);
         assert_eq!(v.lost(), 1);
-        assert!(v.open());
+        assert!(
+            v.open() && v.closed(),
+            "short: shown, and nothing more to come"
+        );
 
         let mut view = None;
         assert!(TransitView::apply(&mut view, &arrived(3), 4, 2_000));
         assert_eq!(view.as_ref().unwrap().state(), TransitState::OutLegMissing);
+        assert!(!view.as_ref().unwrap().closed());
         assert!(TransitView::apply(&mut view, &out(3), 7, 1_000));
         let v = view.unwrap();
         assert_eq!(v.state(), TransitState::Received);

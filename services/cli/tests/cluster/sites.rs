@@ -555,6 +555,18 @@ async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_
     assert_eq!(transits[0]["received"], 2);
     assert_eq!(transits[0]["lost"], 1);
     assert_eq!(transits[0]["state"], "short: lost in transit");
+    // Both legs are in: the key goes a week from now (the server's per-message TTL).
+    let closed = hub_js
+        .get_stream("KV_transit")
+        .await
+        .expect("KV_transit")
+        .direct_get_last_for_subject("$KV.transit.t1")
+        .await
+        .expect("the key t1");
+    assert_eq!(
+        closed.headers.get("Nats-TTL").map(|v| v.as_str()),
+        Some("604800")
+    );
     // The view is rebuilt from the log like every view, to the same answer.
     let rebuilt = ok(&hub, "admin", &["rebuild", "transit"]);
     assert!(rebuilt.contains("rebuilt"), "{rebuilt}");
