@@ -1,15 +1,18 @@
-//! `stockwire verify`: the `stock` view against a replay of the log in memory.
+//! `stockwire verify`: the `stock` view, and the `transit` view, against a replay of the log
+//! in memory.
 //!
 //! Each key of the view is compared with the replay at that key's own `last_seq`, so a
 //! projector that is still catching up (or running meanwhile) is not a difference. A key
 //! the log has up to the view's checkpoint but the view lacks is one, and so is a key whose
 //! event up to the checkpoint is not applied, or a key the log does not explain. Differences are listed; exit 3 if there is any.
+//! The in-transit view is checked the same way, except that a transfer with both legs may
+//! be gone from it (its key expires a week after it closed).
 
 use std::collections::BTreeMap;
 
 use clap::Args;
 use serde::Serialize;
-use stockwire::domain::{StockBook, StockView};
+use stockwire::domain::{StockBook, StockView, TransitView};
 use stockwire::read::Reader;
 use stockwire::view::Position;
 use stockwire::{subjects, view, views};
@@ -125,18 +128,156 @@ pub(crate) async fn run(ctx: &Ctx, _args: VerifyArgs) -> Outcome {
     }
 
     report(ctx, &differences, in_view.len(), events, &position);
-    if differences.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure {
+    let transit = transit(ctx, &js).await?;
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    match (differences.len(), transit) {
+        (0, 0) => Ok(()),
+        (stock, 0) => Err(Failure {
             kind: Kind::Rejected,
             error: anyhow::anyhow!(
-                "the stock view differs from the log in {} key{}",
-                differences.len(),
-                if differences.len() == 1 { "" } else { "s" }
+                "the stock view differs from the log in {stock} key{}",
+                plural(stock)
             ),
-        })
+        }),
+        (stock, transit) => Err(Failure {
+            kind: Kind::Rejected,
+            error: anyhow::anyhow!(
+                "the views differ from the log: stock in {stock} key{}, transit in {transit} key{}",
+                plural(stock),
+                plural(transit)
+            ),
+        }),
     }
+}
+
+#[derive(Debug, Serialize)]
+struct TransitDifference {
+    view_name: &'static str,
+    key: String,
+    problem: String,
+    view: Option<TransitView>,
+    log: Option<TransitView>,
+}
+
+/// The in-transit view against a replay of the transfers; returns how many keys differ.
+/// Nothing to check where there is no such view, or it is the hub's copy (an edge site).
+async fn transit(ctx: &Ctx, js: &async_nats::jetstream::Context) -> Result<usize, Failure> {
+    let bucket = views::TRANSIT.bucket;
+    match js.get_stream(subjects::kv_stream(bucket)).await {
+        Ok(stream) if stream.cached_info().config.mirror.is_none() => {}
+        _ => return Ok(0),
+    }
+    let checkpoint = view::position(&js.client(), bucket, READ_TIMEOUT)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the transit view's checkpoint: {e}"))?
+        .lowest();
+    let in_view: BTreeMap<String, TransitView> = view::snapshot(js, bucket)
+        .await
+        .map_err(anyhow::Error::new)?
+        .into_iter()
+        .collect();
+    let mut reader = Reader::open(js, subjects::INVENTORY_STREAM, &views::TRANSIT.filter(), 1)
+        .await
+        .map_err(anyhow::Error::new)?;
+    let mut book: BTreeMap<String, Option<TransitView>> = BTreeMap::new();
+    let mut checked: BTreeMap<String, Option<TransitView>> = BTreeMap::new();
+    let mut last_within_checkpoint: BTreeMap<String, u64> = BTreeMap::new();
+    let mut events = 0u64;
+    while let Some(stored) = reader.next().await {
+        let stored = stored.map_err(anyhow::Error::new)?;
+        let Ok(rec) = ctx.envelope.decode_stored(&stored) else {
+            continue;
+        };
+        let (stockwire::domain::Event::TransferredOut { transfer_id, .. }
+        | stockwire::domain::Event::TransferredIn { transfer_id, .. }) = &rec.event
+        else {
+            continue;
+        };
+        events += 1;
+        let key = transfer_id.to_string();
+        let slot = book.entry(key.clone()).or_default();
+        TransitView::apply(slot, &rec.event, stored.sequence, rec.meta.timestamp_ms);
+        if stored.sequence <= checkpoint {
+            last_within_checkpoint.insert(key.clone(), stored.sequence);
+        }
+        if in_view
+            .get(&key)
+            .is_some_and(|v| v.last_seq == stored.sequence)
+        {
+            checked.insert(key, slot.clone());
+        }
+    }
+    let mut differences = Vec::new();
+    let mut differ = |key: &str, problem: String, view: Option<&TransitView>, log| {
+        differences.push(TransitDifference {
+            view_name: bucket,
+            key: key.to_string(),
+            problem,
+            view: view.cloned(),
+            log,
+        })
+    };
+    for (key, v) in &in_view {
+        if let Some(&missed) = last_within_checkpoint.get(key).filter(|&&s| s > v.last_seq) {
+            differ(
+                key,
+                format!("event #{missed} is within the checkpoint but not applied"),
+                Some(v),
+                None,
+            );
+            continue;
+        }
+        match checked.get(key) {
+            Some(Some(replayed)) if replayed == v => {}
+            Some(replayed) => differ(
+                key,
+                "differs from the log".into(),
+                Some(v),
+                replayed.clone(),
+            ),
+            None => differ(
+                key,
+                format!("no event #{} of this transfer in the log", v.last_seq),
+                Some(v),
+                None,
+            ),
+        }
+    }
+    for (key, replayed) in &book {
+        let Some(replayed) = replayed else { continue };
+        // A closed transfer's key expires; one still waiting for a leg must be there once
+        // the checkpoint has passed its first event.
+        if !replayed.closed()
+            && !in_view.contains_key(key)
+            && last_within_checkpoint.contains_key(key)
+        {
+            differ(
+                key,
+                "missing from the view".into(),
+                None,
+                Some(replayed.clone()),
+            );
+        }
+    }
+    if ctx.json {
+        for d in &differences {
+            output::json_line(d);
+        }
+    } else {
+        for d in &differences {
+            output::line(format!("transit {}: {}", d.key, d.problem));
+        }
+        output::line(format!(
+            "verified {} keys of the transit view (checkpoint #{checkpoint}) against {events} transfer events of the log: {}",
+            in_view.len(),
+            if differences.is_empty() {
+                "no differences".to_string()
+            } else {
+                format!("{} differences", differences.len())
+            }
+        ));
+    }
+    Ok(differences.len())
 }
 
 fn report(ctx: &Ctx, differences: &[Difference], keys: usize, events: u64, position: &Position) {

@@ -580,6 +580,31 @@ async fn a_site_records_while_its_link_is_down_and_the_hub_gets_each_event_once_
             &transits[0]["state"]
         )
     );
+    let clean = ok(&hub, "cli", &["verify"]);
+    assert!(
+        clean.contains("verified 1 keys of the transit view")
+            && clean.ends_with("no differences\n"),
+        "{clean}"
+    );
+    // A value the log does not explain is found, and a rebuild puts it right.
+    let kv = hub_js
+        .get_key_value(subjects::TRANSIT_BUCKET)
+        .await
+        .expect("transit");
+    let mut wrong: serde_json::Value =
+        serde_json::from_slice(&kv.get("t1").await.expect("read t1").expect("t1")).expect("JSON");
+    wrong["received"] = 3.into();
+    kv.put("t1", wrong.to_string().into())
+        .await
+        .expect("tamper");
+    let out = stockwire(&hub, "cli", &["verify"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("transit t1: differs from the log"),
+        "{out:?}"
+    );
+    ok(&hub, "admin", &["rebuild", "transit"]);
+    ok(&hub, "cli", &["verify"]);
 
     let hub_alerts = hub_js
         .get_stream(subjects::ALERTS_STREAM)
