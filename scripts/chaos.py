@@ -37,6 +37,15 @@ gets SIGTERM; three quarters in, while publishing goes on, every instance is sto
 4 partitions are started in their place (each new partition starts from the lowest
 checkpoint of the 3). At the end the view must also be split in 4, each of the 4
 checkpoints at the end of the log, and each partition served by an active instance.
+
+With --sites: the edge-sites drill, in scripts/chaos_sites.py (its own flags: --seed,
+--events per site, default 2,000, --site-offline-s, --deadline-s, --keep). A hub and two
+sites (ams1, ber1) on loopback, a relay (scripts/relay.py) in each leaf link; both links
+are cut while each site records deliveries, checked sales (some refused beyond the stock),
+moves and transfers to the other site, and each site's server is SIGKILLed and restarted
+once; then the links are restored and the hub must hold every acknowledged site event
+once, in the site's order, by sourcing, the same stock as each site, every transfer closed,
+and `site list` must have shown the outage.
 """
 
 import argparse
@@ -455,6 +464,12 @@ def check_checked(stack, skus, units, told, view):
 
 
 def main():
+    if "--sites" in sys.argv[1:]:
+        # The edge-sites drill: its own flags and defaults (scripts/chaos_sites.py). It
+        # imports this file as a module: no bytecode written next to it.
+        sys.dont_write_bytecode = True
+        import chaos_sites
+        return chaos_sites.main(sys.argv[1:])
     ap = argparse.ArgumentParser(prog="scripts/chaos", description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--events", type=int, default=50_000)
@@ -476,6 +491,10 @@ def main():
     ap.add_argument("--partitions", action="store_true",
                     help="stock-projector in 3 partitions and a standby, faults on them, "
                     "then 4 partitions")
+    ap.add_argument("--sites", action="store_true",
+                    help="the edge-sites drill instead: a hub and two sites, their links cut "
+                    "and restored (scripts/chaos_sites.py: --seed, --events per site, default "
+                    "2,000, --site-offline-s, --deadline-s, --keep)")
     args = ap.parse_args()
     if args.partitions and args.cluster:
         ap.error("--partitions runs on one server; give it without --cluster")
