@@ -182,6 +182,11 @@ pub fn events_of_kind(kind: EventKind) -> String {
     format!("warehouse.*.product.*.{}", kind.subject_token())
 }
 
+/// One kind of event of one warehouse: `warehouse.{warehouse}.product.*.{kind}`.
+pub fn warehouse_events_of_kind(warehouse: &WarehouseId, kind: EventKind) -> String {
+    format!("warehouse.{warehouse}.product.*.{}", kind.subject_token())
+}
+
 /// Every event of one warehouse: `warehouse.{warehouse}.product.*.*`.
 pub fn warehouse_events(warehouse: &WarehouseId) -> String {
     format!("warehouse.{warehouse}.product.*.*")

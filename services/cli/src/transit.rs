@@ -219,10 +219,7 @@ async fn receive(ctx: &Ctx, action: Action) -> Outcome {
         timestamp_ms: asked.timestamp_ms,
     };
     // Every receipt at the warehouse: few, next to its sales.
-    let receipts_here = format!(
-        "warehouse.{warehouse}.product.*.{}",
-        EventKind::TransferredIn.subject_token()
-    );
+    let receipts_here = subjects::warehouse_events_of_kind(&warehouse, EventKind::TransferredIn);
     let started = Instant::now();
     let (seq, duplicate) = loop {
         let (earlier, last) = receipts(ctx, &js, &receipts_here, &transfer_id).await?;
