@@ -45,6 +45,14 @@ pub(crate) async fn check_home(
     warehouses: Vec<&WarehouseId>,
 ) -> Result<(), Failure> {
     let home = Home::of(js).await.map_err(anyhow::Error::new)?;
+    check_home_of(&home, warehouses).await
+}
+
+/// [`check_home`] against a home already asked for.
+pub(crate) async fn check_home_of(
+    home: &Home,
+    warehouses: Vec<&WarehouseId>,
+) -> Result<(), Failure> {
     for warehouse in warehouses {
         if let Some(why) = home.refuses(warehouse).await.map_err(anyhow::Error::new)? {
             return Err(Failure::invalid(format!("{why}; nothing was published")));

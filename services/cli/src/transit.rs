@@ -37,7 +37,7 @@ use stockwire::{subjects, view, views};
 use crate::args::EventOpts;
 use crate::failure::{Failure, Kind, Outcome};
 use crate::meta::{check_server_clock, event_meta, server_now_ms};
-use crate::record::check_home;
+use crate::record::check_home_of;
 use crate::wait::wait_applied;
 use crate::{output, Ctx};
 
@@ -162,8 +162,9 @@ async fn receive(ctx: &Ctx, action: Action) -> Outcome {
     }
     let js = ctx.jetstream().await?;
     let shipped = known(&js, &transfer_id).await?;
-    let here = match Home::of(&js).await.map_err(anyhow::Error::new)? {
-        Home::Site(site) => Some(site),
+    let home = Home::of(&js).await.map_err(anyhow::Error::new)?;
+    let here = match &home {
+        Home::Site(site) => Some(site.clone()),
         Home::Hub(_) => None,
     };
     let warehouse = pick(
@@ -199,7 +200,7 @@ async fn receive(ctx: &Ctx, action: Action) -> Outcome {
              warehouse"
         )));
     }
-    check_home(&js, vec![&warehouse]).await?;
+    check_home_of(&home, vec![&warehouse]).await?;
     let asked = event_meta(&opts)?;
     check_server_clock(
         "transit receive",
